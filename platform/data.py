@@ -1,0 +1,390 @@
+"""The data layer: open a dataset in The Well's format and serve channels-first windows.
+
+Three ways to name a dataset (:func:`open_dataset`):
+
+- an embedded name (``"euler_quadrants"``, optionally ``"euler_quadrants:smoke"``): generated
+  once into the cache folder (:mod:`lolaray.platform.embedded`);
+- a name of The Well plus a base path (a local download or ``hf://datasets/polymathic-ai/``);
+- a folder in The Well's layout (``<folder>/data/{train,valid,test}/*.hdf5``).
+
+Items are read through :class:`the_well.data.WellDataset` and returned channels-first:
+``x`` of shape ``(C, L, *spatial)`` for windows of ``L`` states, standardized
+(:mod:`~lolaray.platform.preprocessing`) and optionally augmented
+(:mod:`~lolaray.platform.augmentation`), with the conditioning vector
+``θ = [parameters..., bc_codes.flatten()]`` (method.md §1).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lolaray.platform.augmentation import Augmentation
+from lolaray.platform.embedded import EMBEDDED_DATASETS, data_cache_dir, ensure_embedded_dataset
+from lolaray.platform.preprocessing import KNOWN_PREPROCESSING, Standardizer, fit_standardizer
+from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_split
+
+__all__ = [
+    "DatasetInfo",
+    "WellWindows",
+    "open_dataset",
+    "ray_dataset",
+    "standardizer_for",
+]
+
+SPLITS = ("train", "valid", "test")
+HF_BASE = "hf://datasets/polymathic-ai/"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a dataset in The Well's layout, read from its file headers.
+
+    :param name: the files' ``dataset_name`` (e.g. ``euler_quadrants``).
+    :param root: the folder holding ``data/`` and ``stats.yaml``.
+    :param field_names: channel names in channel order (vector components as ``momentum_x``...).
+    :param vector_axis: per channel, the spatial axis a vector component points along, else ``None``.
+    :param spatial_dims: axis names; ``resolution``: cells per axis.
+    :param parameter_names: the constant scalars that enter θ.
+    :param n_steps: the shortest trajectory length across splits.
+    :param splits: the layout of each split folder present.
+    """
+
+    name: str
+    root: str
+    field_names: tuple[str, ...]
+    vector_axis: tuple[int | None, ...]
+    spatial_dims: tuple[str, ...]
+    resolution: tuple[int, ...]
+    parameter_names: tuple[str, ...]
+    n_steps: int
+    splits: dict[str, SplitLayout]
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.field_names)
+
+    @property
+    def n_spatial_dims(self) -> int:
+        return len(self.spatial_dims)
+
+    @property
+    def theta_dim(self) -> int:
+        """Length of θ: the parameters, then two boundary codes per axis."""
+        return len(self.parameter_names) + 2 * self.n_spatial_dims
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Channels-first shape of one state, ``(C, *spatial)``."""
+        return (self.n_fields, *self.resolution)
+
+    def boundary_codes(self, split: str) -> list[tuple[str, ...]]:
+        """Per file of ``split``, the boundary type of each axis (e.g. ``("PERIODIC", "PERIODIC")``)."""
+        return list(self.splits[split].boundary_types)
+
+    def fingerprint(self) -> str:
+        """Identifies the data: name, root and every file's name and size."""
+        parts = [self.name, self.root]
+        for split, layout in sorted(self.splits.items()):
+            for f in layout.files:
+                parts.append(f"{split}/{Path(f).name}:{os.path.getsize(f) if os.path.exists(f) else '?'}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def _well_dataset_names() -> tuple[str, ...]:
+    from the_well.data import WELL_DATASETS
+
+    return tuple(WELL_DATASETS)
+
+
+def open_dataset(
+    dataset: str | os.PathLike,
+    *,
+    data_root: str | None = None,
+    preset: str = "demo",
+    cache_dir: str | Path | None = None,
+    parallel: str = "auto",
+) -> DatasetInfo:
+    """Resolve ``dataset`` to a folder in The Well's layout, check it, and return its metadata.
+
+    :param dataset: an embedded name (``euler_quadrants`` or ``euler_quadrants:<preset>``),
+        a name of The Well (with ``data_root``), or a folder path.
+    :param data_root: for a name of The Well: the download's base path (the folder holding
+        ``datasets/<name>`` or ``<name>``), or ``hf://datasets/polymathic-ai/``.
+    :param preset: the embedded preset when ``dataset`` names none.
+    :raises ValueError: unknown name, or a name of The Well without ``data_root``.
+    :raises FileNotFoundError: the folder or a split is missing.
+    :raises DatasetFormatError: a file is broken or disagrees with its siblings.
+    """
+    text = str(dataset)
+    name, _, suffix = text.partition(":")
+    if name in EMBEDDED_DATASETS:
+        root = ensure_embedded_dataset(name, suffix or preset, cache_dir=cache_dir, parallel=parallel)
+    elif name in _well_dataset_names() and not Path(text).exists():
+        if data_root is None:
+            raise ValueError(
+                f"{name!r} is a dataset of The Well: pass its base path with data_root/--data-root "
+                f"(a local download made by `the-well-download`, or {HF_BASE})"
+            )
+        root = _resolve_well_root(name, data_root)
+    elif Path(text).exists():
+        root = Path(text)
+    else:
+        raise ValueError(
+            f"unknown dataset {text!r}: not an embedded dataset ({', '.join(EMBEDDED_DATASETS)}), "
+            "not a name of The Well, and not an existing folder"
+        )
+    return read_dataset_info(root)
+
+
+def _resolve_well_root(name: str, data_root: str) -> str | Path:
+    if data_root.startswith("hf://"):
+        raise NotImplementedError(
+            "streaming from Hugging Face needs huggingface_hub and network access; download the dataset "
+            "with `the-well-download --base-path BASE --dataset NAME` and pass BASE as data_root"
+        )
+    for candidate in (Path(data_root) / "datasets" / name, Path(data_root) / name):
+        if (candidate / "data").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"dataset {name!r} not found under {data_root} (looked for {data_root}/datasets/{name}/data "
+        f"and {data_root}/{name}/data)"
+    )
+
+
+def read_dataset_info(root: str | Path) -> DatasetInfo:
+    """Check every split folder under ``root/data`` and collect the dataset's metadata."""
+    root = Path(root)
+    if not (root / "data").is_dir():
+        raise FileNotFoundError(f"{root} is not a dataset in The Well's layout: no {root}/data folder")
+    splits = {s: check_split(root / "data" / s) for s in SPLITS if (root / "data" / s).is_dir()}
+    if "train" not in splits:
+        raise FileNotFoundError(f"{root}/data/train is missing: the train split is required (statistics)")
+    first = splits["train"]
+    for split, layout in splits.items():
+        for key in ("dataset_name", "field_names", "spatial_dims", "resolution", "parameter_names"):
+            if getattr(layout, key) != getattr(first, key):
+                raise DatasetFormatError(
+                    f"{root}/data/{split}: {key} {getattr(layout, key)} disagree with the train split "
+                    f"({getattr(first, key)})"
+                )
+    return DatasetInfo(
+        name=first.dataset_name,
+        root=str(root),
+        field_names=first.field_names,
+        vector_axis=first.vector_axis,
+        spatial_dims=first.spatial_dims,
+        resolution=first.resolution,
+        parameter_names=first.parameter_names,
+        n_steps=min(min(layout.n_steps) for layout in splits.values()),
+        splits=splits,
+    )
+
+
+class WellWindows(Dataset):
+    """Windows of ``length`` states ``stride`` steps apart from one split, channels-first.
+
+    Item ``i`` is a dict with ``x`` ``(C, length, *spatial)`` float32 (standardized if a
+    standardizer is given, augmented if ``augment``), ``theta`` ``(P + 2·n_dims,)``, and the
+    provenance ``file`` (index into the split's sorted files), ``trajectory`` (index in that
+    file) and ``start`` (first time index). Windows never cross trajectories; item order
+    is file → trajectory → start (The Well's).
+
+    :param length: states per window (``None``: whole trajectories).
+    :param stride: time steps between consecutive states of a window (Δ).
+    :raises ValueError: the window does not fit in the trajectories.
+    """
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        split: str,
+        *,
+        length: int | None = 1,
+        stride: int = 1,
+        standardizer: Standardizer | None = None,
+        augment: Augmentation | bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        if split not in info.splits:
+            raise FileNotFoundError(f"{info.root}/data/{split} is missing (have: {', '.join(info.splits)})")
+        layout = info.splits[split]
+        shortest = min(layout.n_steps)
+        length = shortest if length is None else length
+        if length < 1 or stride < 1:
+            raise ValueError(f"window length and stride must be >= 1, got length={length}, stride={stride}")
+        span = (length - 1) * stride + 1
+        if span > shortest:
+            raise ValueError(
+                f"a window of {length} states at stride {stride} spans {span} steps, longer than the "
+                f"shortest trajectory of {info.name}/{split} ({shortest} steps)"
+            )
+        from the_well.data import WellDataset
+
+        self.info, self.split, self.length, self.stride = info, split, length, stride
+        self.standardizer = standardizer
+        if augment is True:
+            augment = Augmentation(info.vector_axis)
+        self.augment = augment or None
+        self.generator = generator
+        self.files = layout.files
+        self.windows_per_trajectory = [n - span + 1 for n in layout.n_steps]
+        self.offsets = np.cumsum(
+            [0] + [t * w for t, w in zip(layout.n_trajectories, self.windows_per_trajectory)]
+        )
+        self.well = WellDataset(
+            path=str(Path(info.root) / "data" / split),
+            # Custom names need path=; stats are never read (use_normalization=False) but the
+            # constructor wants a normalization path that exists when stats.yaml does.
+            normalization_path=str(Path(info.root) / "stats.yaml"),
+            n_steps_input=length,
+            n_steps_output=0,
+            min_dt_stride=stride,
+            max_dt_stride=stride,
+            use_normalization=False,
+            return_grid=False,
+            boundary_return_type="padding",
+        )
+        if len(self.well) != int(self.offsets[-1]):
+            raise RuntimeError(
+                f"window count mismatch with WellDataset ({len(self.well)} vs {self.offsets[-1]})"
+            )
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """``(file, trajectory, start)`` of window ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range [0, {len(self)})")
+        file = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        local = index - int(self.offsets[file])
+        per = self.windows_per_trajectory[file]
+        return file, local // per, local % per
+
+    def __getitem__(self, index: int) -> dict:
+        file, trajectory, start = self.locate(index)
+        item = self.well[index]
+        fields = item["input_fields"]  # (L, *spatial, C), channels-last
+        if not torch.isfinite(fields).all():
+            raise DatasetFormatError(
+                f"{self.files[file]}: NaN/Inf in trajectory {trajectory}, time steps "
+                f"{start}..{start + (self.length - 1) * self.stride}"
+            )
+        x = fields.movedim(-1, 0).float()  # (C, L, *spatial)
+        bc = item["boundary_conditions"].float()
+        if self.augment is not None:
+            x, bc = self.augment(x, bc, self.generator)
+        if self.standardizer is not None:
+            x = self.standardizer.forward(x, channel_dim=0)
+        params = item.get("constant_scalars", torch.zeros(0)).float().reshape(-1)
+        return {
+            "x": x.contiguous(),
+            "theta": torch.cat([params, bc.flatten()]),
+            "file": file,
+            "trajectory": trajectory,
+            "start": start,
+        }
+
+
+def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0) -> Standardizer:
+    """The standardization of ``info``: the paper's statistics for The Well's datasets, else fitted.
+
+    Fitted statistics follow method.md §1 (``max_states`` random single states of the train
+    split, unaugmented) and are cached as JSON next to the data when it is writable, else
+    under the data cache folder, keyed by the dataset's fingerprint.
+    """
+    known = KNOWN_PREPROCESSING.get(info.name, {})
+    transforms = known.get("transforms") or ("none",) * info.n_fields
+    if len(transforms) != info.n_fields:
+        transforms = ("none",) * info.n_fields
+    if known.get("mean") is not None and len(known["mean"]) == info.n_fields:
+        return Standardizer(info.field_names, tuple(transforms), tuple(known["mean"]), tuple(known["std"]))
+    key = f"lolaray-standardizer-{info.fingerprint()}-{max_states}-{seed}.json"
+    for folder in (Path(info.root), data_cache_dir() / "standardizers"):
+        if (folder / key).is_file():
+            return Standardizer.from_dict(json.loads((folder / key).read_text()))
+    states = WellWindows(info, "train", length=1)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(states), size=min(max_states, len(states)), replace=False)
+    fitted = fit_standardizer(
+        (states[int(i)]["x"][:, 0] for i in picks), field_names=info.field_names, transforms=transforms
+    )
+    for folder in (Path(info.root), data_cache_dir() / "standardizers"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{key}.{os.getpid()}"
+            tmp.write_text(json.dumps(fitted.to_dict(), indent=2))
+            os.replace(tmp, folder / key)
+            break
+        except OSError:
+            continue
+    return fitted
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_windows(root: str, split: str, length: int | None, stride: int, standardize: bool) -> WellWindows:
+    info = read_dataset_info(root)
+    return WellWindows(
+        info,
+        split,
+        length=length,
+        stride=stride,
+        standardizer=standardizer_for(info) if standardize else None,
+    )
+
+
+def _read_windows(batch: dict, *, root, split, length, stride, standardize) -> dict:
+    windows = _cached_windows(root, split, length, stride, standardize)
+    items = [windows[int(i)] for i in batch["id"]]
+    return {
+        "x": np.stack([it["x"].numpy() for it in items]),
+        "theta": np.stack([it["theta"].numpy() for it in items]),
+        "file": np.array([Path(windows.files[it["file"]]).name for it in items]),
+        "trajectory": np.array([it["trajectory"] for it in items]),
+        "start": np.array([it["start"] for it in items]),
+    }
+
+
+def ray_dataset(
+    info: DatasetInfo,
+    split: str,
+    *,
+    length: int | None = None,
+    stride: int = 1,
+    standardize: bool = True,
+    indices: Sequence[int] | None = None,
+    rows_per_block: int = 4,
+):
+    """A Ray Data dataset of windows (``length=None``: whole trajectories) of one split.
+
+    Rows: ``x`` ``(C, L, *spatial)`` float32, ``theta``, ``file`` (file name), ``trajectory``,
+    ``start``. Reading happens in Ray tasks, each building its own :class:`WellWindows`
+    (HDF5 handles are never pickled).
+    """
+    import ray.data
+
+    count = len(WellWindows(info, split, length=length, stride=stride))
+    ids = list(range(count)) if indices is None else [int(i) for i in indices]
+    blocks = max(1, min(len(ids), -(-len(ids) // rows_per_block)))
+    return ray.data.from_items([{"id": i} for i in ids], override_num_blocks=blocks).map_batches(
+        _read_windows,
+        batch_size=rows_per_block,
+        batch_format="numpy",
+        fn_kwargs={
+            "root": info.root,
+            "split": split,
+            "length": length,
+            "stride": stride,
+            "standardize": standardize,
+        },
+    )

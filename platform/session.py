@@ -1,0 +1,79 @@
+"""The Ray session: an embedded local Ray by default, or a running cluster.
+
+On a laptop or CI box the platform starts Ray inside the process with more logical CPUs
+than cores: Ray Data read tasks need free CPU slots beside 1-CPU train workers or actors,
+and on a 2-core machine exact accounting starves them forever (ray.md §0.3). Tune trial
+drivers hold the custom resource ``train_driver`` instead of CPUs (ray.md §2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["TRAIN_DRIVER_RESOURCE", "quiet_workers", "start_ray"]
+
+TRAIN_DRIVER_RESOURCE = "train_driver"
+
+# Settings that make Ray Train usable on a small machine (ray.md §0, §6). setdefault: the
+# user's own environment wins.
+_RAY_DEFAULT_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # ray.train.report otherwise blocks 2 s per call
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # prints in train functions would show twice
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def quiet_workers() -> None:
+    """Worker setup hook: silence the Train controller's placement-group cleaner warnings.
+
+    Without ``ray[default]`` the State API it polls every second is absent and it logs a
+    warning each time (ray.md §1, fix B).
+    """
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
+
+
+def start_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    temp_dir: str | None = None,
+) -> dict:
+    """Connect to a Ray cluster (``address``) or start an embedded local one (``None``).
+
+    :param address: ``None`` for an embedded local Ray, ``"auto"`` on a cluster node, or
+        ``"ray://host:10001"`` / ``"host:6379"``.
+    :param num_cpus: logical CPUs of the embedded Ray (default: twice the cores, at least 4).
+    :returns: the cluster's resources.
+    :raises ConnectionError: the address cannot be reached (with the address in the message).
+    """
+    import ray
+
+    for key, value in _RAY_DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    setup_hook = {"worker_process_setup_hook": "lolaray.platform.session.quiet_workers"}
+    if address is None:
+        cores = os.cpu_count() or 2
+        ray.init(
+            num_cpus=num_cpus or max(4, 2 * cores),
+            resources={TRAIN_DRIVER_RESOURCE: 8},
+            include_dashboard=False,
+            object_store_memory=object_store_memory or 2 * 1024**3,
+            _temp_dir=temp_dir,
+            runtime_env=setup_hook,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    else:
+        try:
+            ray.init(address=address, runtime_env=setup_hook, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
+            raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from error
+    quiet_workers()
+    return ray.cluster_resources()

@@ -1,0 +1,105 @@
+"""MLflow tracking: where runs go, experiments with absolute artifact roots, nested runs.
+
+- Tracking URI: the user's ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` — the
+  store ``mlflow ui`` opens by default from the same folder (DESIGN.md, "MLflow").
+- Experiments are created with an absolute ``artifact_location``: Ray Train and Tune
+  workers change their working directory, and a relative default (``./mlruns``) would
+  scatter artifacts into trial folders (ray.md §4).
+- Nesting is the tag ``mlflow.parentRunId``; child runs are created by the process that
+  owns the parent and logged to by id from Ray workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "create_run",
+    "ensure_experiment",
+    "flatten_params",
+    "tracking_uri",
+]
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file in the cwd."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _default_artifact_root(uri: str) -> str | None:
+    """Local stores keep artifacts beside the database (``mlruns/`` next to ``mlflow.db``)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+    if uri.startswith("file:") or "://" not in uri:
+        return None  # the file store places artifacts itself, with absolute paths
+    return None  # a tracking server decides (--default-artifact-root / proxied artifacts)
+
+
+def ensure_experiment(name: str, *, uri: str | None = None) -> str:
+    """The id of experiment ``name``, created with an absolute artifact location if needed."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = _default_artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except Exception:  # another process created it between our lookup and create
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten_params(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config → flat ``{"a.b": "value"}`` strings (MLflow params are flat strings ≤ 6000 chars)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:6000]
+    return flat
+
+
+def create_run(
+    experiment: str,
+    *,
+    run_name: str,
+    uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    params: Mapping | None = None,
+) -> str:
+    """Create a run (nested under ``parent_run_id`` if given), log ``params``, and return its id.
+
+    The run is left open (status RUNNING) for a Ray worker to log into by id; close it with
+    ``MlflowClient.set_terminated``.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    client = MlflowClient(uri)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(ensure_experiment(experiment, uri=uri), run_name=run_name, tags=all_tags)
+    if params:
+        from mlflow.entities import Param
+
+        flat = flatten_params(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for start in range(0, len(items), 100):  # the REST API takes at most 100 params per batch
+            client.log_batch(run.info.run_id, params=items[start : start + 100])
+    return run.info.run_id

@@ -1,0 +1,326 @@
+"""The Well's on-disk format: writing files, computing ``stats.yaml``, checking a split.
+
+A dataset in The Well's layout is a folder ``<root>/`` holding ``stats.yaml`` and
+``data/{train,valid,test}/*.hdf5``; each HDF5 file holds one parameter set with
+``n_trajectories`` trajectories of ``T`` snapshots (``PolymathicAI/the_well:docs/data_format.md``).
+Arrays are channels-last and float32: scalar fields ``t0`` have shape ``(B, T, *spatial)``,
+vector fields ``t1`` have shape ``(B, T, *spatial, D)``.
+
+The loader of record is :class:`the_well.data.WellDataset`. It checks little and fails
+with bare assertions deep inside (or silently, see ``the-well.md`` pitfalls), so
+:func:`check_split` inspects a split first and raises :class:`DatasetFormatError` naming
+the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+__all__ = [
+    "BC_CODES",
+    "DatasetFormatError",
+    "SplitLayout",
+    "check_split",
+    "compute_stats",
+    "finite_or_raise",
+    "write_stats",
+    "write_well_file",
+]
+
+#: The Well's boundary-condition codes (``the_well.data.datasets.BoundaryCondition``).
+BC_CODES = {"WALL": 0, "OPEN": 1, "PERIODIC": 2}
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file or folder does not follow The Well's format (the message names it)."""
+
+
+def write_well_file(
+    path: str | os.PathLike,
+    *,
+    dataset_name: str,
+    t0_fields: Mapping[str, np.ndarray],
+    t1_fields: Mapping[str, np.ndarray],
+    parameters: Mapping[str, float],
+    time: np.ndarray,
+    coordinates: Mapping[str, np.ndarray],
+    boundary: str,
+) -> None:
+    """Write one HDF5 file in The Well's layout.
+
+    :param dataset_name: the ``dataset_name`` root attribute (same for every file of a dataset).
+    :param t0_fields: scalar fields in channel order, each ``(B, T, *spatial)``.
+    :param t1_fields: vector fields, each ``(B, T, *spatial, D)`` with ``D = len(coordinates)``.
+    :param parameters: simulation parameters, written as 0-d float32 ``/scalars`` and root attributes.
+    :param time: snapshot times ``(T,)``.
+    :param coordinates: axis name -> cell-centre coordinates, in axis order (e.g. ``x``, ``y``).
+    :param boundary: ``"periodic"``, ``"open"`` or ``"wall"``, the same on every axis.
+    """
+    bc_type = boundary.upper()
+    if bc_type not in BC_CODES:
+        raise ValueError(f"unknown boundary condition {boundary!r}; expected one of periodic, open, wall")
+    axes = list(coordinates)
+    first = next(iter({**t0_fields, **t1_fields}.values()))
+    n_trajectories = int(first.shape[0])
+    with h5py.File(path, "w") as f:
+        f.attrs["dataset_name"] = dataset_name
+        f.attrs["grid_type"] = "cartesian"
+        f.attrs["n_spatial_dims"] = len(axes)
+        f.attrs["n_trajectories"] = n_trajectories
+        f.attrs["simulation_parameters"] = list(parameters)
+        for name, value in parameters.items():
+            f.attrs[name] = value
+
+        dims = f.create_group("dimensions")
+        dims.attrs["spatial_dims"] = axes
+        ds = dims.create_dataset("time", data=np.asarray(time, dtype=np.float32))
+        ds.attrs["sample_varying"] = False
+        ds.attrs["time_varying"] = True
+        for axis, coords in coordinates.items():
+            ds = dims.create_dataset(axis, data=np.asarray(coords, dtype=np.float32))
+            ds.attrs["sample_varying"] = False
+            ds.attrs["time_varying"] = False
+
+        bcs = f.create_group("boundary_conditions")
+        for axis, coords in coordinates.items():
+            group = bcs.create_group(f"{axis}_{boundary.lower()}")
+            group.attrs["bc_type"] = bc_type
+            group.attrs["associated_dims"] = [axis]
+            group.attrs["associated_fields"] = []
+            group.attrs["sample_varying"] = False
+            group.attrs["time_varying"] = False
+            # Both ends must be True: an all-False mask reads as OPEN whatever bc_type says.
+            mask = np.zeros(len(coords), dtype=bool)
+            mask[0] = mask[-1] = True
+            group.create_dataset("mask", data=mask)
+
+        scalars = f.create_group("scalars")
+        scalars.attrs["field_names"] = list(parameters)
+        for name, value in parameters.items():
+            # 0-d, not (1,): a (1,) parameter makes constant_scalars (1, P) instead of (P,).
+            ds = scalars.create_dataset(name, data=np.float32(value))
+            ds.attrs["sample_varying"] = False
+            ds.attrs["time_varying"] = False
+
+        for order, fields in ((0, t0_fields), (1, t1_fields), (2, {})):
+            group = f.create_group(f"t{order}_fields")
+            group.attrs["field_names"] = list(fields)
+            for name, values in fields.items():
+                ds = group.create_dataset(name, data=np.asarray(values, dtype=np.float32))
+                ds.attrs["dim_varying"] = [True] * len(axes)
+                ds.attrs["sample_varying"] = True
+                ds.attrs["time_varying"] = True
+
+
+def _moments(values: np.ndarray, component_axis: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sum and sum of squares per component (float64), and the count per component."""
+    values = np.asarray(values, dtype=np.float64)
+    if component_axis is None:
+        return np.array(values.sum()), np.array((values**2).sum()), values.size
+    axes = tuple(a for a in range(values.ndim) if a != component_axis % values.ndim)
+    count = values.size // values.shape[component_axis]
+    return values.sum(axis=axes), (values**2).sum(axis=axes), count
+
+
+def compute_stats(files: Sequence[str | os.PathLike]) -> dict:
+    """Statistics of the fields of ``files`` (a train split), as The Well's ``stats.yaml`` holds them.
+
+    Moments pool every (trajectory, time, space) point per component across files;
+    ``std`` is the population standard deviation; ``*_delta`` are the same moments of
+    ``u[:, 1:] - u[:, :-1]`` along time. Scalar fields map to a float, vector fields to a
+    list with one entry per component.
+    """
+    acc: dict[str, dict[str, list]] = {}
+    for file in files:
+        with h5py.File(file, "r") as f:
+            for order in (0, 1):
+                group = f[f"t{order}_fields"]
+                for name in group.attrs["field_names"]:
+                    data = group[name][...]
+                    component_axis = -1 if order == 1 else None
+                    entry = acc.setdefault(name, {"plain": [0, 0, 0], "delta": [0, 0, 0]})
+                    for key, values in (("plain", data), ("delta", np.diff(data, axis=1))):
+                        s, s2, n = _moments(values, component_axis)
+                        entry[key][0] = entry[key][0] + s
+                        entry[key][1] = entry[key][1] + s2
+                        entry[key][2] += n
+
+    def finish(s, s2, n):
+        mean = s / n
+        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+        rms = np.sqrt(s2 / n)
+        return [np.asarray(v).tolist() for v in (mean, std, rms)]
+
+    stats: dict[str, dict] = {k: {} for k in ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")}
+    for name, entry in acc.items():
+        stats["mean"][name], stats["std"][name], stats["rms"][name] = finish(*entry["plain"])
+        delta = finish(*entry["delta"])
+        stats["mean_delta"][name], stats["std_delta"][name], stats["rms_delta"][name] = delta
+    return stats
+
+
+def write_stats(stats: Mapping, path: str | os.PathLike) -> None:
+    """Write ``stats`` as ``stats.yaml`` (values rounded to 5 significant digits like The Well's ``%.4E``)."""
+
+    def rounded(value):
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return float(f"{float(value):.4E}")
+
+    clean = {key: {name: rounded(v) for name, v in fields.items()} for key, fields in stats.items()}
+    with open(path, "w") as f:
+        yaml.safe_dump(clean, f, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """What every file of a split agrees on, read from the HDF5 headers (no field data).
+
+    :param files: the split's HDF5 files, sorted (the order ``WellDataset`` indexes them).
+    :param field_names: flattened channel names in The Well's order (t0, then t1 components ``name_x``...).
+    :param vector_axis: per channel, the spatial axis index a vector component points along, else ``None``.
+    :param spatial_dims: axis names, e.g. ``("x", "y")``.
+    :param resolution: grid size per axis.
+    :param parameter_names: the constant scalars (simulation parameters), in file order.
+    :param n_trajectories: per file. ``n_steps``: per file (time length).
+    :param boundary_types: per file, the ``bc_type`` per axis (e.g. ``("PERIODIC", "PERIODIC")``).
+    """
+
+    files: tuple[str, ...]
+    dataset_name: str
+    field_names: tuple[str, ...]
+    vector_axis: tuple[int | None, ...]
+    spatial_dims: tuple[str, ...]
+    resolution: tuple[int, ...]
+    parameter_names: tuple[str, ...]
+    n_trajectories: tuple[int, ...]
+    n_steps: tuple[int, ...]
+    boundary_types: tuple[tuple[str, ...], ...]
+
+
+def _read_header(path: str) -> dict:
+    """Everything :class:`SplitLayout` needs from one file, with clear errors for broken files."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetFormatError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}"
+        ) from None
+    with f:
+        try:
+            missing = [
+                g
+                for g in ("dimensions", "boundary_conditions", "scalars", "t0_fields", "t1_fields")
+                if g not in f
+            ]
+            if missing:
+                raise DatasetFormatError(f"{path}: missing group(s) {missing}; not in The Well's layout")
+            axes = tuple(str(a) for a in f["dimensions"].attrs["spatial_dims"])
+            resolution = tuple(int(f["dimensions"][a].shape[-1]) for a in axes)
+            fields: list[str] = []
+            vector_axis: list[int | None] = []
+            for order in (0, 1, 2):
+                group = f.get(f"t{order}_fields")
+                if group is None:
+                    continue
+                for name in group.attrs["field_names"]:
+                    if name not in group:
+                        raise DatasetFormatError(f"{path}: field {name!r} is listed but has no dataset")
+                    shape = group[name].shape
+                    n_traj = int(f.attrs["n_trajectories"])
+                    steps = int(f["dimensions"]["time"].shape[-1])
+                    expected = (n_traj, steps, *resolution) + (len(axes),) * order
+                    if tuple(shape) != expected:
+                        raise DatasetFormatError(
+                            f"{path}: field {name!r} has shape {tuple(shape)}, expected {expected} "
+                            "(trajectories, time, *spatial, components)"
+                        )
+                    if order == 0:
+                        fields.append(str(name))
+                        vector_axis.append(None)
+                    elif order == 1:
+                        for i, axis in enumerate(axes):
+                            fields.append(f"{name}_{axis}")
+                            vector_axis.append(i)
+                    else:
+                        raise DatasetFormatError(
+                            f"{path}: tensor (t2) fields are not supported yet ({name!r})"
+                        )
+            params = tuple(
+                str(n) for n in f["scalars"].attrs["field_names"] if not f["scalars"][n].attrs["time_varying"]
+            )
+            bc_by_axis: dict[str, str] = {}
+            for group in f["boundary_conditions"].values():
+                dims = group.attrs["associated_dims"]
+                dims = [dims] if isinstance(dims, str) else list(dims)
+                for axis in dims:
+                    bc_by_axis[str(axis)] = str(group.attrs["bc_type"]).upper()
+            return {
+                "dataset_name": str(f.attrs["dataset_name"]),
+                "spatial_dims": axes,
+                "resolution": resolution,
+                "fields": tuple(fields),
+                "vector_axis": tuple(vector_axis),
+                "params": params,
+                "n_trajectories": int(f.attrs["n_trajectories"]),
+                "n_steps": int(f["dimensions"]["time"].shape[-1]),
+                "bcs": tuple(bc_by_axis.get(a, "WALL") for a in axes),
+            }
+        except (KeyError, OSError) as error:
+            raise DatasetFormatError(f"{path}: unreadable or incomplete The Well file: {error}") from None
+
+
+def check_split(folder: str | os.PathLike) -> SplitLayout:
+    """Inspect the HDF5 files of one split folder and return what they agree on.
+
+    :raises FileNotFoundError: the folder does not exist or holds no ``*.hdf5``/``*.h5`` file.
+    :raises DatasetFormatError: a file is not HDF5, is truncated, lacks The Well's groups, or
+        disagrees with its siblings (name, fields, axes, resolution, parameters); the message
+        names the file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset split folder {folder} does not exist")
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix in (".hdf5", ".h5"))
+    if not files:
+        raise FileNotFoundError(f"no .hdf5 files in {folder}")
+    headers = [_read_header(p) for p in files]
+    reference = headers[0]
+    for path, header in zip(files[1:], headers[1:]):
+        for key, what in (
+            ("dataset_name", "dataset name"),
+            ("spatial_dims", "spatial axes"),
+            ("resolution", "resolution"),
+            ("fields", "fields"),
+            ("params", "parameters"),
+        ):
+            if header[key] != reference[key]:
+                raise DatasetFormatError(
+                    f"{path}: {what} {header[key]} disagree with its sibling {files[0]} ({reference[key]})"
+                )
+    return SplitLayout(
+        files=tuple(files),
+        dataset_name=reference["dataset_name"],
+        field_names=reference["fields"],
+        vector_axis=reference["vector_axis"],
+        spatial_dims=reference["spatial_dims"],
+        resolution=reference["resolution"],
+        parameter_names=reference["params"],
+        n_trajectories=tuple(h["n_trajectories"] for h in headers),
+        n_steps=tuple(h["n_steps"] for h in headers),
+        boundary_types=tuple(h["bcs"] for h in headers),
+    )
+
+
+def finite_or_raise(values: np.ndarray, *, where: str) -> None:
+    """Raise :class:`DatasetFormatError` naming ``where`` if ``values`` holds NaN or Inf."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise DatasetFormatError(f"{where}: {bad} non-finite value(s) (NaN/Inf) in the data")

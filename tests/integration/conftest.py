@@ -1,0 +1,31 @@
+"""Integration tests share one embedded Ray cluster per session (ray.init costs 4-9 s)."""
+
+import tempfile
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    from lolaray.platform.session import start_ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix-socket paths are length-limited
+    resources = start_ray(num_cpus=4, object_store_memory=512 * 1024**2, temp_dir=temp_dir)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield resources
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

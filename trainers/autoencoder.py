@@ -1,0 +1,556 @@
+r"""Convolutional autoencoder of method.md §2 (2-D and 3-D, channels-first).
+
+The encoder maps a state :math:`x \in \mathbb{R}^{C_{pix} \times H \times W [\times Z]}` to a latent
+:math:`z \in (-B, B)^{C_{lat} \times H/r \times W/r [\times Z/r]}` with spatial factor
+:math:`r = 2^{L-1}` for ``L = len(hidden_channels)`` levels; the decoder maps it back.
+
+Architecture (``d`` = ``spatial_dims``, every conv has kernel ``k``, padding ``k // 2``, bias):
+
+* **Encoder**: stem conv :math:`C_{pix} \to h_0` (default init); for each level ``i``: if
+  ``i > 0`` space-to-depth by 2 per axis (:math:`h_{i-1} \to 2^d h_{i-1}` channels) and conv
+  :math:`2^d h_{i-1} \to h_i` (identity init), then ``hidden_blocks[i]`` :class:`ResBlock`\ s;
+  finally conv :math:`h_{L-1} \to C_{lat}` (identity init) and the saturation
+  :math:`z \mapsto z / \sqrt{1 + z^2 / B^2}`.
+* **Decoder** (mirror): conv :math:`C_{lat} \to h_{L-1}` (identity init); for each level ``i``
+  from the deepest: ResBlocks, then if ``i > 0`` conv :math:`h_i \to 2^d h_{i-1}` (identity init)
+  and depth-to-space; finally conv :math:`h_0 \to C_{pix}` (default init).
+
+Identity init (switchable): :math:`W \leftarrow 10^{-2} W_{default} + E` with
+:math:`E[o, o \bmod C_{in}, \text{centre}] = 1`; biases keep PyTorch's default init.
+
+Loss: :func:`vmse_loss` (variance-normalised MSE; ``root=True`` gives the reference code's
+square-rooted variant).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = [
+    "AUTOENCODER_PRESETS",
+    "AutoEncoder",
+    "ChannelLayerNorm",
+    "Decoder",
+    "DepthToSpace",
+    "Encoder",
+    "ResBlock",
+    "SpaceToDepth",
+    "build_autoencoder",
+    "compression_rate",
+    "identity_init_",
+    "saturate",
+    "vmse_loss",
+    "vmse_per_field",
+]
+
+_AXIS_NAMES = ("H", "W", "Z")
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _conv(
+    in_channels: int, out_channels: int, *, spatial_dims: int, kernel_size: int, periodic: bool
+) -> nn.Module:
+    """A ``kernel_size`` conv with "same" padding; circular padding when ``periodic``."""
+    cls = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    return cls(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        padding=kernel_size // 2,
+        padding_mode="circular" if periodic else "zeros",
+    )
+
+
+@torch.no_grad()
+def identity_init_(conv: nn.Module, *, scale: float = 1e-2) -> nn.Module:
+    r"""Re-initialise ``conv`` in place as a near-identity map (method.md §2).
+
+    With the conv's current (default) weight :math:`W \in \mathbb{R}^{C_{out} \times C_{in}
+    \times k^d}`, set :math:`W \leftarrow \text{scale} \cdot W + E` where
+    :math:`E[o, o \bmod C_{in}, \text{centre}] = 1` and zero elsewhere. For
+    :math:`C_{out} \le C_{in}` output ``o`` copies input ``o``; for :math:`C_{out} > C_{in}` the
+    input is tiled (output ``o`` copies input ``o mod C_in``). The bias is left untouched.
+
+    :param conv: a ``nn.Conv2d`` / ``nn.Conv3d`` with odd kernel size.
+    :param scale: factor applied to the existing weight.
+    :returns: ``conv`` (for chaining).
+    """
+    weight = conv.weight
+    out_channels, in_channels, *kernel = weight.shape
+    eye = torch.zeros_like(weight)
+    centre = tuple(k // 2 for k in kernel)
+    outputs = torch.arange(out_channels, device=weight.device)
+    eye[(outputs, outputs % in_channels, *centre)] = 1.0
+    weight.mul_(scale).add_(eye)
+    return conv
+
+
+class ChannelLayerNorm(nn.Module):
+    r"""LayerNorm over the channel axis only, per pixel, without affine parameters.
+
+    .. math:: y = (x - \mu_c) / \sqrt{\sigma_c^2 + \epsilon}
+
+    where :math:`\mu_c, \sigma^2_c` are the mean and the **unbiased** variance over the channel
+    dim (dim 1) at each pixel, as the reference implementation computes them.
+
+    Shapes: ``(B, C, *spatial) -> (B, C, *spatial)``.
+    """
+
+    def __init__(self, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=1)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class ResBlock(nn.Module):
+    r"""Residual conv block.
+
+    .. math:: y = x + \mathrm{Conv}_2(\mathrm{Drop}_p(\mathrm{SiLU}(\mathrm{Conv}_1(\mathrm{LN}(x)))))
+
+    The last conv's weight is scaled by ``1e-2`` at init (its bias is not), so a fresh block is
+    close to the identity. Shapes: ``(B, C, *spatial) -> (B, C, *spatial)``.
+    """
+
+    def __init__(
+        self, channels: int, *, spatial_dims: int, kernel_size: int, dropout: float, periodic: bool
+    ) -> None:
+        super().__init__()
+        conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
+        self.norm = ChannelLayerNorm(eps=1e-5)
+        self.conv1 = _conv(channels, channels, **conv_kw)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _conv(channels, channels, **conv_kw)
+        with torch.no_grad():
+            self.conv2.weight.mul_(1e-2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv2(self.dropout(self.act(self.conv1(self.norm(x)))))
+        return x + y
+
+
+class SpaceToDepth(nn.Module):
+    r"""Fold each :math:`2^d` block of pixels into channels (factor 2 per axis).
+
+    Channel order ``(C, offsets)``: new channel :math:`= c \cdot 2^d + \text{offset}` with the
+    offset enumerated row-major over the axes. Shapes: ``(B, C, H, W[, Z]) ->
+    (B, C·2^d, H/2, W/2[, Z/2])``.
+    """
+
+    def __init__(self, *, spatial_dims: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.spatial_dims == 2:
+            return rearrange(x, "b c (h i) (w j) -> b (c i j) h w", i=2, j=2)
+        return rearrange(x, "b c (h i) (w j) (z k) -> b (c i j k) h w z", i=2, j=2, k=2)
+
+
+class DepthToSpace(nn.Module):
+    r"""Inverse of :class:`SpaceToDepth`: ``(B, C·2^d, H, W[, Z]) -> (B, C, 2H, 2W[, 2Z])``."""
+
+    def __init__(self, *, spatial_dims: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.spatial_dims == 2:
+            return rearrange(x, "b (c i j) h w -> b c (h i) (w j)", i=2, j=2)
+        return rearrange(x, "b (c i j k) h w z -> b c (h i) (w j) (z k)", i=2, j=2, k=2)
+
+
+def saturate(z: Tensor, bound: float) -> Tensor:
+    r"""Soft clip :math:`z \mapsto z / \sqrt{1 + z^2 / B^2}` into the open interval :math:`(-B, B)`.
+
+    Computed as :math:`B \cdot u / \mathrm{hypot}(1, u)` with :math:`u = z / B`, which does not
+    overflow for huge :math:`|z|` (the naive :math:`z^2` would give ``inf`` and then 0). In
+    floating point the exact result rounds to :math:`\pm B` once :math:`|z| \gtrsim 10^4` (fp32);
+    it is then clamped to the largest representable value below :math:`B`, so the latent stays
+    strictly inside the interval (the clamp only touches values whose true gradient is < 1e-7).
+    """
+    u = z / bound
+    out = bound * u / torch.hypot(torch.ones_like(u), u)
+    inner = torch.nextafter(
+        torch.tensor(bound, dtype=out.dtype, device=out.device),
+        torch.tensor(0.0, dtype=out.dtype, device=out.device),
+    )
+    return torch.clamp(out, -inner, inner)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder / decoder
+# --------------------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    r"""Convolutional encoder: ``(B, C_pix, H, W[, Z]) -> (B, C_lat, H/r, W/r[, Z/r])``.
+
+    Returns the **unsaturated** conv output; :meth:`AutoEncoder.encode` applies the saturation.
+    Sub-modules: ``stem`` (conv :math:`C_{pix} \to h_0`), ``levels[i]`` (``down`` =
+    space-to-depth + conv for ``i > 0``, then ``blocks``), ``out`` (conv :math:`h_{L-1} \to C_{lat}`).
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_channels: int,
+        latent_channels: int,
+        hidden_channels: Sequence[int],
+        hidden_blocks: Sequence[int],
+        spatial_dims: int,
+        dropout: float,
+        identity_init: bool,
+        periodic: bool,
+        kernel_size: int,
+    ) -> None:
+        super().__init__()
+        conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
+        fold = 2**spatial_dims
+        self.stem = _conv(pixel_channels, hidden_channels[0], **conv_kw)
+        self.levels = nn.ModuleList()
+        for i, (channels, blocks) in enumerate(zip(hidden_channels, hidden_blocks, strict=True)):
+            level = nn.Module()
+            if i > 0:
+                conv = _conv(hidden_channels[i - 1] * fold, channels, **conv_kw)
+                if identity_init:
+                    identity_init_(conv)
+                level.down = nn.Sequential(SpaceToDepth(spatial_dims=spatial_dims), conv)
+            else:
+                level.down = nn.Identity()
+            level.blocks = nn.Sequential(
+                *(ResBlock(channels, dropout=dropout, **conv_kw) for _ in range(blocks))
+            )
+            self.levels.append(level)
+        self.out = _conv(hidden_channels[-1], latent_channels, **conv_kw)
+        if identity_init:
+            identity_init_(self.out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for level in self.levels:
+            h = level.blocks(level.down(h))
+        return self.out(h)
+
+
+class Decoder(nn.Module):
+    r"""Convolutional decoder: ``(B, C_lat, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``.
+
+    Sub-modules: ``inp`` (conv :math:`C_{lat} \to h_{L-1}`), ``levels[i]`` (``blocks``, then
+    ``up`` = conv :math:`h_i \to 2^d h_{i-1}` + depth-to-space for ``i > 0``), ``head`` (conv
+    :math:`h_0 \to C_{pix}`). ``levels`` is indexed like the encoder's (level 0 = full resolution)
+    and run from the deepest level.
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_channels: int,
+        latent_channels: int,
+        hidden_channels: Sequence[int],
+        hidden_blocks: Sequence[int],
+        spatial_dims: int,
+        dropout: float,
+        identity_init: bool,
+        periodic: bool,
+        kernel_size: int,
+    ) -> None:
+        super().__init__()
+        conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
+        fold = 2**spatial_dims
+        self.inp = _conv(latent_channels, hidden_channels[-1], **conv_kw)
+        if identity_init:
+            identity_init_(self.inp)
+        self.levels = nn.ModuleList()
+        for i, (channels, blocks) in enumerate(zip(hidden_channels, hidden_blocks, strict=True)):
+            level = nn.Module()
+            level.blocks = nn.Sequential(
+                *(ResBlock(channels, dropout=dropout, **conv_kw) for _ in range(blocks))
+            )
+            if i > 0:
+                conv = _conv(channels, hidden_channels[i - 1] * fold, **conv_kw)
+                if identity_init:
+                    identity_init_(conv)
+                level.up = nn.Sequential(conv, DepthToSpace(spatial_dims=spatial_dims))
+            else:
+                level.up = nn.Identity()
+            self.levels.append(level)
+        self.head = _conv(hidden_channels[0], pixel_channels, **conv_kw)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.inp(z)
+        for level in reversed(self.levels):
+            h = level.up(level.blocks(h))
+        return self.head(h)
+
+
+# --------------------------------------------------------------------------------------------
+# Autoencoder
+# --------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class AutoEncoder(nn.Module):
+    r"""Convolutional autoencoder of method.md §2 for 2-D or 3-D states.
+
+    :param pixel_channels: :math:`C_{pix}`, channels (fields) of a state.
+    :param latent_channels: :math:`C_{lat}`, channels of the latent.
+    :param hidden_channels: :math:`(h_0, \dots, h_{L-1})`, widths per level; the spatial factor is
+        :math:`r = 2^{L-1}`.
+    :param hidden_blocks: ResBlocks per level (same length as ``hidden_channels``; 0 allowed).
+    :param spatial_dims: 2 or 3 (``Conv2d`` / ``Conv3d``).
+    :param dropout: dropout probability inside the ResBlocks.
+    :param identity_init: near-identity init of the down/up convs, the encoder-output conv and
+        the decoder-input conv (the stem and head convs always keep the default init).
+    :param periodic: circular instead of zero padding in every conv (translation-equivariant on
+        a torus for shifts that are multiples of ``r``).
+    :param saturation_bound: :math:`B` of the latent saturation; ``None`` disables it.
+    :param kernel_size: odd conv kernel size.
+
+    Shapes: ``encode: (B, C_pix, H, W[, Z]) -> (B, C_lat, H/r, W/r[, Z/r])``,
+    ``decode`` the reverse, ``forward(x) -> (x_hat, z)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_channels: int,
+        latent_channels: int,
+        hidden_channels: Sequence[int],
+        hidden_blocks: Sequence[int],
+        spatial_dims: int = 2,
+        dropout: float = 0.05,
+        identity_init: bool = True,
+        periodic: bool = False,
+        saturation_bound: float | None = 5.0,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("pixel_channels", pixel_channels)
+        _check_positive_int("latent_channels", latent_channels)
+        hidden_channels = tuple(hidden_channels)
+        hidden_blocks = tuple(hidden_blocks)
+        if not hidden_channels:
+            raise ValueError("hidden_channels must not be empty (one entry per level)")
+        if len(hidden_blocks) != len(hidden_channels):
+            raise ValueError(
+                f"hidden_blocks must have one entry per level: got {len(hidden_blocks)} entries for "
+                f"{len(hidden_channels)} hidden_channels"
+            )
+        for i, c in enumerate(hidden_channels):
+            _check_positive_int(f"hidden_channels[{i}]", c)
+        for i, n in enumerate(hidden_blocks):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"hidden_blocks[{i}] must be a non-negative integer, got {n!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be an odd positive integer, got {kernel_size!r}")
+        if saturation_bound is not None and not saturation_bound > 0:
+            raise ValueError(f"saturation_bound must be positive or None, got {saturation_bound!r}")
+
+        self.pixel_channels = pixel_channels
+        self.latent_channels = latent_channels
+        self.hidden_channels = hidden_channels
+        self.hidden_blocks = hidden_blocks
+        self.spatial_dims = spatial_dims
+        self.periodic = periodic
+        self.saturation_bound = saturation_bound
+
+        kw = {
+            "pixel_channels": pixel_channels,
+            "latent_channels": latent_channels,
+            "hidden_channels": hidden_channels,
+            "hidden_blocks": hidden_blocks,
+            "spatial_dims": spatial_dims,
+            "dropout": dropout,
+            "identity_init": identity_init,
+            "periodic": periodic,
+            "kernel_size": kernel_size,
+        }
+        self.encoder = Encoder(**kw)
+        self.decoder = Decoder(**kw)
+
+    # -- geometry -----------------------------------------------------------------------------
+
+    @property
+    def spatial_factor(self) -> int:
+        """:math:`r = 2^{L-1}`, the down-sampling factor per spatial axis."""
+        return 2 ** (len(self.hidden_channels) - 1)
+
+    def _check_spatial(self, spatial: Sequence[int], *, what: str) -> None:
+        r = self.spatial_factor
+        for axis, size in enumerate(spatial):
+            if size % r != 0:
+                raise ValueError(
+                    f"{what}: spatial axis {axis} ({_AXIS_NAMES[axis]}) has size {size}, which is not "
+                    f"divisible by the spatial factor r={r}"
+                )
+
+    def latent_shape(self, pixel_shape: Sequence[int]) -> tuple[int, ...]:
+        """Per-sample latent shape for a per-sample pixel shape.
+
+        :param pixel_shape: ``(C_pix, H, W[, Z])`` (no batch axis).
+        :returns: ``(C_lat, H/r, W/r[, Z/r])``.
+        """
+        pixel_shape = tuple(int(s) for s in pixel_shape)
+        if len(pixel_shape) != self.spatial_dims + 1:
+            raise ValueError(
+                f"pixel_shape must be (C_pix, {', '.join(_AXIS_NAMES[: self.spatial_dims])}), "
+                f"got {pixel_shape}"
+            )
+        if pixel_shape[0] != self.pixel_channels:
+            raise ValueError(f"pixel_shape has {pixel_shape[0]} channels, expected {self.pixel_channels}")
+        self._check_spatial(pixel_shape[1:], what="pixel_shape")
+        r = self.spatial_factor
+        return (self.latent_channels, *(s // r for s in pixel_shape[1:]))
+
+    def _check_input(self, x: Tensor, *, channels: int, name: str, check_divisible: bool) -> None:
+        expected_ndim = self.spatial_dims + 2
+        if x.ndim != expected_ndim:
+            axes = ", ".join(("B", name, *_AXIS_NAMES[: self.spatial_dims]))
+            raise ValueError(
+                f"expected a {expected_ndim}-D tensor ({axes}) for spatial_dims={self.spatial_dims}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != channels:
+            raise ValueError(f"expected {channels} channels ({name}) on dim 1, got shape {tuple(x.shape)}")
+        if check_divisible:
+            self._check_spatial(tuple(x.shape[2:]), what="input")
+
+    # -- maps ---------------------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``(B, C_pix, H, W[, Z]) -> (B, C_lat, H/r, W/r[, Z/r])``, saturated into ``(-B, B)``."""
+        self._check_input(x, channels=self.pixel_channels, name="C_pix", check_divisible=True)
+        z = self.encoder(x)
+        if self.saturation_bound is not None:
+            z = saturate(z, self.saturation_bound)
+        return z
+
+    def decode(self, z: Tensor) -> Tensor:
+        """``(B, C_lat, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``."""
+        self._check_input(z, channels=self.latent_channels, name="C_lat", check_divisible=False)
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(x_hat, z)`` with ``z = encode(x)`` and ``x_hat = decode(z)``."""
+        z = self.encode(x)
+        return self.decode(z), z
+
+
+def compression_rate(pixel_shape: Sequence[int], latent_shape: Sequence[int]) -> float:
+    r"""Per-sample compression rate :math:`\mathrm{numel}(x) / \mathrm{numel}(z)`.
+
+    :param pixel_shape: per-sample state shape, e.g. ``(5, 64, 64)``.
+    :param latent_shape: per-sample latent shape, e.g. ``(16, 4, 4)``.
+    :returns: e.g. ``80.0`` for the two shapes above.
+    """
+    num_x, num_z = math.prod(pixel_shape), math.prod(latent_shape)
+    if num_x <= 0 or num_z <= 0:
+        raise ValueError(
+            f"shapes must have positive sizes, got {tuple(pixel_shape)} and {tuple(latent_shape)}"
+        )
+    return num_x / num_z
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+#: Keyword arguments of :class:`AutoEncoder` (without ``pixel_channels`` / ``latent_channels``).
+#: ``paper`` / ``paper_small`` / ``paper_3d`` are the reference configs ``dcae_f32c64_large`` /
+#: ``dcae_f32c64_small`` / ``dcae_3d_f8c64_large``; the others are small CPU presets.
+AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    # r=32; ≈3.13e8 parameters at C_pix=5, C_lat=64.
+    "paper": {"hidden_channels": (64, 128, 256, 512, 768, 1024), "hidden_blocks": (3,) * 6},
+    # r=32; ≈7.9e7 parameters.
+    "paper_small": {"hidden_channels": (32, 64, 128, 256, 384, 512), "hidden_blocks": (3,) * 6},
+    # 3-D, r=8; ≈7.4e8 parameters at C_pix=6, C_lat=64.
+    "paper_3d": {"hidden_channels": (64, 256, 512, 1024), "hidden_blocks": (3,) * 4, "spatial_dims": 3},
+    # Tiny, r=2: unit tests and wiring checks (seconds on a CPU).
+    "smoke": {"hidden_channels": (16, 32), "hidden_blocks": (1, 1)},
+    "smoke_3d": {"hidden_channels": (8, 16), "hidden_blocks": (1, 1), "spatial_dims": 3},
+    # r=8: a CPU demo on 32²–64² states (a few minutes of training on 2 cores).
+    "demo": {"hidden_channels": (32, 64, 128, 128), "hidden_blocks": (1, 1, 1, 1)},
+    # r=16 (e.g. 64×64 -> 4×4, the paper's Euler compression rates at C_lat 16/4/1).
+    "small_r16": {"hidden_channels": (16, 32, 64, 128, 128), "hidden_blocks": (1, 1, 1, 1, 1)},
+}
+
+
+def build_autoencoder(
+    preset: str, *, pixel_channels: int, latent_channels: int, **overrides: Any
+) -> AutoEncoder:
+    """Build an :class:`AutoEncoder` from a named preset of :data:`AUTOENCODER_PRESETS`.
+
+    :param preset: preset name.
+    :param pixel_channels: :math:`C_{pix}`.
+    :param latent_channels: :math:`C_{lat}`.
+    :param overrides: any other :class:`AutoEncoder` keyword (replaces the preset's value).
+    :raises ValueError: for an unknown preset.
+    """
+    if preset not in AUTOENCODER_PRESETS:
+        raise ValueError(
+            f"unknown autoencoder preset {preset!r}; choose one of {sorted(AUTOENCODER_PRESETS)}"
+        )
+    kwargs: Mapping[str, Any] = {**AUTOENCODER_PRESETS[preset], **overrides}
+    return AutoEncoder(pixel_channels=pixel_channels, latent_channels=latent_channels, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def vmse_per_field(x_hat: Tensor, x: Tensor, *, eps: float = 1e-2, root: bool = False) -> Tensor:
+    r"""Variance-normalised MSE per sample and field.
+
+    .. math:: \ell_{bc} = \frac{\operatorname{mean}_p (x_{bcp} - \hat x_{bcp})^2}
+                               {\operatorname{Var}_p(x_{bc}) + \epsilon}
+
+    over all pixels ``p`` of sample ``b``, channel ``c`` (unbiased variance of the *target*);
+    ``root=True`` returns :math:`\sqrt{\ell_{bc}}` (the reference code's VRMSE variant).
+
+    :param x_hat: prediction ``(B, C, *spatial)``.
+    :param x: target, same shape.
+    :returns: ``(B, C)``.
+    """
+    if x_hat.shape != x.shape:
+        raise ValueError(
+            f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}"
+        )
+    if x.ndim < 3:
+        raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(x.shape)}")
+    x_flat = x.flatten(2)
+    mse = (x_flat - x_hat.flatten(2)).square().mean(dim=-1)
+    var = x_flat.var(dim=-1, correction=1)
+    loss = mse / (var + eps)
+    return loss.sqrt() if root else loss
+
+
+def vmse_loss(x_hat: Tensor, x: Tensor, *, eps: float = 1e-2, root: bool = False) -> Tensor:
+    r"""Mean over ``(b, c)`` of :func:`vmse_per_field` — the paper's AE loss (VMSE, ``root=False``)
+    or the reference code's VRMSE (``root=True``). Returns a scalar tensor."""
+    return vmse_per_field(x_hat, x, eps=eps, root=root).mean()

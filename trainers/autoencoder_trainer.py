@@ -1,0 +1,351 @@
+"""Train an autoencoder with Ray Train: the stage ``train_autoencoder(config, dataset) -> Artifact``.
+
+Reads top to bottom: the config (validated on the driver, before any worker starts), the
+task each worker runs (single augmented states of the train split, sharded across
+workers; the VMSE loss), the stage (artifact id → MLflow run → ``TorchTrainer`` fit →
+network snapshot + MLflow model → published artifact), and a command line::
+
+    python -m lolaray.trainers.autoencoder_trainer --dataset euler_quadrants:smoke \\
+        --preset smoke --latent-channels 4 --epochs 3 --workers 2
+
+The artifact holds ``autoencoder.pt`` (constructor keywords + weights: everything needed
+to rebuild the network, nothing about training), ``standardizer.json`` and
+``config.json``; its manifest names the MLflow model, the compression rate and the
+latent shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
+from lolaray.platform.preprocessing import Standardizer
+from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
+from lolaray.trainers.launch import ScalingSpec, fit_stage
+from lolaray.trainers.loop import FaultInjection, LoopConfig, run_training
+from lolaray.trainers.optim import OPTIMIZERS
+
+__all__ = ["AutoencoderConfig", "load_autoencoder", "train_autoencoder"]
+
+STAGE = "autoencoder"
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Everything that defines an autoencoder training (its artifact id hashes all of it).
+
+    :param preset: a key of :data:`~lolaray.trainers.autoencoder.AUTOENCODER_PRESETS`.
+    :param latent_channels: ``C_lat``; with the preset's factor ``r`` it sets the compression rate.
+    :param architecture: overrides of the preset's keywords (e.g. ``{"identity_init": False}``).
+    :param loss_root: the reference code's sqrt-VMSE instead of the paper's VMSE.
+    :param batch_size: states per worker per step. ``valid_states``: validation states per epoch.
+    :param augment: random flips / permutations / periodic rolls of training states.
+    :param loop: optimizer, schedule, epochs (the paper: PSGD, lr 1e-5, cosine, clip 1).
+    """
+
+    preset: str = "demo"
+    latent_channels: int = 16
+    architecture: dict = field(default_factory=dict)
+    loss_root: bool = False
+    batch_size: int = 16
+    valid_states: int = 64
+    augment: bool = True
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="psgd", lr=1e-4))
+
+    def model_kwargs(self, info: DatasetInfo) -> dict:
+        return {
+            **AUTOENCODER_PRESETS.get(self.preset, {}),
+            **self.architecture,
+            "pixel_channels": info.n_fields,
+            "latent_channels": self.latent_channels,
+        }
+
+    def validate(self, info: DatasetInfo) -> None:
+        """Clear errors for a bad config, before any worker starts."""
+        if self.preset not in AUTOENCODER_PRESETS:
+            raise ValueError(
+                f"unknown autoencoder preset {self.preset!r}; choose one of {sorted(AUTOENCODER_PRESETS)}"
+            )
+        if not isinstance(self.latent_channels, int) or self.latent_channels <= 0:
+            raise ValueError(f"latent_channels must be a positive integer, got {self.latent_channels!r}")
+        if self.loop.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.loop.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        if self.batch_size < 1 or self.valid_states < 1:
+            raise ValueError("batch_size and valid_states must be >= 1")
+        kwargs = self.model_kwargs(info)
+        r = 2 ** (len(kwargs["hidden_channels"]) - 1)
+        dims = kwargs.get("spatial_dims", 2)
+        if dims != info.n_spatial_dims:
+            raise ValueError(f"preset {self.preset!r} is {dims}-D but {info.name} is {info.n_spatial_dims}-D")
+        for axis, size in zip(info.spatial_dims, info.resolution):
+            if size % r:
+                raise ValueError(
+                    f"resolution {size} along {axis} of {info.name} is not divisible by the autoencoder's "
+                    f"spatial factor r={r} (preset {self.preset!r}); pick a preset with fewer levels"
+                )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AutoencoderConfig:
+        d = dict(d)
+        loop = dict(d.pop("loop", {}))
+        loop["fault"] = FaultInjection(**loop.get("fault", {}))
+        loop["betas"] = tuple(loop.get("betas", (0.9, 0.99)))
+        return cls(**d, loop=LoopConfig(**loop))
+
+
+def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple[int, ...], float]:
+    """The latent shape ``(C_lat, *spatial/r)`` and the compression rate ``numel(x)/numel(z)``."""
+    kwargs = config.model_kwargs(info)
+    r = 2 ** (len(kwargs["hidden_channels"]) - 1)
+    latent = (config.latent_channels, *(s // r for s in info.resolution))
+    return latent, math.prod(info.state_shape) / math.prod(latent)
+
+
+class AutoencoderTask:
+    """Single states of the train split, augmented, sharded across workers; VMSE loss."""
+
+    def __init__(self, cfg: dict):
+        self.config = AutoencoderConfig.from_dict(cfg["config"])
+        self.info = open_dataset(cfg["dataset_root"])
+        self.standardizer = Standardizer.from_dict(cfg["standardizer"])
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def build_model(self) -> AutoEncoder:
+        return AutoEncoder(**self.config.model_kwargs(self.info))
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        states = WellWindows(
+            self.info, "train", length=1, standardizer=self.standardizer, augment=self.config.augment
+        )
+        sampler = DistributedSampler(
+            states,
+            num_replicas=self.world,
+            rank=self.rank,
+            shuffle=True,
+            seed=self.config.loop.seed,
+            drop_last=True,
+        )
+        batch_size = min(self.config.batch_size, len(sampler))
+        loader = DataLoader(states, batch_size=batch_size, sampler=sampler, drop_last=True)
+        passes = 0
+        while True:  # endless: an epoch is a number of steps, not a pass over the data
+            sampler.set_epoch(epoch * 10_000 + passes)
+            yield from loader
+            passes += 1
+
+    def valid_batches(self) -> Iterator[dict]:
+        states = WellWindows(self.info, "valid", length=1, standardizer=self.standardizer)
+        count = min(self.config.valid_states, len(states))
+        picks = torch.linspace(0, len(states) - 1, count).round().long().tolist()[self.rank :: self.world]
+        for i in range(0, len(picks), self.config.batch_size):
+            items = [states[j] for j in picks[i : i + self.config.batch_size]]
+            yield {"x": torch.stack([it["x"] for it in items])}
+
+    def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
+        x = batch["x"][:, :, 0].to(device)  # (B, C, 1, H, W) -> (B, C, H, W)
+        x_hat, _ = model(x)
+        return vmse_loss(x_hat.float(), x, root=self.config.loss_root), x.shape[0]
+
+
+def _worker(cfg: dict) -> dict:
+    """The Ray Train worker function (module-level so it pickles by reference)."""
+    torch.set_num_threads(cfg["threads"]) if not torch.cuda.is_available() else None
+    task = AutoencoderTask(cfg)
+    return run_training(
+        task, task.config.loop, mlflow_run_id=cfg.get("mlflow_run_id"), tracking_uri=cfg.get("tracking_uri")
+    )
+
+
+def train_autoencoder(
+    config: AutoencoderConfig,
+    dataset: DatasetInfo | str,
+    *,
+    store: ArtifactStore | str = "lolaray-store",
+    scaling: ScalingSpec | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    log_model: bool = True,
+) -> Artifact:
+    """Train (or reuse) the autoencoder of ``config`` on ``dataset`` and return its artifact.
+
+    The artifact id hashes the config and the dataset's fingerprint; a complete artifact
+    with that id is returned as is. Otherwise a ``TorchTrainer`` of ``scaling.workers``
+    workers trains it, an MLflow run records params, per-epoch metrics and the model, and
+    the artifact is published with the run id in its manifest.
+    """
+    info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
+    config.validate(info)
+    scaling = scaling or ScalingSpec()
+    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    aid = artifact_id(STAGE, {"config": config.to_dict(), "dataset": info.fingerprint()})
+    if (existing := store.get(STAGE, aid)) is not None:
+        return existing
+
+    latent_shape, rate = latent_geometry(config, info)
+    standardizer = standardizer_for(info)
+    uri = tracking_uri(mlflow_uri)
+    run_id = create_run(
+        experiment,
+        run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
+        uri=uri,
+        parent_run_id=parent_run_id,
+        tags={"stage": STAGE, "artifact_id": aid, "compression": f"{rate:g}", "dataset": info.name},
+        params={
+            **config.to_dict(),
+            "dataset": info.name,
+            "compression": rate,
+            "latent_shape": latent_shape,
+            "workers": scaling.workers,
+        },
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.log_metric(run_id, "compression", rate)
+    try:
+        summary, state = fit_stage(
+            _worker,
+            {
+                "config": config.to_dict(),
+                "dataset_root": info.root,
+                "standardizer": standardizer.to_dict(),
+                "mlflow_run_id": run_id,
+                "tracking_uri": uri,
+            },
+            name=aid,
+            storage_path=f"{store.root}/_train_runs",
+            scaling=scaling,
+        )
+        model = AutoEncoder(**config.model_kwargs(info))
+        model.load_state_dict(state["model"])
+        model.eval()
+        manifest = {
+            "dataset": info.name,
+            "dataset_root": info.root,
+            "dataset_fingerprint": info.fingerprint(),
+            "compression": rate,
+            "latent_shape": list(latent_shape),
+            "pixel_shape": list(info.state_shape),
+            "optimizer_steps": state["step"],
+            "skipped_steps": state["skipped_total"],
+            "resumed_from_step": summary.get("resumed_from_step"),
+            "mlflow_run_id": run_id,
+        }
+        with store.build(STAGE, aid, manifest) as folder:
+            torch.save(
+                {"kwargs": config.model_kwargs(info), "state_dict": model.state_dict()},
+                folder / "autoencoder.pt",
+            )
+            (folder / "standardizer.json").write_text(json.dumps(standardizer.to_dict(), indent=2))
+            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+            if log_model:
+                manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run_id, uri)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return store.get(STAGE, aid)
+
+
+def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: str) -> str:
+    """Log the network as an MLflow PyTorch model (pickled module: ``encode``/``decode`` survive)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    example = torch.zeros(1, *info.state_shape)
+    with torch.no_grad():
+        reconstruction, _ = model(example)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info_ = mlflow.pytorch.log_model(
+            model,
+            name="autoencoder",
+            input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), reconstruction.numpy()),
+            serialization_format="pickle",
+        )
+    return info_.model_uri
+
+
+def load_autoencoder(artifact: Artifact | str | Path) -> tuple[AutoEncoder, Standardizer]:
+    """The trained network (eval mode, CPU) and the standardization it was trained with."""
+    folder = Path(artifact.uri if isinstance(artifact, Artifact) else artifact)
+    snapshot = torch.load(folder / "autoencoder.pt", map_location="cpu", weights_only=False)
+    model = AutoEncoder(**snapshot["kwargs"])
+    model.load_state_dict(snapshot["state_dict"])
+    model.eval()
+    standardizer = Standardizer.from_dict(json.loads((folder / "standardizer.json").read_text()))
+    return model, standardizer
+
+
+def main(argv: list[str] | None = None) -> Artifact:
+    parser = argparse.ArgumentParser(description="Train an autoencoder with Ray Train.")
+    parser.add_argument("--dataset", default="euler_quadrants:demo")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--preset", default="demo", choices=sorted(AUTOENCODER_PRESETS))
+    parser.add_argument("--latent-channels", type=int, default=16)
+    parser.add_argument("--no-identity-init", action="store_true")
+    parser.add_argument("--optimizer", default="psgd", choices=OPTIMIZERS)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--store", default="lolaray-store")
+    parser.add_argument("--mlflow-uri", default=None)
+    parser.add_argument("--address", default=None, help="Ray address (default: embedded local Ray)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from lolaray.platform.session import start_ray
+
+    config = AutoencoderConfig(
+        preset=args.preset,
+        latent_channels=args.latent_channels,
+        architecture={"identity_init": False} if args.no_identity_init else {},
+        batch_size=args.batch_size,
+        loop=LoopConfig(
+            optimizer=args.optimizer,
+            lr=args.lr,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            precision=args.precision,
+            seed=args.seed,
+        ),
+    )
+    info = open_dataset(args.dataset, data_root=args.data_root)
+    config.validate(info)
+    start_ray(args.address)
+    artifact = train_autoencoder(
+        config, info, store=args.store, scaling=ScalingSpec(workers=args.workers), mlflow_uri=args.mlflow_uri
+    )
+    print(
+        f"[lolaray] autoencoder {artifact.id}: compression x{artifact.manifest['compression']:g}, "
+        f"latent {tuple(artifact.manifest['latent_shape'])}, at {artifact.uri}"
+    )
+    return artifact
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Launching a training stage: one ``TorchTrainer`` fit with resume, retries and MLflow.
+
+Every training stage (autoencoder, diffusion, neural solver) runs the same way:
+
+1. the driver creates the stage's MLflow run (nested under the sweep's run, if any);
+2. a ``TorchTrainer`` named after the stage's artifact id fits ``worker_fn`` on
+   ``workers`` Ray Train workers (``0``: in-process, for unit tests). A stable name means a
+   rerun of an interrupted stage resumes from its last checkpoint, and ``FailureConfig``
+   restarts a failed worker group from it;
+3. the driver reads rank 0's summary and the final checkpoint's full training state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
+
+__all__ = ["ScalingSpec", "fit_stage"]
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """How many workers, on what.
+
+    :param workers: Ray Train workers (``0`` runs the loop in this process).
+    :param use_gpu: one GPU per worker (``None``: when the cluster has GPUs).
+    :param cpus_per_worker: logical CPUs each worker reserves; on CPU it also sets torch's threads.
+    :param max_failures: worker-group restarts from the last checkpoint before giving up.
+    """
+
+    workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+
+    def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+
+    def resolved_use_gpu(self) -> bool:
+        if self.use_gpu is not None:
+            return self.use_gpu
+        import ray
+
+        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit_stage(
+    worker_fn,
+    worker_config: dict[str, Any],
+    *,
+    name: str,
+    storage_path: str,
+    scaling: ScalingSpec,
+) -> tuple[dict, dict]:
+    """Fit ``worker_fn(worker_config)`` as a ``TorchTrainer`` run called ``name``.
+
+    :returns: ``(summary, state)``: rank 0's return value and the final full training state.
+    :raises NonFiniteTrainingError: training stopped on too many non-finite steps.
+    :raises ray.train.TrainingFailedError: workers kept failing after ``max_failures`` restarts.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
+    worker_config = {**worker_config, "threads": max(1, int(scaling.cpus_per_worker))}
+    if "://" not in storage_path:
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config=worker_config,
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    summary = result.return_value or {}
+    if summary.get("status") == "nonfinite":
+        raise NonFiniteTrainingError(summary["message"])
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
+    with result.checkpoint.as_directory() as folder:
+        state = load_training_state(os.fspath(folder))
+    return summary, state

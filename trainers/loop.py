@@ -1,0 +1,373 @@
+"""The one training-loop core every trainer shares, run inside Ray Train workers.
+
+A trainer supplies a :class:`TrainingTask` — the network, this worker's batches and the
+loss — and :func:`run_training` does the rest, identically for autoencoders, diffusion
+models and neural solvers:
+
+- device from Ray Train (CUDA + NCCL on a cluster, CPU + gloo here), DDP when there are
+  several workers, optional bf16 autocast (GPU *and* CPU: AMX makes it pay on CPU too);
+- optimizer (:func:`~lolaray.trainers.optim.build_optimizer`) and a per-step cosine schedule;
+- gradient clipping at ``grad_clip``; a step whose (pre-clip) gradient norm is not finite
+  is skipped and counted, and the run stops with :class:`NonFiniteTrainingError` after
+  ``max_nonfinite_in_a_row`` of them. The norm is taken after DDP's all-reduce, so every
+  rank takes the same decision;
+- per epoch: validation loss, metrics averaged over ranks, one ``ray.train.report`` with a
+  full-state checkpoint (model, optimizer, scheduler, step, epoch, every rank's RNG
+  states) — reports are per epoch because each one blocks about a health-check interval;
+- resume: when Ray Train restarts a failed worker group (``FailureConfig``) or reruns a
+  run of the same name, training continues from the last checkpoint at the same step;
+- MLflow: rank 0 logs the epoch metrics into a run created by the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lolaray.trainers.optim import build_optimizer, cosine_schedule
+
+__all__ = [
+    "FaultInjection",
+    "LoopConfig",
+    "NonFiniteTrainingError",
+    "TrainingTask",
+    "load_training_state",
+    "run_training",
+]
+
+STATE_FILE = "state.pt"
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Failures injected on purpose, for tests of the recovery paths.
+
+    :param kill_rank, kill_at_step: the worker of rank ``kill_rank`` exits abruptly when it
+        is about to take optimizer step ``kill_at_step`` — once: a marker file in
+        ``marker_dir`` records that it happened, so the restarted group runs through.
+    :param nonfinite_steps: batch iterations (counted from 0 over the whole run, skipped
+        ones included) whose loss is replaced by NaN.
+    """
+
+    kill_rank: int | None = None
+    kill_at_step: int | None = None
+    marker_dir: str | None = None
+    nonfinite_steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimization settings shared by every trainer.
+
+    :param epochs: number of epochs; ``steps_per_epoch``: batch iterations per epoch per worker.
+    :param optimizer: ``psgd``, ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``betas`` as usual.
+    :param warmup_steps: linear warm-up before the cosine decay (over all optimizer steps).
+    :param grad_clip: max gradient norm; ``max_nonfinite_in_a_row``: stop after this many skips in a row.
+    :param precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on GPU, fp32 on CPU).
+    :param seed: base seed; rank ``r`` seeds with ``seed + r``.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    max_nonfinite_in_a_row: int = 10
+    precision: str = "auto"
+    seed: int = 0
+    fault: FaultInjection = field(default_factory=FaultInjection)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.steps_per_epoch < 1:
+            raise ValueError(
+                f"epochs and steps_per_epoch must be >= 1, got {self.epochs}, {self.steps_per_epoch}"
+            )
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.max_nonfinite_in_a_row < 1:
+            raise ValueError("lr and grad_clip must be > 0 and max_nonfinite_in_a_row >= 1")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingTask(Protocol):
+    """What a trainer specialises. Built inside each worker (HDF5 handles are not pickled)."""
+
+    def build_model(self) -> nn.Module:
+        """The network, on CPU, freshly initialised (seeded by the loop)."""
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        """This worker's share of the training batches for ``epoch`` (may be endless)."""
+
+    def valid_batches(self) -> Iterable[Any]:
+        """This worker's share of the validation batches (the same every epoch)."""
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+        """The scalar loss of ``batch`` and its number of samples."""
+
+
+def _world() -> tuple[int, int]:
+    import ray.train
+
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size()
+
+
+def _all_reduce_mean(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / world).tolist()
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _gather_rng_states(world: int) -> list[dict]:
+    if world == 1:
+        return [_rng_state()]
+    import torch.distributed as dist
+
+    states: list = [None] * world
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
+def _local_mode() -> bool:
+    """Whether this is Ray Train's in-process local mode (``ScalingConfig(num_workers=0)``)."""
+    import ray.train
+
+    return type(ray.train.get_context()).__name__.startswith("Local")
+
+
+def load_training_state(checkpoint_dir: str) -> dict:
+    """The full training state saved by :func:`run_training` in a checkpoint folder."""
+    return torch.load(os.path.join(checkpoint_dir, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def _mlflow_logger(run_id: str | None, tracking_uri: str | None):
+    """``log(metrics, step)`` into the driver's MLflow run (rank 0 only), or a no-op."""
+    if run_id is None:
+        return lambda metrics, step: None
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+
+    def log(metrics: dict, step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)
+        ]
+        client.log_batch(run_id, metrics=batch)
+
+    return log
+
+
+def run_training(
+    task: TrainingTask,
+    loop: LoopConfig,
+    *,
+    mlflow_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    """Train ``task`` in this Ray Train worker; returns a summary (rank 0's is ``Result.return_value``).
+
+    Must run inside a ``TorchTrainer`` (``ScalingConfig(num_workers=0)`` runs it in-process).
+    The summary has ``status`` = ``"finished"`` or ``"nonfinite"`` (with ``message``); the
+    driver turns the latter into :class:`NonFiniteTrainingError` — raising in the worker
+    would make ``FailureConfig`` retry a deterministic failure.
+    """
+    import ray.train
+    import ray.train.torch
+
+    rank, world = _world()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(loop.seed + rank)
+    np.random.seed((loop.seed + rank) % 2**32)
+    random.seed(loop.seed + rank)
+
+    model = task.build_model()
+    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    core = getattr(model, "module", model)
+    optimizer = build_optimizer(
+        core.parameters(), name=loop.optimizer, lr=loop.lr, weight_decay=loop.weight_decay, betas=loop.betas
+    )
+    scheduler = cosine_schedule(optimizer, loop.total_steps, loop.warmup_steps)
+    use_bf16 = loop.precision == "bf16" or (loop.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    start_epoch, step, iteration, skipped_total = 0, 0, 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_training_state(folder)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        iteration, skipped_total = state["iteration"], state["skipped_total"]
+        if len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank])
+
+    log = _mlflow_logger(mlflow_run_id if rank == 0 else None, tracking_uri)
+    fault = loop.fault
+    params = [p for p in core.parameters() if p.requires_grad]
+    nonfinite_in_a_row = 0
+    previous_folder = None
+    first_step_at = None
+    summary = {"status": "finished", "resumed_from_step": step if checkpoint is not None else None}
+
+    for epoch in range(start_epoch, loop.epochs):
+        model.train()
+        began = time.perf_counter()
+        losses, norms, samples = [], [], 0
+        batches = task.train_batches(epoch)
+        for _ in range(loop.steps_per_epoch):
+            batch = next(batches)
+            if fault.kill_at_step is not None and step == fault.kill_at_step and rank == fault.kill_rank:
+                marker = os.path.join(fault.marker_dir or tempfile.gettempdir(), f"lolaray-fault-{step}")
+                if not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(17)  # an abrupt worker death, as a lost node would look
+            with autocast():
+                loss, n = task.loss(model, batch, device)
+            if iteration in fault.nonfinite_steps:
+                loss = loss * float("nan")
+            iteration += 1
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.grad_clip))
+            if not math.isfinite(grad_norm):
+                skipped_total += 1
+                nonfinite_in_a_row += 1
+                optimizer.zero_grad(set_to_none=True)
+                if nonfinite_in_a_row >= loop.max_nonfinite_in_a_row:
+                    summary.update(
+                        status="nonfinite",
+                        message=(
+                            f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient "
+                            f"(at optimizer step {step}, epoch {epoch}); stopping. Lower the learning rate, "
+                            "check the data for NaN/Inf, or raise max_nonfinite_in_a_row."
+                        ),
+                        step=step,
+                        skipped_total=skipped_total,
+                    )
+                    return summary
+                continue
+            nonfinite_in_a_row = 0
+            if first_step_at is None:
+                first_step_at = time.time()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            norms.append(grad_norm)
+            samples += n
+
+        elapsed = time.perf_counter() - began
+        model.eval()
+        valid_losses, valid_n = 0.0, 0
+        with torch.no_grad(), autocast():
+            for batch in task.valid_batches():
+                loss, n = task.loss(model, batch, device)
+                valid_losses += float(loss) * n
+                valid_n += n
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        reduced = _all_reduce_mean(
+            [
+                train_loss,
+                valid_losses / max(valid_n, 1),
+                float(np.mean(norms)) if norms else float("nan"),
+                samples / max(elapsed, 1e-9),
+            ],
+            device,
+            world,
+        )
+        metrics = {
+            "train/loss": reduced[0],
+            "valid/loss": reduced[1],
+            "train/grad_norm": reduced[2],
+            "train/samples_per_s": reduced[3] * world,
+            "train/learning_rate": scheduler.get_last_lr()[0],
+            "train/optimizer_steps": step,
+            "train/skipped_steps": skipped_total,
+            "epoch": epoch,
+        }
+        rng_states = _gather_rng_states(world)
+        if any(not torch.isfinite(p).all() for p in core.parameters()):
+            raise FloatingPointError(f"non-finite weights after epoch {epoch}; refusing to checkpoint them")
+        if rank == 0:
+            folder = tempfile.mkdtemp(prefix="lolaray-ckpt-")
+            torch.save(
+                {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "iteration": iteration,
+                    "skipped_total": skipped_total,
+                    "rng": rng_states,
+                    "loop": loop.to_dict(),
+                },
+                os.path.join(folder, STATE_FILE),
+            )
+            log(metrics, step)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=f"epoch_{epoch:05d}",
+            )
+            # report() has persisted the checkpoint to the run's storage -- except in local mode
+            # (num_workers=0), where the latest one is read from this folder: keep only that one.
+            if previous_folder is not None:
+                shutil.rmtree(previous_folder, ignore_errors=True)
+            previous_folder = folder
+        else:
+            ray.train.report(metrics)
+    if previous_folder is not None and not _local_mode():
+        shutil.rmtree(previous_folder, ignore_errors=True)
+    summary.update(step=step, skipped_total=skipped_total, epochs=loop.epochs, first_step_at=first_step_at)
+    return summary

@@ -306,17 +306,26 @@ def test_max_steps_stops_a_long_run():
         )  # fmt: skip
 
 
-def test_breakdown_names_the_trajectory(monkeypatch):
+def _nan_density(U):
+    U[1, 0, 3, 3] = math.nan
+
+
+def _zero_pressure(U):
+    U[2, 1:, 3, 3] = 0.0  # no momentum and no energy: p = 0 with a finite signal speed
+
+
+@pytest.mark.parametrize(("poison", "trajectory"), [(_nan_density, 1), (_zero_pressure, 2)])
+def test_breakdown_names_the_trajectory(monkeypatch, poison, trajectory):
     real_step = euler._muscl_hancock_step
 
     def poisoned_step(U, *args):
         U_new = real_step(U, *args)
-        U_new[1, 0, 3, 3] = math.nan
+        poison(U_new)
         return U_new
 
     monkeypatch.setattr(euler, "_muscl_hancock_step", poisoned_step)
     rho, u, v, p = quadrant_problem(3, 8, seed=0)
-    with pytest.raises(FloatingPointError, match="trajectory 1"):
+    with pytest.raises(FloatingPointError, match=f"trajectory {trajectory} "):
         euler.simulate(
             rho, u, v, p, torch.tensor([1.4] * 3), periodic=True, snapshot_times=[0.0, 0.1], dx=0.1, dy=0.1
         )

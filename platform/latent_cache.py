@@ -1,0 +1,295 @@
+"""The latent cache: trajectories encoded once, stored as Parquet shards, streamed as windows.
+
+Writing (:func:`build_latent_cache`) is a Ray Data pipeline::
+
+    trajectory ids ──map──► read + augment + standardize (tasks)
+                  ──map_batches──► encoder actor pool (a GPU each on a cluster)
+                  ──write_parquet──► shards
+
+Each row holds one (augmented copy of a) trajectory: ``trajectory_id``, ``file``,
+``trajectory``, ``copy``, ``theta`` and the latent trajectory ``(L, C, h[, w, z])`` as raw
+bytes in the stored dtype (float32, float16, or bfloat16 bit patterns — Arrow has no
+bfloat16), with its length ``L``. The shape and dtype are in the manifest, so a plain
+reader needs only pyarrow and numpy.
+
+The manifest (shard list with row counts and SHA-256 checksums, latent shape and dtype,
+the autoencoder's and the dataset's ids, split, repeat, creation time) is written last by
+the artifact store: a cache without it is never read as complete, and a shard whose
+checksum disagrees is reported by name (:class:`CorruptCacheError`).
+
+Reading: :func:`window_dataset` (Ray Data: random windows of ``n+1`` states at stride Δ,
+fresh draws on every pass, for Ray Train's ``get_dataset_shard``) and
+:class:`LatentCache` (plain pyarrow, for evaluation and notebooks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CorruptCacheError",
+    "LatentCache",
+    "build_latent_cache",
+    "decode_latents",
+    "encode_latents",
+    "window_dataset",
+]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CorruptCacheError(RuntimeError):
+    """A shard of a latent cache is missing or does not match its manifest."""
+
+
+def encode_latents(z: torch.Tensor, dtype: str) -> bytes:
+    """A latent tensor as raw bytes of ``dtype`` (bfloat16 as its 16-bit patterns)."""
+    z = z.detach().to("cpu", DTYPES[dtype]).contiguous()
+    if dtype == "bfloat16":
+        return z.view(torch.int16).numpy().tobytes()
+    return z.numpy().tobytes()
+
+
+def decode_latents(blob: bytes, dtype: str, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`encode_latents`; returns float32 of ``shape``."""
+    if dtype == "bfloat16":
+        bits = np.frombuffer(blob, dtype=np.int16).reshape(shape)
+        return torch.from_numpy(bits.copy()).view(torch.bfloat16).float()
+    return torch.from_numpy(np.frombuffer(blob, dtype=np.dtype(dtype)).reshape(shape).copy()).float()
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the trajectories come from, as plain values (pickled into Ray tasks)."""
+
+    root: str
+    split: str
+    standardizer: dict
+    repeat: int
+    seed: int
+
+
+def _read_trajectories(batch: dict, *, source: _Source) -> dict:
+    """Ray task: read, augment (copies ≥ 1) and standardize whole trajectories."""
+    from lolaray.platform.augmentation import Augmentation
+    from lolaray.platform.data import WellWindows, read_dataset_info
+    from lolaray.platform.preprocessing import Standardizer
+
+    info = read_dataset_info(source.root)
+    windows = WellWindows(info, source.split, length=None)
+    standardizer = Standardizer.from_dict(source.standardizer)
+    augment = Augmentation(info.vector_axis)
+    out: dict[str, list] = {k: [] for k in ("trajectory_id", "file", "trajectory", "copy", "theta", "x")}
+    for index, copy in zip(batch["index"], batch["copy"]):
+        item = windows[int(index)]
+        x, bc = item["x"], item["theta"][len(info.parameter_names) :].view(info.n_spatial_dims, 2)
+        if copy > 0:  # copy 0 is the unaugmented trajectory; the others are seeded random symmetries
+            key = f"{source.seed}:{source.split}:{int(index)}:{int(copy)}".encode()
+            generator = torch.Generator().manual_seed(
+                int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
+            )
+            x, bc = augment(x, bc, generator)
+        theta = torch.cat([item["theta"][: len(info.parameter_names)], bc.flatten()])
+        name = Path(windows.files[item["file"]]).name
+        out["trajectory_id"].append(f"{name}:{item['trajectory']}:{int(copy)}")
+        out["file"].append(name)
+        out["trajectory"].append(item["trajectory"])
+        out["copy"].append(int(copy))
+        out["theta"].append(theta.numpy().astype(np.float32))
+        out["x"].append(standardizer.forward(x, channel_dim=0).movedim(1, 0).numpy())  # (L, C, *spatial)
+    return {k: np.stack(v) if k in ("theta", "x") else np.array(v) for k, v in out.items()}
+
+
+def build_latent_cache(
+    folder: str | os.PathLike,
+    *,
+    dataset_root: str,
+    split: str,
+    standardizer: dict,
+    encoder_cls,
+    encoder_kwargs: dict,
+    repeat: int = 1,
+    dtype: str = "float32",
+    seed: int = 0,
+    actors: int = 1,
+    actor_gpus: float = 0.0,
+    actor_cpus: float = 0.5,
+    trajectories_per_batch: int = 2,
+    rows_per_shard: int = 64,
+) -> dict:
+    """Encode every trajectory of ``split`` (``repeat`` copies each) into Parquet shards in ``folder``.
+
+    :param encoder_cls: a callable class for ``map_batches``: built once per actor with
+        ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``;
+        returns a pyarrow table with the shard columns (``trajectory_id, file, trajectory, copy,
+        theta, length, latent``); see :class:`lolaray.trainers.encoding.AutoencoderEncoder`.
+    :param actors: size of the encoder actor pool; ``actor_gpus`` GPUs per actor on a cluster.
+    :returns: the manifest entries describing the shards (``shards``, ``rows``, ``min_length``, ``states``).
+    """
+    import ray.data
+
+    from lolaray.platform.data import WellWindows, read_dataset_info
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown latent dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    info = read_dataset_info(dataset_root)
+    count = len(WellWindows(info, split, length=None))
+    items = [{"index": i, "copy": c} for i in range(count) for c in range(repeat)]
+    source = _Source(dataset_root, split, standardizer, repeat, seed)
+    blocks = max(1, -(-len(items) // trajectories_per_batch))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(_read_trajectories, batch_size=trajectories_per_batch, fn_kwargs={"source": source})
+    ds = ds.map_batches(
+        encoder_cls,
+        fn_constructor_kwargs={**encoder_kwargs, "dtype": dtype},
+        batch_size=trajectories_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=actor_gpus or None,
+        num_cpus=None if actor_gpus else actor_cpus,
+    )
+    shards = Path(folder) / "shards"
+    ds.write_parquet(str(shards), min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard)
+    return describe_shards(shards)
+
+
+def describe_shards(shards: Path) -> dict:
+    """Row counts, checksums and the latent geometry of the shards in ``shards``."""
+    import pyarrow.parquet as pq
+
+    entries, lengths = [], []
+    for path in sorted(shards.glob("*.parquet")):
+        meta = pq.read_metadata(path)
+        entries.append({"file": path.name, "rows": meta.num_rows, "sha256": _sha256(str(path))})
+        lengths.extend(pq.read_table(path, columns=["length"]).column("length").to_pylist())
+    return {
+        "shards": entries,
+        "rows": sum(e["rows"] for e in entries),
+        "min_length": min(lengths, default=0),
+        "states": sum(lengths),
+    }
+
+
+class LatentCache:
+    """A complete latent cache, read with pyarrow (no Ray): trajectories and windows.
+
+    :param folder: the cache artifact's folder (``manifest.json`` + ``shards/``).
+    :param manifest: its manifest.
+    :param verify: check every shard's checksum first (raises :class:`CorruptCacheError`).
+    """
+
+    def __init__(self, folder: str | os.PathLike, manifest: dict, *, verify: bool = True):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.latent_shape = tuple(manifest["latent_shape"])
+        self.dtype = manifest["latent_dtype"]
+        if verify:
+            self.verify()
+
+    @property
+    def shard_paths(self) -> list[str]:
+        return [str(self.folder / "shards" / s["file"]) for s in self.manifest["shards"]]
+
+    def verify(self) -> None:
+        for shard, path in zip(self.manifest["shards"], self.shard_paths):
+            if not os.path.exists(path):
+                raise CorruptCacheError(f"latent cache {self.folder}: shard {shard['file']} is missing")
+            if _sha256(path) != shard["sha256"]:
+                raise CorruptCacheError(
+                    f"latent cache {self.folder}: shard {shard['file']} does not match its checksum "
+                    "(corrupted or modified after writing); delete the cache folder to rebuild it"
+                )
+
+    def trajectories(self) -> Iterator[dict]:
+        """Each row: ``trajectory_id``, ``file``, ``trajectory``, ``copy``, ``theta`` (D,), ``z`` (L, C, *spatial)."""
+        import pyarrow.parquet as pq
+
+        for path in self.shard_paths:
+            for row in pq.read_table(path).to_pylist():
+                shape = (row["length"], *self.latent_shape)
+                yield {
+                    "trajectory_id": row["trajectory_id"],
+                    "file": row["file"],
+                    "trajectory": row["trajectory"],
+                    "copy": row["copy"],
+                    "theta": torch.tensor(row["theta"], dtype=torch.float32),
+                    "z": decode_latents(row["latent"], self.dtype, shape),
+                }
+
+    def windows(self, length: int, stride: int) -> Iterator[dict]:
+        """Every window of ``length`` states at ``stride``, in order: ``z`` (C, length, *spatial)."""
+        for row in self.trajectories():
+            span = (length - 1) * stride + 1
+            for start in range(row["z"].shape[0] - span + 1):
+                yield {
+                    "z": row["z"][start : start + span : stride].movedim(0, 1),
+                    "theta": row["theta"],
+                    "trajectory_id": row["trajectory_id"],
+                    "start": start,
+                }
+
+
+def _draw_windows(batch: dict, *, length: int, stride: int, per_trajectory: int, shape, dtype) -> dict:
+    """Ray map: ``per_trajectory`` random windows from each trajectory (fresh on every pass)."""
+    rng = np.random.default_rng()  # unseeded on purpose: each epoch re-executes and draws anew
+    span = (length - 1) * stride + 1
+    z, theta, ids, starts = [], [], [], []
+    for blob, n, th, tid in zip(batch["latent"], batch["length"], batch["theta"], batch["trajectory_id"]):
+        trajectory = decode_latents(blob, dtype, (int(n), *shape))
+        choices = rng.choice(int(n) - span + 1, size=min(per_trajectory, int(n) - span + 1), replace=False)
+        for start in choices:
+            z.append(trajectory[start : start + span : stride].movedim(0, 1).numpy())
+            theta.append(np.asarray(th, dtype=np.float32))
+            ids.append(tid)
+            starts.append(int(start))
+    return {
+        "z": np.stack(z),
+        "theta": np.stack(theta),
+        "trajectory_id": np.array(ids),
+        "start": np.array(starts),
+    }
+
+
+def window_dataset(cache: LatentCache, *, length: int, stride: int, per_trajectory: int = 4):
+    """A Ray Data dataset of random windows ``z`` ``(C, length, *spatial)`` from the cache's shards.
+
+    Windows never cross trajectories (each is cut from one row). Pass it to a ``TorchTrainer``
+    (``datasets={"train": ...}``) and read ``get_dataset_shard("train").iter_torch_batches()``:
+    every epoch re-executes the pipeline and draws fresh windows.
+    """
+    import ray.data
+
+    span = (length - 1) * stride + 1
+    if length < 2 or stride < 1 or span > cache.manifest["min_length"]:
+        raise ValueError(
+            f"windows of {length} states at stride {stride} (span {span} steps) do not fit the cached "
+            f"trajectories ({cache.manifest['min_length']} steps); need length >= 2 and span <= trajectory length"
+        )
+    ds = ray.data.read_parquet(cache.shard_paths, override_num_blocks=max(1, len(cache.shard_paths)))
+    return ds.map_batches(
+        _draw_windows,
+        batch_size=4,
+        fn_kwargs={
+            "length": length,
+            "stride": stride,
+            "per_trajectory": per_trajectory,
+            "shape": cache.latent_shape,
+            "dtype": cache.dtype,
+        },
+    )

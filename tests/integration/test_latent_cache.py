@@ -1,0 +1,153 @@
+"""The latent cache: Ray Data encoding into Arrow shards, manifest safety, streaming windows."""
+
+import json
+
+import pytest
+import torch
+from wellfiles import make_tiny_dataset
+
+from lolaray.platform.artifacts import ArtifactStore
+from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+from lolaray.platform.latent_cache import CorruptCacheError, window_dataset
+from lolaray.trainers import encoding
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+from lolaray.trainers.encoding import cache_latents, open_cache
+from lolaray.trainers.launch import ScalingSpec
+from lolaray.trainers.loop import LoopConfig
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny dataset (8x8, 11 steps) and a briefly trained smoke autoencoder (local mode)."""
+    root = tmp_path_factory.mktemp("cache")
+    info = open_dataset(make_tiny_dataset(root / "tiny", res=8, steps=11))
+    store = ArtifactStore(root / "store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = AutoencoderConfig(
+        preset="smoke",
+        latent_channels=4,
+        batch_size=4,
+        valid_states=4,
+        loop=LoopConfig(optimizer="adam", lr=1e-3, epochs=1, steps_per_epoch=2),
+    )
+    autoencoder = train_autoencoder(
+        config, info, store=store, scaling=ScalingSpec(workers=0), mlflow_uri=uri, log_model=False
+    )
+    return info, store, autoencoder, uri
+
+
+@pytest.mark.parametrize(
+    ("split", "dtype", "tol"),
+    [("valid", "float32", 1e-6), ("test", "float16", 2e-2), ("train", "bfloat16", 5e-2)],
+)
+def test_cached_latents_decode_like_direct_encoding(ray_cluster, setup, split, dtype, tol):
+    info, store, autoencoder, uri = setup
+    artifact = cache_latents(
+        autoencoder,
+        info,
+        split,
+        store=store,
+        dtype=dtype,
+        repeat=2 if split == "train" else 1,
+        mlflow_uri=uri,
+    )
+    manifest = artifact.manifest
+    assert manifest["latent_shape"] == [4, 4, 4] and manifest["latent_dtype"] == dtype
+    trajectories = WellWindows(info, split, length=None, standardizer=standardizer_for(info))
+    assert manifest["rows"] == len(trajectories) * manifest["repeat"]
+    model, _ = load_autoencoder(autoencoder)
+    rows = {r["trajectory_id"]: r for r in open_cache(artifact).trajectories()}
+    assert len(rows) == manifest["rows"]
+    for index in range(len(trajectories)):
+        item = trajectories[index]
+        name = trajectories.files[item["file"]].rsplit("/", 1)[-1]
+        row = rows[f"{name}:{item['trajectory']}:0"]  # the unaugmented copy
+        assert row["z"].shape == (11, 4, 4, 4)
+        torch.testing.assert_close(row["theta"], item["theta"])
+        with torch.no_grad():
+            direct = model.decode(model.encode(item["x"].movedim(1, 0)))
+            cached = model.decode(row["z"])
+        torch.testing.assert_close(cached, direct, atol=tol, rtol=tol)
+    if split == "train":  # augmented copies differ from copy 0 but keep theta's parameter
+        augmented = [r for r in rows.values() if r["copy"] == 1]
+        assert len(augmented) == len(trajectories)
+        assert any(not torch.equal(a["z"], rows[a["trajectory_id"][:-1] + "0"]["z"]) for a in augmented)
+
+
+def test_a_second_run_encodes_nothing(ray_cluster, setup, monkeypatch):
+    info, store, autoencoder, uri = setup
+    first = cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri)
+    monkeypatch.setattr(encoding, "build_latent_cache", lambda *a, **k: pytest.fail("encoded again"))
+    assert cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri).id == first.id
+
+
+def test_a_crash_mid_write_leaves_no_complete_cache(ray_cluster, setup, tmp_path):
+    info, _, autoencoder, uri = setup
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(Exception, match="injected encoder failure"):
+        cache_latents(
+            autoencoder, info, "test", store=store, mlflow_uri=uri, encoder_kwargs={"fail_after_calls": 2}
+        )
+    assert list((tmp_path / "store" / "latents").glob("*/manifest.json")) == []
+    rebuilt = cache_latents(autoencoder, info, "test", store=store, mlflow_uri=uri)
+    assert rebuilt.manifest["rows"] == 4
+
+
+def test_a_corrupted_shard_is_named(ray_cluster, setup):
+    info, store, autoencoder, uri = setup
+    artifact = cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri)
+    shard = artifact.path / "shards" / artifact.manifest["shards"][0]["file"]
+    original = shard.read_bytes()
+    try:
+        shard.write_bytes(original[:-9] + bytes(9))
+        with pytest.raises(CorruptCacheError, match=f"shard {shard.name} does not match its checksum"):
+            open_cache(artifact)
+    finally:
+        shard.write_bytes(original)
+
+
+def test_windows_stay_inside_trajectories(ray_cluster, setup):
+    info, store, autoencoder, uri = setup
+    cache = open_cache(cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri))
+    full = {r["trajectory_id"]: r["z"] for r in cache.trajectories()}
+    rows = window_dataset(cache, length=3, stride=4, per_trajectory=3).take_all()
+    assert len(rows) == 4 * 3
+    for row in rows:
+        z = torch.from_numpy(row["z"])
+        assert z.shape == (4, 3, 4, 4)
+        expected = full[row["trajectory_id"]][row["start"] : row["start"] + 9 : 4].movedim(0, 1)
+        torch.testing.assert_close(z, expected)
+    with pytest.raises(ValueError, match="do not fit"):
+        window_dataset(cache, length=4, stride=4)
+
+
+def test_two_train_workers_see_disjoint_shards(ray_cluster, setup, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def _consume(config):  # defined here so that it pickles by value: workers cannot import tests
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        seen = []
+        for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=2, batch_format="numpy"):
+            seen += [f"{t}@{s}" for t, s in zip(batch["trajectory_id"], batch["start"].tolist())]
+            assert batch["z"].shape[1:] == (4, 3, 4, 4)
+        with open(f"{config['out']}/rank{rank}.json", "w") as f:
+            json.dump(seen, f)
+
+    info, store, autoencoder, uri = setup
+    cache = open_cache(
+        cache_latents(autoencoder, info, "train", store=store, mlflow_uri=uri, repeat=2, dtype="bfloat16")
+    )
+    windows = window_dataset(cache, length=3, stride=4, per_trajectory=2)
+    TorchTrainer(
+        _consume,
+        train_loop_config={"out": str(tmp_path)},
+        datasets={"train": windows},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="consume"),
+    ).fit()
+    seen = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert len(seen[0]) + len(seen[1]) == cache.manifest["rows"] * 2

@@ -1,0 +1,217 @@
+"""Encode a dataset into a latent cache: the stage ``cache_latents(autoencoder, dataset, split)``.
+
+The stage wires a trained autoencoder into the Ray Data pipeline of
+:mod:`lolaray.platform.latent_cache` (which must not import trainers): the
+:class:`AutoencoderEncoder` actor holds the network, one per actor, on a GPU when the
+cluster has them. Command line::
+
+    python -m lolaray.trainers.encoding --autoencoder lolaray-store/autoencoder/<id> \\
+        --dataset euler_quadrants:smoke --split train --repeat 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.data import DatasetInfo, open_dataset
+from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
+from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.trainers.autoencoder_trainer import load_autoencoder
+
+__all__ = ["AutoencoderEncoder", "cache_latents", "open_cache"]
+
+STAGE = "latents"
+
+
+class AutoencoderEncoder:
+    """Ray Data actor: encodes whole standardized trajectories with a trained autoencoder.
+
+    :param autoencoder_dir: the autoencoder artifact's folder.
+    :param dtype: stored dtype of the latents (``float32``, ``float16``, ``bfloat16``).
+    :param chunk: states encoded per forward pass.
+    :param fail_after_calls: test hook — raise on this call (simulates a crash mid-write).
+    """
+
+    def __init__(
+        self, autoencoder_dir: str, dtype: str, chunk: int = 16, fail_after_calls: int | None = None
+    ):
+        self.model, _ = load_autoencoder(autoencoder_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.dtype, self.chunk, self.fail_after, self.calls = dtype, chunk, fail_after_calls, 0
+
+    def __call__(self, batch: dict):
+        """``batch["x"]`` ``(B, L, C, *spatial)`` → a pyarrow table in the cache's shard schema."""
+        import pyarrow as pa
+
+        self.calls += 1
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError(f"injected encoder failure on call {self.calls}")
+        latents, lengths = [], []
+        with torch.inference_mode():
+            for x in batch["x"]:  # (L, C, *spatial), standardized
+                states = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+                z = torch.cat([self.model.encode(states[i : i + self.chunk]) for i in range(0, len(states), self.chunk)])
+                latents.append(encode_latents(z, self.dtype))
+                lengths.append(z.shape[0])
+        return pa.table(
+            {
+                "trajectory_id": pa.array(batch["trajectory_id"].tolist(), pa.string()),
+                "file": pa.array(batch["file"].tolist(), pa.string()),
+                "trajectory": pa.array(batch["trajectory"].tolist(), pa.int64()),
+                "copy": pa.array(batch["copy"].tolist(), pa.int64()),
+                "theta": pa.array(batch["theta"].tolist(), pa.list_(pa.float32())),
+                "length": pa.array(lengths, pa.int64()),
+                "latent": pa.array(latents, pa.binary()),
+            }
+        )
+
+
+def cache_latents(
+    autoencoder: Artifact,
+    dataset: DatasetInfo | str,
+    split: str,
+    *,
+    store: ArtifactStore | str = "lolaray-store",
+    repeat: int | None = None,
+    dtype: str = "float32",
+    actors: int = 1,
+    actor_gpus: float | None = None,
+    seed: int = 0,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    encoder_kwargs: dict | None = None,
+) -> Artifact:
+    """The latent cache of ``split`` in ``autoencoder``'s latent space (built if absent).
+
+    :param repeat: copies per trajectory: copy 0 unaugmented, the others randomly augmented.
+        Default: 4 for ``train`` (the paper's), 1 for ``valid``/``test`` (never augmented).
+    :param actors: encoder actors; ``actor_gpus``: GPUs per actor (default: 1 when the
+        cluster has GPUs, else 0).
+    """
+    info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
+    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    repeat = repeat or (4 if split == "train" else 1)
+    if split != "train" and repeat != 1:
+        raise ValueError(f"only the train split is augmented; got repeat={repeat} for {split!r}")
+    config = {"split": split, "repeat": repeat, "dtype": dtype, "seed": seed, "dataset": info.fingerprint()}
+    aid = artifact_id(STAGE, config, [autoencoder.id])
+    if (existing := store.get(STAGE, aid)) is not None:
+        return existing
+    if actor_gpus is None:
+        import ray
+
+        actor_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    _, standardizer = load_autoencoder(autoencoder)
+    uri = tracking_uri(mlflow_uri)
+    rate = autoencoder.manifest.get("compression")
+    run_id = create_run(
+        experiment,
+        run_name=f"latents-{split}-x{rate:g}",
+        uri=uri,
+        parent_run_id=parent_run_id,
+        tags={"stage": STAGE, "artifact_id": aid, "autoencoder": autoencoder.id, "compression": f"{rate:g}"},
+        params={**config, "actors": actors, "actor_gpus": actor_gpus},
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    manifest = {
+        "autoencoder": autoencoder.id,
+        "dataset": info.name,
+        "dataset_fingerprint": info.fingerprint(),
+        "split": split,
+        "repeat": repeat,
+        "compression": rate,
+        "mlflow_run_id": run_id,
+    }
+    try:
+        began = time.perf_counter()
+        with store.build(STAGE, aid, manifest) as folder:
+            manifest.update(
+                latent_shape=list(autoencoder.manifest["latent_shape"]),
+                latent_dtype=dtype,
+            )
+            manifest.update(
+                build_latent_cache(
+                    folder,
+                    dataset_root=info.root,
+                    split=split,
+                    standardizer=standardizer.to_dict(),
+                    encoder_cls=AutoencoderEncoder,
+                    encoder_kwargs={"autoencoder_dir": str(autoencoder.uri), **(encoder_kwargs or {})},
+                    repeat=repeat,
+                    dtype=dtype,
+                    seed=seed,
+                    actors=actors,
+                    actor_gpus=actor_gpus,
+                )
+            )
+            seconds = time.perf_counter() - began
+            client.log_metric(run_id, "cache/rows", manifest["rows"])
+            client.log_metric(run_id, "cache/seconds", seconds)
+            client.log_metric(run_id, "cache/states_per_s", manifest["states"] / max(seconds, 1e-9))
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return store.get(STAGE, aid)
+
+
+def open_cache(artifact: Artifact, *, verify: bool = True) -> LatentCache:
+    """A plain reader of a latent cache artifact (checksums verified unless ``verify=False``)."""
+    return LatentCache(Path(artifact.uri), artifact.manifest, verify=verify)
+
+
+def main(argv=None) -> Artifact:
+    parser = argparse.ArgumentParser(description="Encode a dataset split into a latent cache (Ray Data).")
+    parser.add_argument("--autoencoder", required=True, help="folder of an autoencoder artifact")
+    parser.add_argument("--dataset", default="euler_quadrants:demo")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--split", default="train", choices=("train", "valid", "test"))
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--store", default="lolaray-store")
+    parser.add_argument("--mlflow-uri", default=None)
+    parser.add_argument("--address", default=None)
+    args = parser.parse_args(argv)
+
+    import json
+
+    from lolaray.platform.session import start_ray
+
+    folder = Path(args.autoencoder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    autoencoder = Artifact(
+        stage="autoencoder", id=manifest["id"], uri=str(folder.resolve()), manifest=manifest
+    )
+    start_ray(args.address)
+    info = open_dataset(args.dataset, data_root=args.data_root)
+    artifact = cache_latents(
+        autoencoder,
+        info,
+        args.split,
+        store=args.store,
+        repeat=args.repeat,
+        dtype=args.dtype,
+        actors=args.actors,
+        mlflow_uri=args.mlflow_uri,
+    )
+    print(
+        f"[lolaray] latent cache {artifact.id}: {artifact.manifest['rows']} trajectories in "
+        f"{len(artifact.manifest['shards'])} shards, latent {artifact.manifest['latent_shape']} "
+        f"({artifact.manifest['latent_dtype']}), at {artifact.uri}"
+    )
+    return artifact
+
+
+if __name__ == "__main__":
+    main()

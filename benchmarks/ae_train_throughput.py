@@ -54,7 +54,9 @@ def plain_loop(config, info, standardizer, *, epochs: int, threads: int) -> list
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="euler_quadrants:demo")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--epochs", type=int, default=4)
@@ -78,7 +80,10 @@ def main(argv=None) -> None:
     info = open_dataset(args.dataset)
     standardizer = standardizer_for(info)
     config = AutoencoderConfig(
-        preset=args.preset, latent_channels=16, batch_size=args.batch_size, valid_states=16,
+        preset=args.preset,
+        latent_channels=16,
+        batch_size=args.batch_size,
+        valid_states=16,
         loop=LoopConfig(optimizer="adam", lr=1e-3, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch),
     )
     plain = plain_loop(config, info, standardizer, epochs=args.epochs, threads=args.threads)
@@ -101,12 +106,20 @@ def main(argv=None) -> None:
         return sum(tail) / len(tail)
 
     n_params = sum(p.numel() for p in AutoEncoder(**config.model_kwargs(info)).parameters())
-    print(f"model: preset {args.preset}, {n_params:,} parameters; batch {args.batch_size}; "
-          f"{args.threads} torch threads; state {info.state_shape}")
-    print(f"plain PyTorch loop      {steady(plain):8.1f} samples/s  (per epoch: {', '.join(f'{r:.1f}' for r in plain)})")
-    print(f"Ray Train, 1 worker     {steady(rates):8.1f} samples/s  (per epoch: {', '.join(f'{r:.1f}' for r in rates)})")
+    print(
+        f"model: preset {args.preset}, {n_params:,} parameters; batch {args.batch_size}; "
+        f"{args.threads} torch threads; state {info.state_shape}"
+    )
+    print(
+        f"plain PyTorch loop      {steady(plain):8.1f} samples/s  (per epoch: {', '.join(f'{r:.1f}' for r in plain)})"
+    )
+    print(
+        f"Ray Train, 1 worker     {steady(rates):8.1f} samples/s  (per epoch: {', '.join(f'{r:.1f}' for r in rates)})"
+    )
     print(f"ratio Ray / plain       {steady(rates) / steady(plain):8.2f}  (goal >= 0.9)")
-    print(f"time to first step      {summary['first_step_at'] - began:8.1f} s  (fit() call to the first optimizer step)")
+    print(
+        f"time to first step      {summary['first_step_at'] - began:8.1f} s  (fit() call to the first optimizer step)"
+    )
 
 
 if __name__ == "__main__":

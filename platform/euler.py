@@ -29,8 +29,7 @@ Scheme (unsplit MUSCL-Hancock, Toro ch. 14, second order in space and time):
    - \tfrac{\Delta t}{\Delta y}(G_{j+1/2} - G_{j-1/2})`.
 
 The y-direction reuses the x-direction code with the velocity components swapped (normal,
-tangential), which also makes the scheme exactly symmetric under :math:`x \leftrightarrow y`;
-one HLLC call serves the faces of both directions.
+tangential), which also makes the scheme exactly symmetric under :math:`x \leftrightarrow y`.
 
 Time steps are per trajectory, :math:`\Delta t_b = C \min_{cells}\min(\Delta x/(|u|+c),
 \Delta y/(|v|+c))`, clipped to land exactly on every snapshot time; a trajectory that has
@@ -108,14 +107,11 @@ def conserved_to_primitive(U: Tensor, gamma: Tensor | float) -> tuple[Tensor, Te
 
 def _primitive_stack(U: Tensor, gamma_minus_1: Tensor) -> Tensor:
     """``(B, 4, Nx, Ny)`` primitives ``(rho, u, v, p)`` from conserved ``U``; ``gamma_minus_1`` is ``(B, 1, 1)``."""
-    W = torch.empty_like(U)
     rho, mom_x, mom_y, energy = U.unbind(dim=1)
-    W[:, 0] = rho
-    torch.div(mom_x, rho, out=W[:, 1])
-    torch.div(mom_y, rho, out=W[:, 2])
-    kinetic = 0.5 * (mom_x * W[:, 1] + mom_y * W[:, 2])
-    torch.mul(energy - kinetic, gamma_minus_1, out=W[:, 3])
-    return W
+    u = mom_x / rho
+    v = mom_y / rho
+    kinetic = 0.5 * (mom_x * u + mom_y * v)
+    return torch.stack([rho, u, v, (energy - kinetic) * gamma_minus_1], dim=1)
 
 
 # --------------------------------------------------------------------------- scheme pieces
@@ -168,8 +164,8 @@ def _hllc_flux(rho_l, un_l, ut_l, p_l, rho_r, un_r, ut_r, p_r, gamma, inv_gamma_
     :math:`U_{*K} = \frac{m_K}{S_K - S_*}\,(1,\ S_*,\ u_{t,K},\ E_K/\rho_K + (S_* - u_K)(S_* + p_K/m_K))`:
     this single formula covers all four HLLC cases, so only one side's flux is evaluated.
 
-    All arguments broadcast (``(B, F)`` face arrays and ``(B, 1)`` gammas).
-    :returns: flux components ``(mass, normal momentum, tangential momentum, energy)``, each ``(B, F)``.
+    All arguments broadcast (face arrays ``(B, ...)`` and ``(B, 1, 1)`` gammas).
+    :returns: flux components ``(mass, normal momentum, tangential momentum, energy)``.
     """
     # addcmul(a, b, c) = a + b * c in one pass: this function is ~half of the step's memory traffic.
     c2_l = gamma * p_l / rho_l
@@ -233,7 +229,6 @@ def _muscl_hancock_step(
     :param gamma, inv_gamma_minus_1: ``(B, 1, 1)``.
     :param dt_dx, dt_dy: ``(B, 1, 1)`` values of ``dt / dx`` and ``dt / dy``.
     """
-    batch, _, nx, ny = U.shape
     g = _GHOSTS
     padded = F.pad(W, (g, g, g, g), mode=pad_mode)  # (B, 4, Nx + 4, Ny + 4)
     # Work on cells -1..N along both axes: (B, 4, Nx + 2, Ny + 2); the corners are never used.
@@ -252,10 +247,14 @@ def _muscl_hancock_step(
     hx, hy = half_x.unbind(dim=1), half_y.unbind(dim=1)
     rate_x = _primitive_rates(u, v, rho, inv_rho, gamma_p, hx[0], hx[1], hx[2], hx[3])
     rate_y = _primitive_rates(v, u, rho, inv_rho, gamma_p, hy[0], hy[2], hy[1], hy[3])
-    W_half = torch.empty_like(centre)
-    for component, x_rate, y_rate in ((0, 0, 0), (1, 1, 2), (2, 2, 1), (3, 3, 3)):
-        increment = dt_dx * rate_x[x_rate] + dt_dy * rate_y[y_rate]
-        torch.sub(centre[:, component], increment, out=W_half[:, component])
+    # Plain (out=-free) tensor code throughout, so that torch.compile can fuse the whole step.
+    W_half = torch.stack(
+        [
+            centre[:, component] - (dt_dx * rate_x[x_rate] + dt_dy * rate_y[y_rate])
+            for component, x_rate, y_rate in ((0, 0, 0), (1, 1, 2), (2, 2, 1), (3, 3, 3))
+        ],
+        dim=1,
+    )
 
     # Positivity: a face value is W_half ± half slope, so all four faces of a cell are positive
     # iff rho and p exceed their half-slope magnitudes. Elsewhere the cell falls back to first
@@ -271,38 +270,21 @@ def _muscl_hancock_step(
         half_x = half_x * positive
         half_y = half_y * positive
 
-    # Face states of the x faces (cells -1..Nx along x, interior along y) and of the y faces
-    # go into one (B, 4, Fx + Fy) buffer per side so that one HLLC call does both directions;
-    # the y part stores (rho, v, u, p): normal velocity first.
-    n_fx = (nx + 1) * ny
-    left = torch.empty(batch, 4, n_fx + nx * (ny + 1), dtype=U.dtype, device=U.device)
-    right = torch.empty_like(left)
-    for buffer, sign, near, far in (
-        (left, 1, slice(None, -1), slice(1, -1)),
-        (right, -1, slice(1, None), slice(1, -1)),
-    ):
-        x_part = buffer[:, :, :n_fx].view(batch, 4, nx + 1, ny)
-        torch.add(W_half[:, :, near, far], half_x[:, :, near, far], alpha=sign, out=x_part)
-        y_part = buffer[:, :, n_fx:].view(batch, 4, nx, ny + 1)
-        for source, target in ((slice(None, None, 3), slice(None, None, 3)), (1, 2), (2, 1)):
-            torch.add(
-                W_half[:, source, far, near], half_y[:, source, far, near], alpha=sign, out=y_part[:, target]
-            )
-    f_mass, f_normal, f_tangential, f_energy = _hllc_flux(
-        *left.unbind(dim=1), *right.unbind(dim=1), gamma.view(-1, 1), inv_gamma_minus_1.view(-1, 1)
+    # x faces: between cells -1..Nx along x, interior cells along y -> (B, Nx + 1, Ny).
+    left = (W_half[:, :, :-1, 1:-1] + half_x[:, :, :-1, 1:-1]).unbind(dim=1)
+    right = (W_half[:, :, 1:, 1:-1] - half_x[:, :, 1:, 1:-1]).unbind(dim=1)
+    mass, normal, tangential, energy = _hllc_flux(*left, *right, gamma, inv_gamma_minus_1)
+    flux_x = torch.stack([mass, normal, tangential, energy], dim=1)
+    # y faces -> (B, Nx, Ny + 1): the same solver with v as the normal velocity.
+    (rho_b, u_b, v_b, p_b) = (W_half[:, :, 1:-1, :-1] + half_y[:, :, 1:-1, :-1]).unbind(dim=1)
+    (rho_a, u_a, v_a, p_a) = (W_half[:, :, 1:-1, 1:] - half_y[:, :, 1:-1, 1:]).unbind(dim=1)
+    mass, normal, tangential, energy = _hllc_flux(
+        rho_b, v_b, u_b, p_b, rho_a, v_a, u_a, p_a, gamma, inv_gamma_minus_1
     )
+    flux_y = torch.stack([mass, tangential, normal, energy], dim=1)  # back to (rho, rho u, rho v, E)
 
-    U_new = torch.empty_like(U)
-    # Components in the conserved order: the x momentum is the normal flux on x faces and the
-    # tangential flux on y faces, the y momentum the other way round.
-    for component, (on_x, on_y) in enumerate(
-        ((f_mass, f_mass), (f_normal, f_tangential), (f_tangential, f_normal), (f_energy, f_energy))
-    ):
-        flux_x = on_x[:, :n_fx].view(batch, nx + 1, ny)
-        flux_y = on_y[:, n_fx:].view(batch, nx, ny + 1)
-        divergence = dt_dx * torch.diff(flux_x, dim=1) + dt_dy * torch.diff(flux_y, dim=2)
-        torch.sub(U[:, component], divergence, out=U_new[:, component])
-    return U_new
+    dt_dx, dt_dy = dt_dx.unsqueeze(1), dt_dy.unsqueeze(1)
+    return U - (dt_dx * torch.diff(flux_x, dim=2) + dt_dy * torch.diff(flux_y, dim=3))
 
 
 def _advance(
@@ -457,7 +439,9 @@ def simulate(
     times_on_device = times.to(device)
 
     with torch.inference_mode():
-        gamma = gamma.view(batch, 1, 1)
+        # A copy made here is an inference tensor like everything derived from it later (one
+        # kind of tensor keeps torch.compile from recompiling).
+        gamma = gamma.view(batch, 1, 1).clone()
         U = primitive_to_conserved(rho, u, v, p, gamma)
         W = _primitive_stack(U, gamma - 1)
         max_rate = _max_signal_rate(W, gamma, dx, dy)

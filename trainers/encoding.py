@@ -56,7 +56,7 @@ class AutoencoderEncoder:
         latents, lengths = [], []
         with torch.inference_mode():
             for x in batch["x"]:  # (L, C, *spatial), standardized
-                states = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+                states = torch.from_numpy(np.array(x, dtype=np.float32)).to(self.device)  # writable copy
                 z = torch.cat([self.model.encode(states[i : i + self.chunk]) for i in range(0, len(states), self.chunk)])
                 latents.append(encode_latents(z, self.dtype))
                 lengths.append(z.shape[0])

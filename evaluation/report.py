@@ -663,7 +663,7 @@ def write_html_report(
         body.append(f'<h2 id="{anchor}">{html.escape(section.heading)}</h2>')
         for item in section.items:
             if isinstance(item, go.Figure):
-                div = _figure_div(item, div_id=f"figure-{figures}", include_plotlyjs="cdn" if figures == 0 else False)
+                div = _figure_div(item, div_id=f"figure-{figures}", include_plotlyjs=figures == 0)
                 body.append(f'<div class="figure">{div}</div>')
                 figures += 1
             elif isinstance(item, MetricTable):

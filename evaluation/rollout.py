@@ -377,9 +377,8 @@ def ensemble_rollout(
 
     Arguments:
         step: The emulator step.
-        initial: The context :math:`(1, C, c, *\mathrm{spatial})` or :math:`(C, c,
-            *\mathrm{spatial})`.
-        theta: The conditioning :math:`(1, |\theta|)`, :math:`(|\theta|,)` or ``None``.
+        initial: The context of one trajectory :math:`(1, C, c, *\mathrm{spatial})`.
+        theta: Its conditioning :math:`(1, |\theta|)` or ``None``.
         members: The ensemble size :math:`K`.
         seed, trajectory, start: See :func:`member_seed`.
         window, context, overlap, length: See :func:`rollout`.
@@ -389,14 +388,17 @@ def ensemble_rollout(
         The members :math:`(K, C, L, *\mathrm{spatial})`.
     """
 
-    if initial.ndim >= 4 and initial.shape[0] == 1:
-        initial = initial[0]
-    if theta is not None and theta.ndim == 2:
-        if theta.shape[0] != 1:
-            raise ValueError(
-                f"ensemble_rollout takes one trajectory: theta must be (1, D), got {tuple(theta.shape)}"
-            )
-        theta = theta[0]
+    if initial.ndim < 4 or initial.shape[0] != 1:
+        raise ValueError(
+            f"ensemble_rollout takes one trajectory: initial must be (1, C, c, *spatial), "
+            f"got {tuple(initial.shape)}"
+        )
+    if theta is not None and (theta.ndim != 2 or theta.shape[0] != 1):
+        raise ValueError(
+            f"ensemble_rollout takes one trajectory: theta must be (1, D), got {tuple(theta.shape)}"
+        )
+    initial = initial[0]
+    theta = None if theta is None else theta[0]
 
     blocks = []
     for block in split_members(members, members if max_batch is None else max_batch):

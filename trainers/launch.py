@@ -58,8 +58,11 @@ def fit_stage(
     name: str,
     storage_path: str,
     scaling: ScalingSpec,
+    datasets: dict | None = None,
 ) -> tuple[dict, dict]:
     """Fit ``worker_fn(worker_config)`` as a ``TorchTrainer`` run called ``name``.
+
+    ``datasets`` (Ray Data) are split across the workers (``ray.train.get_dataset_shard``).
 
     :returns: ``(summary, state)``: rank 0's return value and the final full training state.
     :raises NonFiniteTrainingError: training stopped on too many non-finite steps.
@@ -75,6 +78,7 @@ def fit_stage(
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=worker_config,
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=use_gpu,

@@ -7,7 +7,7 @@ import torch
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
-from lolaray.trainers import launch
+from lolaray.trainers import autoencoder_trainer
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import FaultInjection, LoopConfig, NonFiniteTrainingError
@@ -58,7 +58,7 @@ def test_trains_logs_and_reuses(tiny, tmp_path, mlflow_uri, monkeypatch):
     assert json.loads((artifact.path / "config.json").read_text())["latent_channels"] == 4
 
     calls = []
-    monkeypatch.setattr(launch, "fit_stage", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: calls.append(1))
     again = train_autoencoder(config(), tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri)
     assert again.id == artifact.id and calls == []
 
@@ -93,7 +93,7 @@ def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, tmp_path, 
     ],
 )
 def test_bad_config_fails_before_any_worker(tiny, tmp_path, kwargs, message, monkeypatch):
-    monkeypatch.setattr(launch, "fit_stage", lambda *a, **k: pytest.fail("a worker started"))
+    monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: pytest.fail("a worker started"))
     cfg = AutoencoderConfig(**{"preset": "smoke", "latent_channels": 4, **kwargs})
     with pytest.raises(ValueError, match=message):
         train_autoencoder(cfg, tiny, store=tmp_path / "store", scaling=LOCAL)

@@ -317,7 +317,7 @@ class PageResult:
     rendered: int = 0
     traces: int = 0
     main_svgs: int = 0
-    screenshot: bytes = b""
+    screenshot: bytes = field(default=b"", repr=False)
 
 
 class Chromium:
@@ -327,14 +327,12 @@ class Chromium:
         self.profile = tempfile.mkdtemp(prefix="lolaray-chromium-")
         cmd_read, self._cmd_write = os.pipe()
         self._resp_read, resp_write = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies on fd 4. Duplicate both
-        # ends above any fd the child might already use, then move them into place.
+        # Chromium reads commands on fd 3 and writes replies on fd 4. The pipe ends are
+        # duplicated above any low fd, passed to bash (dash only knows fds 0-9), which moves them into place
+        # and execs Chromium (thread-safe, unlike a preexec_fn).
         high_cmd = fcntl.fcntl(cmd_read, fcntl.F_DUPFD_CLOEXEC, 10)
         high_resp = fcntl.fcntl(resp_write, fcntl.F_DUPFD_CLOEXEC, 10)
-
-        def wire():
-            os.dup2(high_cmd, 3)
-            os.dup2(high_resp, 4)
+        wire = f'exec "$@" 3<&{high_cmd} 4>&{high_resp} {high_cmd}<&- {high_resp}>&-'
 
         args = [
             executable,
@@ -358,13 +356,11 @@ class Chromium:
         ]
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            args,
+            ["/bin/bash", "-c", wire, "chromium", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
-            preexec_fn=wire,  # noqa: PLW1509 - single-threaded at this point
-            pass_fds=(3, 4),
-            close_fds=True,
+            pass_fds=(high_cmd, high_resp),
         )
         for fd in (cmd_read, resp_write, high_cmd, high_resp):
             os.close(fd)

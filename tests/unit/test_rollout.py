@@ -317,3 +317,21 @@ def test_decode_in_chunks_equals_decoding_at_once(chunk):
 
     with pytest.raises(ValueError, match="chunk"):
         decode_in_chunks(ae, z, chunk=0)
+
+
+def test_ensemble_rollout_takes_one_trajectory():
+    kw = {
+        "members": 2,
+        "seed": 0,
+        "trajectory": 0,
+        "start": 0,
+        "window": 3,
+        "context": 1,
+        "overlap": 1,
+        "length": 4,
+    }
+    with pytest.raises(ValueError, match="one trajectory"):
+        ensemble_rollout(noise_step, torch.zeros(2, 2, 1, 2, 2), **kw)
+    with pytest.raises(ValueError, match="one trajectory"):
+        ensemble_rollout(noise_step, torch.zeros(1, 2, 1, 2, 2), torch.zeros(3), **kw)
+    assert ensemble_rollout(noise_step, torch.zeros(1, 2, 1, 2, 2), **kw).shape == (2, 2, 4, 2, 2)

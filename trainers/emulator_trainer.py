@@ -1,0 +1,613 @@
+"""Train emulators with Ray Train: latent diffusion, latent neural solver, pixel-space solver.
+
+The three stages share everything but the objective and the data source:
+
+- ``train_diffusion(config, autoencoder=..., train_cache=..., valid_cache=...)``: the
+  denoiser of method.md §5 on windows streamed from the latent cache (Ray Data);
+- ``train_solver(...)``: the neural solver of §6 on the same stream;
+- ``train_pixel_solver(config, dataset)``: the solver on standardized pixels read from The
+  Well's files with on-the-fly augmentation (the baseline).
+
+Each runs :func:`~lolaray.trainers.loop.run_training` (the same loop core as the
+autoencoder) in a ``TorchTrainer``; the artifact holds ``emulator.pt`` (what is needed to
+rebuild the network, nothing about training) and the manifest names the MLflow model.
+Command line::
+
+    python -m lolaray.trainers.emulator_trainer --kind diffusion --autoencoder <dir> --dataset euler_quadrants:smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
+from lolaray.platform.latent_cache import LatentCache, window_dataset
+from lolaray.platform.preprocessing import Standardizer
+from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
+from lolaray.trainers.launch import ScalingSpec, fit_stage
+from lolaray.trainers.loop import FaultInjection, LoopConfig, run_training
+from lolaray.trainers.optim import OPTIMIZERS
+from lolaray.trainers.solver import NeuralSolver, solver_loss
+from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
+
+__all__ = [
+    "EmulatorConfig",
+    "build_emulator",
+    "load_emulator",
+    "train_diffusion",
+    "train_pixel_solver",
+    "train_solver",
+]
+
+STAGE = "emulator"
+KINDS = ("diffusion", "solver")
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything that defines an emulator training (its artifact id hashes all of it).
+
+    :param kind: ``diffusion`` or ``solver``. ``space``: ``latent`` or ``pixel``.
+    :param preset: a key of :data:`~lolaray.trainers.transformer.EMULATOR_PRESETS`;
+        ``architecture`` overrides its keywords (e.g. ``{"patch_size": 4}`` for pixels).
+    :param window: states per window, ``n + 1`` (5 in the paper); ``stride``: Δ between them.
+    :param max_context: largest context length the masks draw (default ``window − 1``).
+    :param mask_distribution: ``paper`` (c ~ Poisson(2) truncated to [1, n], forward) or
+        ``reference`` (1 + Poisson(1) mod n, 34 % backward).
+    :param windows_per_trajectory: random windows drawn per cached trajectory per pass.
+    :param loop: the optimization (the paper: AdamW, lr 1e-4, betas (0.9, 0.99), cosine, clip 1).
+    """
+
+    kind: str = "diffusion"
+    space: str = "latent"
+    preset: str = "demo"
+    architecture: dict = field(default_factory=dict)
+    window: int = 5
+    stride: int = 4
+    max_context: int | None = None
+    mask_distribution: str = "paper"
+    batch_size: int = 16
+    windows_per_trajectory: int = 4
+    valid_windows: int = 64
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="adamw", lr=1e-4))
+
+    def backbone_kwargs(self) -> dict:
+        return {**EMULATOR_PRESETS.get(self.preset, {}), **self.architecture}
+
+    def validate(self, state_shape: tuple[int, ...], n_steps: int) -> None:
+        """Clear errors for a bad config, before any worker starts.
+
+        :param state_shape: ``(C, *spatial)`` of one state in the emulator's space.
+        :param n_steps: the shortest trajectory length available.
+        """
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown emulator kind {self.kind!r}; choose one of {KINDS}")
+        if self.space not in ("latent", "pixel"):
+            raise ValueError(f"space must be 'latent' or 'pixel', got {self.space!r}")
+        if self.preset not in EMULATOR_PRESETS:
+            raise ValueError(
+                f"unknown emulator preset {self.preset!r}; choose one of {sorted(EMULATOR_PRESETS)}"
+            )
+        if self.loop.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.loop.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        if self.window < 2:
+            raise ValueError(
+                f"window length must be >= 2 (context + at least one new state), got {self.window}"
+            )
+        context = self.window - 1 if self.max_context is None else self.max_context
+        if not 1 <= context < self.window:
+            raise ValueError(
+                f"context length {context} must be in [1, window length - 1] = [1, {self.window - 1}]"
+            )
+        if self.mask_distribution not in ("paper", "reference"):
+            raise ValueError(
+                f"mask_distribution must be 'paper' or 'reference', got {self.mask_distribution!r}"
+            )
+        span = (self.window - 1) * self.stride + 1
+        if span > n_steps:
+            raise ValueError(
+                f"a window of {self.window} states at stride {self.stride} spans {span} steps, "
+                f"longer than the trajectories ({n_steps} steps)"
+            )
+        kwargs = self.backbone_kwargs()
+        width, heads = kwargs["hid_channels"], kwargs["attention_heads"]
+        if width % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the width ({width})")
+        patch = kwargs.get("patch_size", 1)
+        patch = (
+            (patch,) * (len(state_shape) - 1)
+            if isinstance(patch, int)
+            else tuple(patch)[-(len(state_shape) - 1) :]
+        )
+        for axis, (size, p) in enumerate(zip(state_shape[1:], patch)):
+            if size % p:
+                raise ValueError(
+                    f"patch size {p} does not divide the grid: spatial axis {axis} has {size} cells"
+                )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmulatorConfig:
+        d = dict(d)
+        loop = dict(d.pop("loop", {}))
+        loop["fault"] = FaultInjection(**loop.get("fault", {}))
+        loop["betas"] = tuple(loop.get("betas", (0.9, 0.99)))
+        return cls(**d, loop=LoopConfig(**loop))
+
+
+def build_emulator(config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int) -> nn.Module:
+    """The denoiser or solver for states of ``state_shape`` ``(C, *spatial)``."""
+    backbone = build_backbone(
+        config.preset, in_channels=state_shape[0], spatial_dims=len(state_shape) - 1, **config.architecture
+    )
+    if config.kind == "diffusion":
+        return ElucidatedDenoiser(backbone, label_features=theta_dim)
+    return NeuralSolver(backbone, label_features=theta_dim)
+
+
+class Objective(nn.Module):
+    """The training loss as a module, so that DDP wraps (and synchronises) the whole of it.
+
+    ``forward(x, theta, mask)`` with windows ``x`` ``(B, C, T, *spatial)`` returns the
+    denoising loss (diffusion) or the masked regression loss (solver).
+    """
+
+    def __init__(self, emulator: nn.Module):
+        super().__init__()
+        self.emulator = emulator
+
+    def forward(self, x: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.emulator, ElucidatedDenoiser):
+            return denoiser_loss(self.emulator, x, theta, mask)
+        return solver_loss(self.emulator, x, theta, mask)
+
+
+def draw_masks(batch: int, config: EmulatorConfig) -> torch.Tensor:
+    """Training context masks ``(B, T)``; ``max_context`` truncates the paper's distribution."""
+    from lolaray.trainers.diffusion import sample_context_mask
+
+    if config.max_context is None or config.mask_distribution != "paper":
+        return sample_context_mask(batch, config.window, distribution=config.mask_distribution)[0]
+    pmf = context_pmf(config.window, distribution="paper")[: config.max_context]
+    c = 1 + torch.multinomial(pmf / pmf.sum(), batch, replacement=True)
+    return torch.arange(config.window) < c[:, None]
+
+
+class EmulatorTask:
+    """Windows (latent: from the cache's Ray Data stream; pixel: from the files) and the objective."""
+
+    def __init__(self, cfg: dict):
+        import ray.train
+
+        self.cfg = cfg
+        self.config = EmulatorConfig.from_dict(cfg["config"])
+        self.state_shape, self.theta_dim = tuple(cfg["state_shape"]), cfg["theta_dim"]
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def build_model(self) -> nn.Module:
+        return Objective(build_emulator(self.config, self.state_shape, self.theta_dim))
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        if self.config.space == "latent":
+            import ray.train
+
+            shard = ray.train.get_dataset_shard("train")
+            while True:  # every pass re-draws random windows
+                for batch in shard.iter_torch_batches(
+                    batch_size=self.config.batch_size, drop_last=True, dtypes=torch.float32
+                ):
+                    yield {"x": batch["z"], "theta": batch["theta"]}
+        else:
+            yield from self._pixel_batches(epoch)
+
+    def _pixel_batches(self, epoch: int) -> Iterator[dict]:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        info = open_dataset(self.cfg["dataset_root"])
+        windows = WellWindows(
+            info,
+            "train",
+            length=self.config.window,
+            stride=self.config.stride,
+            standardizer=Standardizer.from_dict(self.cfg["standardizer"]),
+            augment=True,
+        )
+        sampler = DistributedSampler(
+            windows, num_replicas=self.world, rank=self.rank, seed=self.config.loop.seed, drop_last=True
+        )
+        loader = DataLoader(
+            windows, batch_size=min(self.config.batch_size, len(sampler)), sampler=sampler, drop_last=True
+        )
+        passes = 0
+        while True:
+            sampler.set_epoch(epoch * 10_000 + passes)
+            yield from loader
+            passes += 1
+
+    def valid_batches(self) -> Iterator[dict]:
+        """The first ``valid_windows`` windows (every trajectory, in order), split across ranks.
+
+        Masks and noise draw from a fixed generator so the validation loss is comparable
+        across epochs."""
+        items = []
+        if self.config.space == "latent":
+            cache = LatentCache(self.cfg["valid_cache"], self.cfg["valid_manifest"], verify=False)
+            for w in cache.windows(self.config.window, self.config.stride):
+                items.append((w["z"], w["theta"]))
+                if len(items) >= self.config.valid_windows:
+                    break
+        else:
+            info = open_dataset(self.cfg["dataset_root"])
+            windows = WellWindows(
+                info,
+                "valid",
+                length=self.config.window,
+                stride=self.config.stride,
+                standardizer=Standardizer.from_dict(self.cfg["standardizer"]),
+            )
+            picks = torch.linspace(0, len(windows) - 1, min(self.config.valid_windows, len(windows))).long()
+            items = [(windows[int(i)]["x"], windows[int(i)]["theta"]) for i in picks]
+        items = items[self.rank :: self.world]
+        state = torch.get_rng_state()
+        torch.manual_seed(1234)
+        try:
+            for i in range(0, len(items), self.config.batch_size):
+                chunk = items[i : i + self.config.batch_size]
+                yield {"x": torch.stack([c[0] for c in chunk]), "theta": torch.stack([c[1] for c in chunk])}
+        finally:
+            torch.set_rng_state(state)
+
+    def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
+        x, theta = batch["x"].to(device), batch["theta"].to(device)
+        mask = draw_masks(x.shape[0], self.config).to(device)
+        return model(x, theta, mask), x.shape[0]
+
+
+def _worker(cfg: dict) -> dict:
+    """The Ray Train worker function (module-level so it pickles by reference)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cfg["threads"])
+    task = EmulatorTask(cfg)
+    return run_training(
+        task, task.config.loop, mlflow_run_id=cfg.get("mlflow_run_id"), tracking_uri=cfg.get("tracking_uri")
+    )
+
+
+def _train(
+    config: EmulatorConfig,
+    *,
+    upstream: list[str],
+    identity: dict,
+    state_shape: tuple[int, ...],
+    theta_dim: int,
+    worker_config: dict,
+    datasets: dict | None,
+    manifest: dict,
+    store: ArtifactStore,
+    scaling: ScalingSpec,
+    mlflow_uri: str | None,
+    experiment: str,
+    parent_run_id: str | None,
+    log_model: bool,
+) -> Artifact:
+    """What the three stages share: id → reuse or (run, fit, snapshot, MLflow model, publish)."""
+    aid = artifact_id(STAGE, {"config": config.to_dict(), **identity}, upstream)
+    if (existing := store.get(STAGE, aid)) is not None:
+        return existing
+    uri = tracking_uri(mlflow_uri)
+    label = f"{config.kind}-{config.space}" + (
+        f"-x{manifest['compression']:g}" if "compression" in manifest else ""
+    )
+    run_id = create_run(
+        experiment,
+        run_name=label,
+        uri=uri,
+        parent_run_id=parent_run_id,
+        tags={
+            "stage": STAGE,
+            "emulator": config.kind,
+            "space": config.space,
+            "artifact_id": aid,
+            "compression": f"{manifest.get('compression', 1):g}",
+        },
+        params={**config.to_dict(), **identity, "workers": scaling.workers, "state_shape": list(state_shape)},
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        summary, state = fit_stage(
+            _worker,
+            {
+                **worker_config,
+                "config": config.to_dict(),
+                "state_shape": list(state_shape),
+                "theta_dim": theta_dim,
+                "mlflow_run_id": run_id,
+                "tracking_uri": uri,
+            },
+            name=aid,
+            storage_path=f"{store.root}/_train_runs",
+            scaling=scaling,
+            datasets=datasets,
+        )
+        objective = Objective(build_emulator(config, state_shape, theta_dim))
+        objective.load_state_dict(state["model"])
+        emulator = objective.emulator.eval()
+        manifest.update(
+            kind=config.kind,
+            space=config.space,
+            state_shape=list(state_shape),
+            theta_dim=theta_dim,
+            window=config.window,
+            stride=config.stride,
+            optimizer_steps=state["step"],
+            skipped_steps=state["skipped_total"],
+            resumed_from_step=summary.get("resumed_from_step"),
+            mlflow_run_id=run_id,
+        )
+        with store.build(STAGE, aid, manifest) as folder:
+            torch.save(
+                {
+                    "config": config.to_dict(),
+                    "state_shape": list(state_shape),
+                    "theta_dim": theta_dim,
+                    "state_dict": emulator.state_dict(),
+                },
+                folder / "emulator.pt",
+            )
+            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+            if log_model:
+                manifest["mlflow_model_uri"] = _log_mlflow_model(
+                    emulator, config, state_shape, theta_dim, run_id, uri
+                )
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return store.get(STAGE, aid)
+
+
+def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri: str) -> str:
+    """Log the denoiser/solver as an MLflow PyTorch model (pickled module)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    example = torch.zeros(1, state_shape[0], config.window, *state_shape[1:])
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            emulator,
+            name=config.kind,
+            signature=infer_signature(example.numpy(), example.numpy()),
+            serialization_format="pickle",
+        )
+    return info.model_uri
+
+
+def _latent_stage(kind, config, *, autoencoder, train_cache, valid_cache, **kw) -> Artifact:
+    config = dataclasses.replace(config, kind=kind, space="latent")
+    state_shape = tuple(train_cache.manifest["latent_shape"])
+    config.validate(state_shape, train_cache.manifest["min_length"])
+    if valid_cache.manifest["latent_shape"] != train_cache.manifest["latent_shape"]:
+        raise ValueError("the train and valid caches come from different latent spaces")
+    cache = LatentCache(train_cache.uri, train_cache.manifest)
+    first = next(cache.trajectories())
+    datasets = {
+        "train": window_dataset(
+            cache, length=config.window, stride=config.stride, per_trajectory=config.windows_per_trajectory
+        ).select_columns(["z", "theta"])
+    }
+    return _train(
+        config,
+        upstream=[autoencoder.id, train_cache.id, valid_cache.id],
+        identity={},
+        state_shape=state_shape,
+        theta_dim=int(first["theta"].numel()),
+        worker_config={"valid_cache": str(valid_cache.uri), "valid_manifest": valid_cache.manifest},
+        datasets=datasets,
+        manifest={
+            "autoencoder": autoencoder.id,
+            "compression": autoencoder.manifest["compression"],
+            "dataset": train_cache.manifest["dataset"],
+        },
+        **kw,
+    )
+
+
+def train_diffusion(
+    config: EmulatorConfig,
+    *,
+    autoencoder: Artifact,
+    train_cache: Artifact,
+    valid_cache: Artifact,
+    store: ArtifactStore | str = "lolaray-store",
+    scaling: ScalingSpec | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    log_model: bool = True,
+) -> Artifact:
+    """Train (or reuse) a latent diffusion emulator on windows streamed from ``train_cache``."""
+    return _latent_stage(
+        "diffusion",
+        config,
+        autoencoder=autoencoder,
+        train_cache=train_cache,
+        valid_cache=valid_cache,
+        store=_store(store),
+        scaling=scaling or ScalingSpec(),
+        mlflow_uri=mlflow_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        log_model=log_model,
+    )
+
+
+def train_solver(
+    config: EmulatorConfig,
+    *,
+    autoencoder: Artifact,
+    train_cache: Artifact,
+    valid_cache: Artifact,
+    store: ArtifactStore | str = "lolaray-store",
+    scaling: ScalingSpec | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    log_model: bool = True,
+) -> Artifact:
+    """Train (or reuse) a latent neural solver on windows streamed from ``train_cache``."""
+    return _latent_stage(
+        "solver",
+        config,
+        autoencoder=autoencoder,
+        train_cache=train_cache,
+        valid_cache=valid_cache,
+        store=_store(store),
+        scaling=scaling or ScalingSpec(),
+        mlflow_uri=mlflow_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        log_model=log_model,
+    )
+
+
+def train_pixel_solver(
+    config: EmulatorConfig,
+    dataset: DatasetInfo | str,
+    *,
+    store: ArtifactStore | str = "lolaray-store",
+    scaling: ScalingSpec | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    log_model: bool = True,
+) -> Artifact:
+    """Train (or reuse) the pixel-space neural solver on standardized, augmented windows of the files."""
+    info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
+    config = dataclasses.replace(config, kind="solver", space="pixel")
+    config.validate(info.state_shape, info.n_steps)
+    standardizer = standardizer_for(info)
+    return _train(
+        config,
+        upstream=[],
+        identity={"dataset": info.fingerprint()},
+        state_shape=info.state_shape,
+        theta_dim=info.theta_dim,
+        worker_config={"dataset_root": info.root, "standardizer": standardizer.to_dict()},
+        datasets=None,
+        manifest={"compression": 1, "dataset": info.name, "dataset_root": info.root},
+        store=_store(store),
+        scaling=scaling or ScalingSpec(),
+        mlflow_uri=mlflow_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        log_model=log_model,
+    )
+
+
+def _store(store: ArtifactStore | str) -> ArtifactStore:
+    return store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+
+
+def load_emulator(artifact: Artifact | str | Path) -> tuple[nn.Module, EmulatorConfig]:
+    """The trained denoiser or solver (eval mode, CPU) and its config."""
+    folder = Path(artifact.uri if isinstance(artifact, Artifact) else artifact)
+    snapshot = torch.load(folder / "emulator.pt", map_location="cpu", weights_only=False)
+    config = EmulatorConfig.from_dict(snapshot["config"])
+    emulator = build_emulator(config, tuple(snapshot["state_shape"]), snapshot["theta_dim"])
+    emulator.load_state_dict(snapshot["state_dict"])
+    return emulator.eval(), config
+
+
+def _artifact_from_folder(folder: str) -> Artifact:
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return Artifact(
+        stage=manifest["stage"], id=manifest["id"], uri=str(Path(folder).resolve()), manifest=manifest
+    )
+
+
+def main(argv=None) -> Artifact:
+    parser = argparse.ArgumentParser(
+        description="Train an emulator (latent diffusion / solver, pixel solver)."
+    )
+    parser.add_argument("--kind", choices=("diffusion", "solver", "pixel-solver"), default="diffusion")
+    parser.add_argument("--autoencoder", help="autoencoder artifact folder (latent emulators)")
+    parser.add_argument("--dataset", default="euler_quadrants:demo")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--preset", default="demo", choices=sorted(EMULATOR_PRESETS))
+    parser.add_argument("--patch-size", type=int, default=None, help="pixel emulators: patch size")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--store", default="lolaray-store")
+    parser.add_argument("--mlflow-uri", default=None)
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from lolaray.platform.session import start_ray
+    from lolaray.trainers.encoding import cache_latents
+
+    config = EmulatorConfig(
+        preset=args.preset,
+        architecture={"patch_size": args.patch_size} if args.patch_size else {},
+        batch_size=args.batch_size,
+        loop=LoopConfig(
+            optimizer="adamw",
+            lr=args.lr,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            precision=args.precision,
+            seed=args.seed,
+        ),
+    )
+    start_ray(args.address)
+    info = open_dataset(args.dataset, data_root=args.data_root)
+    common = {
+        "store": args.store,
+        "scaling": ScalingSpec(workers=args.workers),
+        "mlflow_uri": args.mlflow_uri,
+    }
+    if args.kind == "pixel-solver":
+        artifact = train_pixel_solver(config, info, **common)
+    else:
+        if not args.autoencoder:
+            parser.error("--autoencoder is required for latent emulators")
+        autoencoder = _artifact_from_folder(args.autoencoder)
+        caches = {
+            s: cache_latents(autoencoder, info, s, store=args.store, mlflow_uri=args.mlflow_uri)
+            for s in ("train", "valid")
+        }
+        stage = train_diffusion if args.kind == "diffusion" else train_solver
+        artifact = stage(
+            config,
+            autoencoder=autoencoder,
+            train_cache=caches["train"],
+            valid_cache=caches["valid"],
+            **common,
+        )
+    print(f"[lolaray] {args.kind} emulator {artifact.id} at {artifact.uri}")
+    return artifact
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from lolaray.platform.augmentation import Augmentation
 from lolaray.platform.embedded import EMBEDDED_DATASETS, data_cache_dir, ensure_embedded_dataset
 from lolaray.platform.preprocessing import KNOWN_PREPROCESSING, Standardizer, fit_standardizer
-from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_split
+from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_split, filesystem
 
 __all__ = [
     "DatasetInfo",
@@ -91,12 +91,16 @@ class DatasetInfo:
         """Per file of ``split``, the boundary type of each axis (e.g. ``("PERIODIC", "PERIODIC")``)."""
         return list(self.splits[split].boundary_types)
 
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root
+
     def fingerprint(self) -> str:
         """Identifies the data: name, root and every file's name and size."""
         parts = [self.name, self.root]
         for split, layout in sorted(self.splits.items()):
-            for f in layout.files:
-                parts.append(f"{split}/{Path(f).name}:{os.path.getsize(f) if os.path.exists(f) else '?'}")
+            for f, size in zip(layout.files, layout.file_sizes):
+                parts.append(f"{split}/{Path(f).name}:{size}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -136,8 +140,8 @@ def open_dataset(
                 f"(a local download made by `the-well-download`, or {HF_BASE})"
             )
         root = _resolve_well_root(name, data_root)
-    elif Path(text).exists():
-        root = Path(text)
+    elif "://" in text or Path(text).exists():
+        root = text
     else:
         raise ValueError(
             f"unknown dataset {text!r}: not an embedded dataset ({', '.join(EMBEDDED_DATASETS)}), "
@@ -147,11 +151,12 @@ def open_dataset(
 
 
 def _resolve_well_root(name: str, data_root: str) -> str | Path:
-    if data_root.startswith("hf://"):
-        raise NotImplementedError(
-            "streaming from Hugging Face needs huggingface_hub and network access; download the dataset "
-            "with `the-well-download --base-path BASE --dataset NAME` and pass BASE as data_root"
-        )
+    if "://" in data_root:  # hf://datasets/polymathic-ai/ (The Well's layout: <base>/<name>/data/...)
+        root = f"{data_root.rstrip('/')}/{name}"
+        fs, base = filesystem(root)
+        if not fs.isdir(base + "/data"):
+            raise FileNotFoundError(f"dataset {name!r} not found at {root} (no {root}/data)")
+        return root
     for candidate in (Path(data_root) / "datasets" / name, Path(data_root) / name):
         if (candidate / "data").is_dir():
             return candidate
@@ -162,11 +167,12 @@ def _resolve_well_root(name: str, data_root: str) -> str | Path:
 
 
 def read_dataset_info(root: str | Path) -> DatasetInfo:
-    """Check every split folder under ``root/data`` and collect the dataset's metadata."""
-    root = Path(root)
-    if not (root / "data").is_dir():
+    """Check every split folder under ``root/data`` (local or a URL) and collect the dataset's metadata."""
+    root = str(root) if "://" in str(root) else str(Path(root).resolve())
+    fs, base = filesystem(root)
+    if not fs.isdir(f"{base}/data"):
         raise FileNotFoundError(f"{root} is not a dataset in The Well's layout: no {root}/data folder")
-    splits = {s: check_split(root / "data" / s) for s in SPLITS if (root / "data" / s).is_dir()}
+    splits = {s: check_split(f"{root}/data/{s}") for s in SPLITS if fs.isdir(f"{base}/data/{s}")}
     if "train" not in splits:
         raise FileNotFoundError(f"{root}/data/train is missing: the train split is required (statistics)")
     first = splits["train"]
@@ -179,7 +185,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
                 )
     return DatasetInfo(
         name=first.dataset_name,
-        root=str(root),
+        root=root,
         field_names=first.field_names,
         vector_axis=first.vector_axis,
         spatial_dims=first.spatial_dims,
@@ -242,10 +248,10 @@ class WellWindows(Dataset):
             [0] + [t * w for t, w in zip(layout.n_trajectories, self.windows_per_trajectory)]
         )
         self.well = WellDataset(
-            path=str(Path(info.root) / "data" / split),
-            # Custom names need path=; stats are never read (use_normalization=False) but the
-            # constructor wants a normalization path that exists when stats.yaml does.
-            normalization_path=str(Path(info.root) / "stats.yaml"),
+            # Custom names need path= (well_dataset_name must be one of The Well's); stats are
+            # never read (use_normalization=False: lolaray standardizes itself).
+            path=f"{info.root}/data/{split}",
+            normalization_path=f"{info.root}/stats.yaml",
             n_steps_input=length,
             n_steps_output=0,
             min_dt_stride=stride,
@@ -310,7 +316,8 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
     if known.get("mean") is not None and len(known["mean"]) == info.n_fields:
         return Standardizer(info.field_names, tuple(transforms), tuple(known["mean"]), tuple(known["std"]))
     key = f"lolaray-standardizer-{info.fingerprint()}-{max_states}-{seed}.json"
-    for folder in (Path(info.root), data_cache_dir() / "standardizers"):
+    folders = ([Path(info.root)] if info.is_local else []) + [data_cache_dir() / "standardizers"]
+    for folder in folders:
         if (folder / key).is_file():
             return Standardizer.from_dict(json.loads((folder / key).read_text()))
     states = WellWindows(info, "train", length=1)
@@ -319,7 +326,7 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
     fitted = fit_standardizer(
         (states[int(i)]["x"][:, 0] for i in picks), field_names=info.field_names, transforms=transforms
     )
-    for folder in (Path(info.root), data_cache_dir() / "standardizers"):
+    for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{key}.{os.getpid()}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -183,7 +182,8 @@ def write_stats(stats: Mapping, path: str | os.PathLike) -> None:
 class SplitLayout:
     """What every file of a split agrees on, read from the HDF5 headers (no field data).
 
-    :param files: the split's HDF5 files, sorted (the order ``WellDataset`` indexes them).
+    :param files: the split's HDF5 files, sorted (the order ``WellDataset`` indexes them), as
+        paths of their file system (no protocol prefix); ``file_sizes`` in bytes.
     :param field_names: flattened channel names in The Well's order (t0, then t1 components ``name_x``...).
     :param vector_axis: per channel, the spatial axis index a vector component points along, else ``None``.
     :param spatial_dims: axis names, e.g. ``("x", "y")``.
@@ -194,6 +194,7 @@ class SplitLayout:
     """
 
     files: tuple[str, ...]
+    file_sizes: tuple[int, ...]
     dataset_name: str
     field_names: tuple[str, ...]
     vector_axis: tuple[int | None, ...]
@@ -205,15 +206,15 @@ class SplitLayout:
     boundary_types: tuple[tuple[str, ...], ...]
 
 
-def _read_header(path: str) -> dict:
+def _read_header(path: str, fs) -> dict:
     """Everything :class:`SplitLayout` needs from one file, with clear errors for broken files."""
+    stream = fs.open(path, "rb")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(stream, "r")
     except OSError as error:
-        raise DatasetFormatError(
-            f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}"
-        ) from None
-    with f:
+        stream.close()
+        raise DatasetFormatError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}") from None
+    with stream, f:
         try:
             missing = [
                 g
@@ -277,21 +278,34 @@ def _read_header(path: str) -> dict:
             raise DatasetFormatError(f"{path}: unreadable or incomplete The Well file: {error}") from None
 
 
+def filesystem(url: str | os.PathLike):
+    """``(fsspec filesystem, path)`` for a local path or a URL (``hf://``, ``s3://``, ``memory://``...)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(str(url))
+    except (ImportError, ValueError) as error:
+        raise ValueError(
+            f"cannot open {url}: {error}. Streaming from hf:// needs `pip install huggingface_hub` "
+            "(and network access); other protocols need their fsspec package (s3fs, gcsfs...)"
+        ) from None
+
+
 def check_split(folder: str | os.PathLike) -> SplitLayout:
-    """Inspect the HDF5 files of one split folder and return what they agree on.
+    """Inspect the HDF5 files of one split folder (local or any fsspec URL); return what they agree on.
 
     :raises FileNotFoundError: the folder does not exist or holds no ``*.hdf5``/``*.h5`` file.
     :raises DatasetFormatError: a file is not HDF5, is truncated, lacks The Well's groups, or
         disagrees with its siblings (name, fields, axes, resolution, parameters); the message
         names the file.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    fs, base = filesystem(folder)
+    if not fs.isdir(base):
         raise FileNotFoundError(f"dataset split folder {folder} does not exist")
-    files = sorted(str(p) for p in folder.iterdir() if p.suffix in (".hdf5", ".h5"))
+    files = sorted(fs.glob(base.rstrip("/") + "/*.hdf5") + fs.glob(base.rstrip("/") + "/*.h5"))
     if not files:
         raise FileNotFoundError(f"no .hdf5 files in {folder}")
-    headers = [_read_header(p) for p in files]
+    headers = [_read_header(p, fs) for p in files]
     reference = headers[0]
     for path, header in zip(files[1:], headers[1:]):
         for key, what in (
@@ -307,6 +321,7 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
                 )
     return SplitLayout(
         files=tuple(files),
+        file_sizes=tuple(int(fs.size(p)) for p in files),
         dataset_name=reference["dataset_name"],
         field_names=reference["fields"],
         vector_axis=reference["vector_axis"],

@@ -113,7 +113,7 @@ def test_windows_stay_inside_trajectories(ray_cluster, setup):
     rows = window_dataset(cache, length=3, stride=4, per_trajectory=3).take_all()
     assert len(rows) == 4 * 3
     for row in rows:
-        z = torch.from_numpy(row["z"])
+        z = torch.from_numpy(row["z"].copy())
         assert z.shape == (4, 3, 4, 4)
         expected = full[row["trajectory_id"]][row["start"] : row["start"] + 9 : 4].movedim(0, 1)
         torch.testing.assert_close(z, expected)

@@ -223,3 +223,24 @@ def test_stdlib_platform_is_not_shadowed():
     assert not (REPO / "platform" / "__init__.py").exists()
     code = "import lolaray.platform.data as d; import platform; print(platform.python_version())"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+
+
+def test_a_dataset_behind_an_fsspec_url(tiny_root):
+    """Remote roots (hf://, s3://...) go through fsspec like The Well's loader: memory:// stands in."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for path in tiny_root.rglob("*"):
+        if path.is_file():
+            memory.pipe(f"/remote/{path.relative_to(tiny_root.parent)}", path.read_bytes())
+    info = open_dataset("memory://remote/tiny_euler")
+    assert info.root == "memory://remote/tiny_euler" and not info.is_local
+    assert info.field_names == FIELDS and len(info.splits["valid"].files) == 2
+    remote = WellWindows(info, "valid", length=2, stride=3)
+    local = WellWindows(open_dataset(tiny_root), "valid", length=2, stride=3)
+    torch.testing.assert_close(remote[5]["x"], local[5]["x"])
+    assert info.fingerprint() != open_dataset(tiny_root).fingerprint()
+    with pytest.raises(FileNotFoundError, match="not found at memory://remote/rayleigh_benard"):
+        open_dataset("rayleigh_benard", data_root="memory://remote")
+    with pytest.raises(ValueError, match="huggingface_hub"):
+        open_dataset("rayleigh_benard", data_root="hf://datasets/polymathic-ai/")

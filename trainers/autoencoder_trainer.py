@@ -280,7 +280,8 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
         info_ = mlflow.pytorch.log_model(
             model,
             name="autoencoder",
-            input_example=example.numpy(),
+            # A signature, not an input example: MLflow would try to validate a serving example
+            # and forward() returns a tuple (reconstruction, latent).
             signature=infer_signature(example.numpy(), reconstruction.numpy()),
             serialization_format="pickle",
         )

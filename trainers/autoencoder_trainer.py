@@ -32,7 +32,7 @@ from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import create_run, tracking_uri
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import FaultInjection, LoopConfig, run_training
+from lolaray.trainers.loop import LoopConfig, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 
 __all__ = ["AutoencoderConfig", "load_autoencoder", "train_autoencoder"]
@@ -100,10 +100,8 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> AutoencoderConfig:
         d = dict(d)
-        loop = dict(d.pop("loop", {}))
-        loop["fault"] = FaultInjection(**loop.get("fault", {}))
-        loop["betas"] = tuple(loop.get("betas", (0.9, 0.99)))
-        return cls(**d, loop=LoopConfig(**loop))
+        loop = LoopConfig.from_dict(d.pop("loop", {}))
+        return cls(**d, loop=loop)
 
 
 def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple[int, ...], float]:

@@ -35,7 +35,7 @@ from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import create_run, tracking_uri
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import FaultInjection, LoopConfig, run_training
+from lolaray.trainers.loop import LoopConfig, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.solver import NeuralSolver, solver_loss
 from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
@@ -141,10 +141,8 @@ class EmulatorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> EmulatorConfig:
         d = dict(d)
-        loop = dict(d.pop("loop", {}))
-        loop["fault"] = FaultInjection(**loop.get("fault", {}))
-        loop["betas"] = tuple(loop.get("betas", (0.9, 0.99)))
-        return cls(**d, loop=LoopConfig(**loop))
+        loop = LoopConfig.from_dict(d.pop("loop", {}))
+        return cls(**d, loop=loop)
 
 
 def build_emulator(config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int) -> nn.Module:
@@ -399,7 +397,27 @@ def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri
     return info.model_uri
 
 
-def _latent_stage(kind, config, *, autoencoder, train_cache, valid_cache, **kw) -> Artifact:
+def _latent_stage(
+    kind: str,
+    config: EmulatorConfig,
+    *,
+    autoencoder: Artifact,
+    train_cache: Artifact,
+    valid_cache: Artifact,
+    store: ArtifactStore | str = "lolaray-store",
+    scaling: ScalingSpec | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "lolaray",
+    parent_run_id: str | None = None,
+    log_model: bool = True,
+) -> Artifact:
+    """Train (or reuse) a latent emulator of ``kind`` on windows streamed from ``train_cache``.
+
+    :param autoencoder: the autoencoder whose latent space the caches live in.
+    :param train_cache, valid_cache: latent caches of the train and valid splits.
+    :param store: the artifact store; ``scaling``: Ray Train workers (default: 1).
+    :param mlflow_uri, experiment, parent_run_id: where the stage's MLflow run goes.
+    """
     config = dataclasses.replace(config, kind=kind, space="latent")
     state_shape = tuple(train_cache.manifest["latent_shape"])
     config.validate(state_shape, train_cache.manifest["min_length"])
@@ -425,30 +443,6 @@ def _latent_stage(kind, config, *, autoencoder, train_cache, valid_cache, **kw) 
             "compression": autoencoder.manifest["compression"],
             "dataset": train_cache.manifest["dataset"],
         },
-        **kw,
-    )
-
-
-def train_diffusion(
-    config: EmulatorConfig,
-    *,
-    autoencoder: Artifact,
-    train_cache: Artifact,
-    valid_cache: Artifact,
-    store: ArtifactStore | str = "lolaray-store",
-    scaling: ScalingSpec | None = None,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
-    log_model: bool = True,
-) -> Artifact:
-    """Train (or reuse) a latent diffusion emulator on windows streamed from ``train_cache``."""
-    return _latent_stage(
-        "diffusion",
-        config,
-        autoencoder=autoencoder,
-        train_cache=train_cache,
-        valid_cache=valid_cache,
         store=_store(store),
         scaling=scaling or ScalingSpec(),
         mlflow_uri=mlflow_uri,
@@ -458,33 +452,14 @@ def train_diffusion(
     )
 
 
-def train_solver(
-    config: EmulatorConfig,
-    *,
-    autoencoder: Artifact,
-    train_cache: Artifact,
-    valid_cache: Artifact,
-    store: ArtifactStore | str = "lolaray-store",
-    scaling: ScalingSpec | None = None,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
-    log_model: bool = True,
-) -> Artifact:
-    """Train (or reuse) a latent neural solver on windows streamed from ``train_cache``."""
-    return _latent_stage(
-        "solver",
-        config,
-        autoencoder=autoencoder,
-        train_cache=train_cache,
-        valid_cache=valid_cache,
-        store=_store(store),
-        scaling=scaling or ScalingSpec(),
-        mlflow_uri=mlflow_uri,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-        log_model=log_model,
-    )
+def train_diffusion(config: EmulatorConfig, **kwargs) -> Artifact:
+    """Train (or reuse) a latent diffusion emulator; keywords as :func:`_latent_stage`."""
+    return _latent_stage("diffusion", config, **kwargs)
+
+
+def train_solver(config: EmulatorConfig, **kwargs) -> Artifact:
+    """Train (or reuse) a latent neural solver; keywords as :func:`_latent_stage`."""
+    return _latent_stage("solver", config, **kwargs)
 
 
 def train_pixel_solver(

@@ -57,7 +57,9 @@ class AutoencoderEncoder:
         with torch.inference_mode():
             for x in batch["x"]:  # (L, C, *spatial), standardized
                 states = torch.from_numpy(np.array(x, dtype=np.float32)).to(self.device)  # writable copy
-                z = torch.cat([self.model.encode(states[i : i + self.chunk]) for i in range(0, len(states), self.chunk)])
+                z = torch.cat(
+                    [self.model.encode(states[i : i + self.chunk]) for i in range(0, len(states), self.chunk)]
+                )
                 latents.append(encode_latents(z, self.dtype))
                 lengths.append(z.shape[0])
         return pa.table(

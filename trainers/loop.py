@@ -113,6 +113,16 @@ class LoopConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopConfig:
+        """Inverse of :meth:`to_dict` (JSON round trips turn tuples into lists)."""
+        d = dict(d)
+        d["fault"] = FaultInjection(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("fault", {}).items()}
+        )
+        d["betas"] = tuple(d.get("betas", (0.9, 0.99)))
+        return cls(**d)
+
 
 class TrainingTask(Protocol):
     """What a trainer specialises. Built inside each worker (HDF5 handles are not pickled)."""

@@ -1,0 +1,201 @@
+"""The evaluation stage on untrained tiny networks: sharding independence, input checks,
+MLflow names and artifacts, solver conventions, artifact reuse."""
+
+import csv
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from wellfiles import make_tiny_dataset
+
+from lolaray.evaluation import evaluate as evaluate_module
+from lolaray.evaluation.evaluate import evaluate
+from lolaray.platform.artifacts import ArtifactStore
+from lolaray.platform.data import open_dataset, standardizer_for
+from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
+from lolaray.trainers.emulator_trainer import EmulatorConfig, build_emulator
+
+
+def _save_autoencoder(store, info):
+    torch.manual_seed(0)
+    kwargs = {**AUTOENCODER_PRESETS["smoke"], "pixel_channels": info.n_fields, "latent_channels": 4}
+    model = build_autoencoder("smoke", pixel_channels=info.n_fields, latent_channels=4).eval()
+    with torch.no_grad():
+        latent_shape = list(model.encode(torch.zeros(1, *info.state_shape)).shape[1:])
+    rate = torch.Size(info.state_shape).numel() / torch.Size(latent_shape).numel()
+    manifest = {"latent_shape": latent_shape, "compression": rate, "pixel_shape": list(info.state_shape)}
+    with store.build("autoencoder", "autoencoder-test", manifest) as folder:
+        torch.save({"kwargs": kwargs, "state_dict": model.state_dict()}, folder / "autoencoder.pt")
+        (folder / "standardizer.json").write_text(json.dumps(standardizer_for(info).to_dict()))
+    return store.get("autoencoder", "autoencoder-test")
+
+
+def _save_emulator(store, name, kind, state_shape, theta_dim, *, space="latent", compression=5.0):
+    torch.manual_seed(1)
+    config = EmulatorConfig(kind=kind, space=space, preset="smoke", window=3, stride=2)
+    model = build_emulator(config, tuple(state_shape), theta_dim)
+    manifest = {
+        "kind": kind,
+        "space": space,
+        "state_shape": list(state_shape),
+        "theta_dim": theta_dim,
+        "window": 3,
+        "stride": 2,
+        "compression": compression,
+        "autoencoder": "autoencoder-test",
+    }
+    with store.build("emulator", name, manifest) as folder:
+        torch.save(
+            {
+                "config": config.to_dict(),
+                "state_shape": list(state_shape),
+                "theta_dim": theta_dim,
+                "state_dict": model.state_dict(),
+            },
+            folder / "emulator.pt",
+        )
+    return store.get("emulator", name)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ray_cluster):
+    root = tmp_path_factory.mktemp("evaluate")
+    info = open_dataset(make_tiny_dataset(root / "tiny", res=8, steps=11))
+    store = ArtifactStore(root / "store")
+    autoencoder = _save_autoencoder(store, info)
+    latent = autoencoder.manifest["latent_shape"]
+    emulators = {
+        "diffusion": _save_emulator(store, "emulator-diffusion", "diffusion", latent, info.theta_dim),
+        "solver": _save_emulator(store, "emulator-solver", "solver", latent, info.theta_dim),
+    }
+    return info, store, autoencoder, emulators, f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _csv_rows(artifact):
+    with open(f"{artifact.uri}/metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_and_two_actors_give_identical_metrics(setup, tmp_path):
+    info, _, autoencoder, emulators, uri = setup
+    common = {
+        "contexts": (1, 2),
+        "members": 4,
+        "max_batch": 2,
+        "trajectories": 2,
+        "steps": 3,
+        "mlflow_uri": uri,
+    }
+    one = evaluate(
+        emulators["diffusion"], autoencoder, info, actors=1, store=ArtifactStore(tmp_path / "a"), **common
+    )
+    two = evaluate(
+        emulators["diffusion"], autoencoder, info, actors=2, store=ArtifactStore(tmp_path / "b"), **common
+    )
+    assert one.id == two.id  # actors and max_batch are not part of the id
+    rows_one, rows_two = _csv_rows(one), _csv_rows(two)
+    assert rows_one == rows_two and len(rows_one) > 0
+    first = next(r for r in rows_one if r["horizon"] == "lead_1-20" and r["reference"] == "absolute")
+    assert float(first["vrmse"]) > 0 and float(first["spread"]) > 0
+
+
+def test_mismatched_latent_shapes_fail_before_any_ray_work(setup, monkeypatch):
+    info, store, autoencoder, _, uri = setup
+    wrong = _save_emulator(store, "emulator-wrong", "diffusion", [8, 2, 2], info.theta_dim)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("the pipeline must not run")
+
+    monkeypatch.setattr(evaluate_module, "_run_pipeline", no_ray)
+    with pytest.raises(ValueError, match="different latent shapes"):
+        evaluate(wrong, autoencoder, info, store=store, mlflow_uri=uri)
+    with pytest.raises(ValueError, match="autoencoder"):
+        evaluate(wrong, None, info, store=store, mlflow_uri=uri)
+    good = setup[3]["diffusion"]
+    with pytest.raises(ValueError, match="window - 1"):
+        evaluate(good, autoencoder, info, contexts=(3,), store=store, mlflow_uri=uri)
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate(good, autoencoder, info, contexts=(1,), members=0, store=store, mlflow_uri=uri)
+
+
+def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch):
+    info, store, autoencoder, emulators, uri = setup
+    artifact = evaluate(
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        contexts=(1, 2),
+        members=5,
+        max_batch=2,  # 3 blocks: 2 + 2 + 1
+        trajectories=1,
+        steps=3,
+        actors=2,
+        store=store,
+        mlflow_uri=uri,
+    )
+    folder = artifact.path
+    for name in ("metrics.csv", "summary.json", "table.txt", "report.html", "snapshots.html"):
+        assert (folder / name).exists(), name
+    html = (folder / "report.html").read_text()
+    assert "plotly-graph-div" in html and html.count("<script") >= 1
+    assert "| method" in (folder / "table.txt").read_text()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["infer_ms_per_state"] > 0 and summary["recon_vrmse"] > 0
+
+    client = MlflowClient(uri)
+    run = client.get_run(artifact.manifest["mlflow_run_id"])
+    assert run.data.tags["stage"] == "evaluation" and run.data.tags["emulator"] == "diffusion"
+    assert run.data.tags["artifact_id"] == artifact.id
+    for name in (
+        "vrmse/lead_1-20",
+        "nrmse/lead_1-20",
+        "spread_skill/lead_1-20",
+        "psrmse/high/lead_1-20",
+        "psrmse/low/lead_1-20",
+        "semd/lead_1-20",
+        "wasserstein/lead_1-20",
+        "context_1/vrmse/lead_1-20",
+        "context_2/vrmse/lead_1-20",
+        "relative/vrmse/lead_1-20",
+        "recon_vrmse",
+        "infer_ms_per_state",
+    ):
+        assert name in run.data.metrics, name
+    logged = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.csv", "report.html"} <= logged
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete artifact must be reused")
+
+    monkeypatch.setattr(evaluate_module, "_run_pipeline", fail)
+    again = evaluate(
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        contexts=(2, 1),
+        members=5,
+        max_batch=4,
+        trajectories=1,
+        steps=3,
+        store=store,
+        mlflow_uri=uri,
+    )
+    assert again.id == artifact.id
+
+
+def test_solver_has_zero_spread_skill(setup):
+    info, store, autoencoder, emulators, uri = setup
+    artifact = evaluate(
+        emulators["solver"],
+        autoencoder,
+        info,
+        contexts=(1,),
+        members=4,
+        trajectories=2,
+        store=store,
+        mlflow_uri=uri,
+    )
+    rows = _csv_rows(artifact)
+    assert rows and all(float(r["spread_skill"]) == 0 for r in rows if r["horizon"] == "lead_1-20")
+    assert artifact.manifest["members"] == 1

@@ -36,6 +36,7 @@ from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_
 __all__ = [
     "DatasetInfo",
     "WellWindows",
+    "cached_windows",
     "open_dataset",
     "ray_dataset",
     "standardizer_for",
@@ -339,7 +340,9 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_windows(root: str, split: str, length: int | None, stride: int, standardize: bool) -> WellWindows:
+def cached_windows(root: str, split: str, length: int | None, stride: int, standardize: bool) -> WellWindows:
+    """A :class:`WellWindows` per process and arguments: Ray reuses its task workers, so a
+    map function reads the files' headers once per worker rather than once per batch."""
     info = read_dataset_info(root)
     return WellWindows(
         info,
@@ -351,7 +354,7 @@ def _cached_windows(root: str, split: str, length: int | None, stride: int, stan
 
 
 def _read_windows(batch: dict, *, root, split, length, stride, standardize) -> dict:
-    windows = _cached_windows(root, split, length, stride, standardize)
+    windows = cached_windows(root, split, length, stride, standardize)
     items = [windows[int(i)] for i in batch["id"]]
     return {
         "x": np.stack([it["x"].numpy() for it in items]),

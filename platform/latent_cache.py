@@ -87,11 +87,11 @@ class _Source:
 def _read_trajectories(batch: dict, *, source: _Source) -> dict:
     """Ray task: read, augment (copies ≥ 1) and standardize whole trajectories."""
     from lolaray.platform.augmentation import Augmentation
-    from lolaray.platform.data import WellWindows, read_dataset_info
+    from lolaray.platform.data import cached_windows
     from lolaray.platform.preprocessing import Standardizer
 
-    info = read_dataset_info(source.root)
-    windows = WellWindows(info, source.split, length=None)
+    windows = cached_windows(source.root, source.split, None, 1, False)
+    info = windows.info
     standardizer = Standardizer.from_dict(source.standardizer)
     augment = Augmentation(info.vector_axis)
     out: dict[str, list] = {k: [] for k in ("trajectory_id", "file", "trajectory", "copy", "theta", "x")}

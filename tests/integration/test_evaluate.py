@@ -199,3 +199,24 @@ def test_solver_has_zero_spread_skill(setup):
     rows = _csv_rows(artifact)
     assert rows and all(float(r["spread_skill"]) == 0 for r in rows if r["horizon"] == "lead_1-20")
     assert artifact.manifest["members"] == 1
+
+
+def test_pixel_solver_runs_without_autoencoder(setup):
+    info, store, _, _, uri = setup
+    pixel = _save_emulator(
+        store,
+        "emulator-pixel",
+        "solver",
+        list(info.state_shape),
+        info.theta_dim,
+        space="pixel",
+        compression=1,
+    )
+    artifact = evaluate(
+        pixel, None, info, contexts=(1, 2), members=3, trajectories=1, store=store, mlflow_uri=uri
+    )
+    rows = _csv_rows(artifact)
+    assert {r["reference"] for r in rows} == {"absolute"}
+    assert {r["method"] for r in rows} == {"pixel solver"}
+    summary = json.loads((artifact.path / "summary.json").read_text())
+    assert summary["recon_vrmse"] is None and summary["infer_ms_per_state"] > 0

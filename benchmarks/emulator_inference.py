@@ -21,7 +21,9 @@ import torch
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--preset", default="demo")
@@ -60,22 +62,41 @@ def main(argv=None) -> None:
         began = time.perf_counter()
         with torch.inference_mode():
             initial = autoencoder.encode(x0[:, :, 0]).unsqueeze(2) if latent else x0
-            out = ensemble_rollout(step, initial, theta, members=members, seed=0, trajectory=0, start=0,
-                                   window=5, context=1, overlap=1, length=args.length)
+            out = ensemble_rollout(
+                step,
+                initial,
+                theta,
+                members=members,
+                seed=0,
+                trajectory=0,
+                start=0,
+                window=5,
+                context=1,
+                overlap=1,
+                length=args.length,
+            )
             if latent:
                 out = decode_in_chunks(autoencoder, out, chunk=4)
         seconds = time.perf_counter() - began
         assert out.shape == (members, 5, args.length, R, R)
         times[name] = seconds / (members * args.length)
         tokens = 5 * (shape[1] // patch) * (shape[2] // patch)
-        print(f"{name:<17} {1000 * times[name]:9.1f} ms/state  ({members} member(s), {tokens} tokens/window, "
-              f"{seconds:.1f} s for the rollout)")
-    print(f"pixel diffusion / latent diffusion: {times['pixel diffusion'] / times['latent diffusion']:6.1f}x  "
-          "(paper ~12x)")
-    print(f"latent diffusion / latent solver:   {times['latent diffusion'] / times['latent solver']:6.1f}x  "
-          "(paper ~6.5x)")
-    print(f"pixel solver / latent solver:       {times['pixel solver'] / times['latent solver']:6.1f}x  "
-          "(paper ~4.3x)")
+        print(
+            f"{name:<17} {1000 * times[name]:9.1f} ms/state  ({members} member(s), {tokens} tokens/window, "
+            f"{seconds:.1f} s for the rollout)"
+        )
+    print(
+        f"pixel diffusion / latent diffusion: {times['pixel diffusion'] / times['latent diffusion']:6.1f}x  "
+        "(paper ~12x)"
+    )
+    print(
+        f"latent diffusion / latent solver:   {times['latent diffusion'] / times['latent solver']:6.1f}x  "
+        "(paper ~6.5x)"
+    )
+    print(
+        f"pixel solver / latent solver:       {times['pixel solver'] / times['latent solver']:6.1f}x  "
+        "(paper ~4.3x)"
+    )
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ class ArtifactStore:
             if Path(target).exists():
                 shutil.rmtree(target)  # an unfinished leftover (complete ones are never rebuilt)
             os.replace(folder, target)
+            os.chmod(target, 0o755)  # mkdtemp made it 0700; artifacts are for everyone to read
             folder.mkdir()  # the caller's cleanup expects the staging folder to exist
             tmp = Path(target) / f".{MANIFEST}.tmp"
             tmp.write_text(json.dumps(full, indent=2, default=str))

@@ -35,3 +35,16 @@ def smoke_dataset(data_cache):
         "euler_quadrants", "smoke", cache_dir=data_cache, parallel="local", progress=False
     )
     return open_dataset("euler_quadrants:smoke", cache_dir=data_cache)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session (see ``tests/browser.py``)."""
+    from browser import Chromium, _chromium_executable
+
+    browser = Chromium(_chromium_executable())
+    try:
+        browser.send("Browser.getVersion", timeout=60)
+        yield browser
+    finally:
+        browser.close()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from browser import assert_page_ok
 from mlflow.tracking import MlflowClient
 from wellfiles import make_tiny_dataset
 
@@ -119,7 +120,7 @@ def test_mismatched_latent_shapes_fail_before_any_ray_work(setup, monkeypatch):
         evaluate(good, autoencoder, info, contexts=(1,), members=0, store=store, mlflow_uri=uri)
 
 
-def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch):
+def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, chromium):
     info, store, autoencoder, emulators, uri = setup
     artifact = evaluate(
         emulators["diffusion"],
@@ -138,7 +139,12 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch):
     for name in ("metrics.csv", "summary.json", "table.txt", "report.html", "snapshots.html"):
         assert (folder / name).exists(), name
     html = (folder / "report.html").read_text()
-    assert "plotly-graph-div" in html and html.count("<script") >= 1
+    figures = html.count('class="plotly-graph-div"')
+    assert figures >= 4 and html.count("<script") >= 1
+    # The stage's own report opens offline in headless Chromium: no console error, every figure drawn.
+    result = chromium.load(folder / "report.html", expected_figures=figures)
+    (folder / "report.png").write_bytes(result.screenshot)
+    assert_page_ok(result, expected_figures=figures)
     assert "| method" in (folder / "table.txt").read_text()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["infer_ms_per_state"] > 0 and summary["recon_vrmse"] > 0

@@ -1,0 +1,141 @@
+"""Ensemble rollout throughput: 1 vs 2 Ray actors, and K members batched vs one at a time.
+
+    python benchmarks/ensemble_rollout_throughput.py [--dataset euler_quadrants:demo]
+
+Untrained demo-width networks (throughput does not depend on the weights) on the demo
+dataset, in one session:
+
+1. K = 8 members of one latent diffusion rollout (26 states, 16 AB3 steps, decoding
+   included) batched on the device vs one member at a time (goal: batched ≥ 2×);
+2. the distributed ``evaluate`` stage with 1 and 2 rollout actors (states/s = trajectories ×
+   contexts × members × states ÷ the stage's wall time, metrics and report included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", default="euler_quadrants:demo")
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--trajectories", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    from lolaray.evaluation.evaluate import evaluate
+    from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout
+    from lolaray.platform.artifacts import ArtifactStore
+    from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+    from lolaray.platform.session import start_ray
+    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+    from lolaray.trainers.emulator_trainer import EmulatorConfig, build_emulator
+    from lolaray.trainers.launch import ScalingSpec
+    from lolaray.trainers.loop import LoopConfig
+
+    start_ray(None)
+    info = open_dataset(args.dataset)
+    work = tempfile.mkdtemp(prefix="lolaray-bench-eval-")
+    store, uri = ArtifactStore(f"{work}/store"), f"sqlite:///{work}/mlflow.db"
+    autoencoder = train_autoencoder(
+        AutoencoderConfig(
+            preset="demo",
+            latent_channels=16,
+            batch_size=4,
+            loop=LoopConfig(optimizer="adam", epochs=1, steps_per_epoch=1),
+        ),
+        info,
+        store=store,
+        scaling=ScalingSpec(workers=0),
+        mlflow_uri=uri,
+        log_model=False,
+    )
+    latent_shape = tuple(autoencoder.manifest["latent_shape"])
+    config = EmulatorConfig(kind="diffusion", preset="demo", window=5, stride=4)
+    denoiser = build_emulator(config, latent_shape, info.theta_dim).eval()
+    model, _ = load_autoencoder(autoencoder)
+
+    # 1. Batched vs sequential members, one trajectory, no Ray.
+    item = WellWindows(info, "test", length=None, standardizer=standardizer_for(info))[0]
+    initial = model.encode(item["x"][:, :1].movedim(1, 0)).movedim(0, 1).unsqueeze(0)  # (1, C, 1, h, w)
+    step = diffusion_step(denoiser, steps=args.steps)
+    timings = {}
+    for label, max_batch in (("batched", args.members), ("one at a time", 1)):
+        began = time.perf_counter()
+        with torch.inference_mode():
+            z = ensemble_rollout(
+                step,
+                initial,
+                item["theta"][None],
+                members=args.members,
+                seed=0,
+                trajectory=0,
+                start=0,
+                window=5,
+                context=1,
+                overlap=1,
+                length=26,
+                max_batch=max_batch,
+            )
+            decode_in_chunks(model, z, chunk=4 * max_batch)
+        timings[label] = time.perf_counter() - began
+        print(
+            f"K={args.members} members {label:<14}: {timings[label]:6.1f} s = "
+            f"{args.members * 26 / timings[label]:6.1f} states/s"
+        )
+    print(f"batched / one at a time: {timings['one at a time'] / timings['batched']:.2f}x  (goal >= 2x)")
+
+    # 2. The distributed stage with 1 and 2 actors.
+    manifest = {
+        "kind": "diffusion",
+        "space": "latent",
+        "state_shape": list(latent_shape),
+        "theta_dim": info.theta_dim,
+        "window": 5,
+        "stride": 4,
+        "compression": autoencoder.manifest["compression"],
+        "autoencoder": autoencoder.id,
+    }
+    with store.build("emulator", "emulator-bench", manifest) as folder:
+        torch.save(
+            {
+                "config": config.to_dict(),
+                "state_shape": list(latent_shape),
+                "theta_dim": info.theta_dim,
+                "state_dict": denoiser.state_dict(),
+            },
+            folder / "emulator.pt",
+        )
+    emulator = store.get("emulator", "emulator-bench")
+    for actors in (1, 2):
+        began = time.perf_counter()
+        evaluate(
+            emulator,
+            autoencoder,
+            info,
+            contexts=(1,),
+            members=args.members,
+            trajectories=args.trajectories,
+            steps=args.steps,
+            actors=actors,
+            max_batch=args.members,
+            store=f"{work}/eval-{actors}",
+            mlflow_uri=uri,
+        )
+        seconds = time.perf_counter() - began
+        states = args.trajectories * args.members * 26
+        print(
+            f"evaluate, {actors} actor(s): {states} states in {seconds:6.1f} s = {states / seconds:6.1f} states/s "
+            "(whole stage)"
+        )
+
+
+if __name__ == "__main__":
+    main()

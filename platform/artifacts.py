@@ -89,6 +89,15 @@ class ArtifactStore:
             manifest = json.loads(f.read().decode())
         return Artifact(stage=stage, id=id, uri=self.uri(stage, id), manifest=manifest)
 
+    def complete_ids(self, stage: str) -> set[str]:
+        """The ids of the complete artifacts of ``stage`` (those with a manifest)."""
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(f"{self.base.rstrip('/')}/{stage}", allow_not_found=True)
+        folders = [i for i in self.fs.get_file_info(selector) if i.type == pyarrow.fs.FileType.Directory]
+        manifests = self.fs.get_file_info([f"{i.path}/{MANIFEST}" for i in folders])
+        return {i.path.rstrip("/").split("/")[-2] for i in manifests if i.type == pyarrow.fs.FileType.File}
+
     @contextmanager
     def build(self, stage: str, id: str, manifest: Mapping | None = None) -> Iterator[Path]:
         """Stage a new artifact: yields a local folder to fill; on success it is published.

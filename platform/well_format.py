@@ -213,7 +213,9 @@ def _read_header(path: str, fs) -> dict:
         f = h5py.File(stream, "r")
     except OSError as error:
         stream.close()
-        raise DatasetFormatError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}") from None
+        raise DatasetFormatError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}"
+        ) from None
     with stream, f:
         try:
             missing = [

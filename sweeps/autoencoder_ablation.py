@@ -17,7 +17,9 @@ VARIANTS = (("adam", False), ("adam", True), ("psgd", True))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", choices=("smoke", "demo"), default="demo")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
@@ -44,8 +46,13 @@ def main(argv=None) -> int:
     start_ray(args.address)
     info = open_dataset(f"euler_quadrants:{args.profile}")
     uri = tracking_uri(args.mlflow_uri)
-    parent = create_run("lolaray", run_name=f"autoencoder-ablation-{args.profile}", uri=uri,
-                        tags={"stage": "ablation"}, params={"epochs": epochs, "steps_per_epoch": steps})
+    parent = create_run(
+        "lolaray",
+        run_name=f"autoencoder-ablation-{args.profile}",
+        uri=uri,
+        tags={"stage": "ablation"},
+        params={"epochs": epochs, "steps_per_epoch": steps},
+    )
     client = MlflowClient(uri)
     curves = {}
     for optimizer, identity in VARIANTS:
@@ -59,8 +66,14 @@ def main(argv=None) -> int:
         )
         name = f"{optimizer} {'with' if identity else 'without'} id. init"
         print(f"[lolaray] training: {name}")
-        artifact = train_autoencoder(config, info, store=args.store, scaling=ScalingSpec(workers=args.workers),
-                                     mlflow_uri=uri, parent_run_id=parent)
+        artifact = train_autoencoder(
+            config,
+            info,
+            store=args.store,
+            scaling=ScalingSpec(workers=args.workers),
+            mlflow_uri=uri,
+            parent_run_id=parent,
+        )
         history = client.get_metric_history(artifact.manifest["mlflow_run_id"], "valid/loss")
         curves[name] = [m.value for m in sorted(history, key=lambda m: m.step)]
     client.set_terminated(parent)
@@ -71,7 +84,10 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for name, curve in curves.items():
-        print(f"{name:<26}" + "".join(f"{curve[e - 1]:>12.4f}" if e <= len(curve) else f"{'-':>12}" for e in marks))
+        print(
+            f"{name:<26}"
+            + "".join(f"{curve[e - 1]:>12.4f}" if e <= len(curve) else f"{'-':>12}" for e in marks)
+        )
     print(f"\nMLflow: parent run {parent} in experiment 'lolaray' at {uri}")
     return 0
 

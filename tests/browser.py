@@ -311,5 +311,3 @@ def assert_page_ok(result: PageResult, *, expected_figures: int, expected_traces
     assert size[0] >= 1000 and size[1] >= 900, size
     assert colours > 200, f"screenshot has {colours} colours: blank or near-blank"
     assert ink > 0.05, f"only {ink:.1%} of the screenshot differs from the background"
-
-

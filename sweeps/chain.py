@@ -1,0 +1,281 @@
+"""The study's stage chain for one compression rate, and the profiles that size it.
+
+For a latent channel count ``C``::
+
+    autoencoder ──► latent caches (train ×repeat, valid, test)
+                        ├─► diffusion ──► evaluation (contexts 1..3)
+                        └─► neural solver ──► evaluation
+
+and once per sweep the pixel-space solver and its evaluation (:func:`run_pixel_chain`).
+Every stage is content-addressed (its artifact id hashes its config and upstream ids) and
+returns a complete artifact without recomputing when one exists, so a chain that was
+interrupted resumes where it stopped, and two sweeps that share an autoencoder train it
+once. :class:`ChainResult` records which stages ran and which were reused.
+
+This module is the building block of the Ray Tune sweep (``sweeps/compression.py``,
+issue 7); it runs the stages in the calling process, each launching its own Ray Train /
+Ray Data work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lolaray.evaluation.evaluate import evaluate
+from lolaray.platform.artifacts import Artifact, ArtifactStore
+from lolaray.platform.data import DatasetInfo
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
+from lolaray.trainers.emulator_trainer import (
+    EmulatorConfig,
+    train_diffusion,
+    train_pixel_solver,
+    train_solver,
+)
+from lolaray.trainers.encoding import cache_latents
+from lolaray.trainers.launch import ScalingSpec
+from lolaray.trainers.loop import LoopConfig
+
+__all__ = ["PROFILES", "ChainResult", "Profile", "run_latent_chain", "run_pixel_chain"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of everything in a study.
+
+    :param dataset: the default dataset (an embedded name with preset, or a name of The Well).
+    :param latent_channels: the compression rates to sweep, as latent channel counts.
+    :param autoencoder, emulator, pixel_emulator: stage configs (``latent_channels`` of the
+        autoencoder is replaced per rate).
+    :param contexts, members, trajectories, sampler_steps: the evaluation.
+    :param repeat: augmented copies per train trajectory in the latent cache.
+    :param workers: Ray Train workers per training stage; ``actors``: encoder / rollout actors.
+    """
+
+    dataset: str
+    latent_channels: tuple[int, ...]
+    autoencoder: AutoencoderConfig
+    emulator: EmulatorConfig
+    pixel_emulator: EmulatorConfig
+    contexts: tuple[int, ...] = (1, 2, 3)
+    members: int = 16
+    trajectories: int = 64
+    sampler_steps: int = 16
+    repeat: int = 4
+    workers: int = 1
+    actors: int = 1
+
+
+def _loop(optimizer: str, lr: float, epochs: int, steps: int) -> LoopConfig:
+    return LoopConfig(optimizer=optimizer, lr=lr, epochs=epochs, steps_per_epoch=steps)
+
+
+PROFILES: dict[str, Profile] = {
+    # Minutes on 2 CPU cores: tests and CI. 32² states, r = 8 → 4×4 latents (÷80 and ÷20).
+    "smoke": Profile(
+        dataset="euler_quadrants:smoke",
+        latent_channels=(4, 16),
+        autoencoder=AutoencoderConfig(
+            preset="demo", batch_size=8, valid_states=16, loop=_loop("adam", 1e-3, 2, 16)
+        ),
+        emulator=EmulatorConfig(
+            preset="smoke", batch_size=8, valid_windows=16, loop=_loop("adamw", 1e-3, 2, 16)
+        ),
+        pixel_emulator=EmulatorConfig(
+            preset="smoke",
+            architecture={"patch_size": 4},
+            batch_size=8,
+            valid_windows=16,
+            loop=_loop("adamw", 1e-3, 2, 16),
+        ),
+        members=4,
+        trajectories=2,
+        sampler_steps=8,
+        repeat=2,
+    ),
+    # A laptop-class CPU in well under half an hour: 64² states, r = 16 → 4×4 latents at the
+    # paper's Euler rates ÷80 / ÷320 / ÷1280.
+    "demo": Profile(
+        dataset="euler_quadrants:demo",
+        latent_channels=(16, 4, 1),
+        autoencoder=AutoencoderConfig(
+            preset="small_r16", batch_size=16, valid_states=64, loop=_loop("adam", 1e-3, 10, 64)
+        ),
+        emulator=EmulatorConfig(preset="demo", batch_size=16, loop=_loop("adamw", 3e-4, 10, 64)),
+        pixel_emulator=EmulatorConfig(
+            preset="demo", architecture={"patch_size": 8}, batch_size=16, loop=_loop("adamw", 3e-4, 10, 64)
+        ),
+        members=8,
+        trajectories=8,
+    ),
+    # The paper's hyper-parameters (Tables 3 and 5) for a GPU cluster and The Well's Euler.
+    "paper": Profile(
+        dataset="euler_multi_quadrants_openBC",
+        latent_channels=(64, 16, 4),
+        autoencoder=AutoencoderConfig(
+            preset="paper", batch_size=8, valid_states=4096, loop=_loop("psgd", 1e-5, 1024, 256)
+        ),
+        emulator=EmulatorConfig(
+            preset="paper", batch_size=32, valid_windows=4096, loop=_loop("adamw", 1e-4, 4096, 64)
+        ),
+        pixel_emulator=EmulatorConfig(
+            preset="paper_pixel", batch_size=16, valid_windows=4096, loop=_loop("adamw", 1e-4, 4096, 64)
+        ),
+        trajectories=64,
+        workers=8,
+        actors=8,
+    ),
+}
+
+
+@dataclass
+class ChainResult:
+    """The artifacts of a chain and, per stage execution, whether it ran or was reused."""
+
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+def _stage(
+    result: ChainResult, name: str, store: ArtifactStore, stage: str, call: Callable[[], Artifact]
+) -> Artifact:
+    """Run ``call`` and record whether it produced a new artifact or returned a stored one."""
+    before = store.complete_ids(stage)
+    artifact = call()
+    (result.reused if artifact.id in before else result.ran).append(name)
+    result.artifacts[name] = artifact
+    return artifact
+
+
+def run_latent_chain(
+    profile: Profile,
+    dataset: DatasetInfo,
+    latent_channels: int,
+    *,
+    store: ArtifactStore,
+    mlflow_uri: str | None = None,
+    parent_run_id: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> ChainResult:
+    """Autoencoder → caches → diffusion and solver → their evaluations, for one rate."""
+    result = ChainResult()
+    scaling = ScalingSpec(workers=profile.workers)
+    common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
+    ae_config = dataclasses.replace(
+        profile.autoencoder,
+        latent_channels=latent_channels,
+        loop=dataclasses.replace(profile.autoencoder.loop, seed=seed),
+    )
+    progress(f"[c={latent_channels}] autoencoder")
+    autoencoder = _stage(
+        result,
+        "autoencoder",
+        store,
+        "autoencoder",
+        lambda: train_autoencoder(ae_config, dataset, scaling=scaling, **common),
+    )
+    caches = {}
+    for split in ("train", "valid", "test"):
+        progress(f"[c={latent_channels}] latent cache ({split})")
+        caches[split] = _stage(
+            result,
+            f"latents/{split}",
+            store,
+            "latents",
+            lambda s=split: cache_latents(
+                autoencoder,
+                dataset,
+                s,
+                repeat=profile.repeat if s == "train" else 1,
+                actors=profile.actors,
+                seed=seed,
+                **common,
+            ),
+        )
+    emulator_config = dataclasses.replace(
+        profile.emulator, loop=dataclasses.replace(profile.emulator.loop, seed=seed)
+    )
+    for kind, stage in (("diffusion", train_diffusion), ("solver", train_solver)):
+        progress(f"[c={latent_channels}] {kind}")
+        emulator = _stage(
+            result,
+            kind,
+            store,
+            "emulator",
+            lambda stage=stage: stage(
+                emulator_config,
+                autoencoder=autoencoder,
+                train_cache=caches["train"],
+                valid_cache=caches["valid"],
+                scaling=scaling,
+                **common,
+            ),
+        )
+        progress(f"[c={latent_channels}] evaluation ({kind})")
+        _stage(
+            result,
+            f"evaluation/{kind}",
+            store,
+            "evaluation",
+            lambda emulator=emulator: evaluate(
+                emulator,
+                autoencoder,
+                dataset,
+                contexts=profile.contexts,
+                members=profile.members,
+                trajectories=profile.trajectories,
+                steps=profile.sampler_steps,
+                actors=profile.actors,
+                seed=seed,
+                **common,
+            ),
+        )
+    return result
+
+
+def run_pixel_chain(
+    profile: Profile,
+    dataset: DatasetInfo,
+    *,
+    store: ArtifactStore,
+    mlflow_uri: str | None = None,
+    parent_run_id: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> ChainResult:
+    """The pixel-space solver and its evaluation (once per sweep)."""
+    result = ChainResult()
+    common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
+    config = dataclasses.replace(
+        profile.pixel_emulator, loop=dataclasses.replace(profile.pixel_emulator.loop, seed=seed)
+    )
+    progress("[pixel] neural solver")
+    solver = _stage(
+        result,
+        "pixel_solver",
+        store,
+        "emulator",
+        lambda: train_pixel_solver(config, dataset, scaling=ScalingSpec(workers=profile.workers), **common),
+    )
+    progress("[pixel] evaluation")
+    _stage(
+        result,
+        "evaluation/pixel_solver",
+        store,
+        "evaluation",
+        lambda: evaluate(
+            solver,
+            None,
+            dataset,
+            contexts=profile.contexts,
+            members=1,
+            trajectories=profile.trajectories,
+            actors=profile.actors,
+            seed=seed,
+            **common,
+        ),
+    )
+    return result

@@ -3,8 +3,9 @@
 Today this entry point prepares the data of the chosen profile on an embedded local Ray
 (or a cluster with ``--address auto``): it generates the embedded dataset with Ray tasks
 if it is absent, checks it, fits its standardization and prints what a researcher
-needs to know about it. The training, caching, emulation and evaluation stages of the
-sweep are being added (see README, "What runs today").
+needs to know about it. The stages themselves run on their own (README, "What runs
+today"); ``lolaray.sweeps.chain`` chains them per compression rate, and the Ray Tune
+sweep over the rates is next.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def main(argv=None) -> int:
     print(f"  an emulator window: x {tuple(sample['x'].shape)}, theta {sample['theta'].tolist()}")
     print(f"[lolaray] data ready in {time.perf_counter() - start:.1f} s.")
     print(
-        "[lolaray] next stages (in progress): autoencoders per compression rate (Ray Train) -> latent cache "
-        "(Ray Data -> Arrow) -> diffusion and neural-solver emulators -> ensemble evaluation -> MLflow report."
+        "[lolaray] coming next here: the Ray Tune sweep that chains the stages per compression rate "
+        "(autoencoder -> latent cache -> diffusion and neural solver -> ensemble evaluation -> MLflow report). "
+        "Each stage already runs on its own; see the README's 'What runs today'."
     )
     return 0
 

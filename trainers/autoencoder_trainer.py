@@ -17,7 +17,6 @@ latent shape.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import create_run, tracking_uri
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import LoopConfig, run_training
+from lolaray.trainers.loop import LoopConfig, StageConfig, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 
 __all__ = ["AutoencoderConfig", "load_autoencoder", "train_autoencoder"]
@@ -41,7 +40,7 @@ STAGE = "autoencoder"
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(StageConfig):
     """Everything that defines an autoencoder training (its artifact id hashes all of it).
 
     :param preset: a key of :data:`~lolaray.trainers.autoencoder.AUTOENCODER_PRESETS`.
@@ -93,15 +92,6 @@ class AutoencoderConfig:
                     f"resolution {size} along {axis} of {info.name} is not divisible by the autoencoder's "
                     f"spatial factor r={r} (preset {self.preset!r}); pick a preset with fewer levels"
                 )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AutoencoderConfig:
-        d = dict(d)
-        loop = LoopConfig.from_dict(d.pop("loop", {}))
-        return cls(**d, loop=loop)
 
 
 def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple[int, ...], float]:

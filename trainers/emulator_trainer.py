@@ -35,7 +35,7 @@ from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import create_run, tracking_uri
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import LoopConfig, run_training
+from lolaray.trainers.loop import LoopConfig, StageConfig, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.solver import NeuralSolver, solver_loss
 from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
@@ -54,7 +54,7 @@ KINDS = ("diffusion", "solver")
 
 
 @dataclass(frozen=True)
-class EmulatorConfig:
+class EmulatorConfig(StageConfig):
     """Everything that defines an emulator training (its artifact id hashes all of it).
 
     :param kind: ``diffusion`` or ``solver``. ``space``: ``latent`` or ``pixel``.
@@ -134,15 +134,6 @@ class EmulatorConfig:
                 raise ValueError(
                     f"patch size {p} does not divide the grid: spatial axis {axis} has {size} cells"
                 )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmulatorConfig:
-        d = dict(d)
-        loop = LoopConfig.from_dict(d.pop("loop", {}))
-        return cls(**d, loop=loop)
 
 
 def build_emulator(config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int) -> nn.Module:

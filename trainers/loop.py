@@ -42,6 +42,7 @@ __all__ = [
     "FaultInjection",
     "LoopConfig",
     "NonFiniteTrainingError",
+    "StageConfig",
     "TrainingTask",
     "load_training_state",
     "run_training",
@@ -122,6 +123,20 @@ class LoopConfig:
         )
         d["betas"] = tuple(d.get("betas", (0.9, 0.99)))
         return cls(**d)
+
+
+class StageConfig:
+    """Mixin for frozen stage-config dataclasses holding a ``loop: LoopConfig``: JSON-safe
+    ``to_dict`` / ``from_dict`` (what workers receive and artifacts store)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        loop = LoopConfig.from_dict(d.pop("loop", {}))
+        return cls(**d, loop=loop)
 
 
 class TrainingTask(Protocol):

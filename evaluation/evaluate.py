@@ -75,7 +75,7 @@ from lolaray.evaluation.rollout import (
 )
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
-from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.platform.tracking import stage_run, tracking_uri
 
 __all__ = ["RolloutActor", "evaluate", "main"]
 
@@ -482,7 +482,7 @@ def evaluate(
     uri = tracking_uri(mlflow_uri)
     rate = float(manifest.get("compression", 1))
     method = _method_label(manifest)
-    run_id = create_run(
+    with stage_run(
         experiment,
         run_name=f"eval-{method.replace(' ', '-')}-x{rate:g}",
         uri=uri,
@@ -496,11 +496,8 @@ def evaluate(
             "emulator_id": emulator.id,
         },
         params={**config, "actors": actors, "max_batch": max_batch, "dataset": info.name},
-    )
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    try:
+    ) as run:
+        run_id, client = run.run_id, run.client
         results = _run_pipeline(
             items,
             {
@@ -548,10 +545,6 @@ def evaluate(
                 folder, summary, rows, per_lead_rows, figures_data, method=method, rate=rate
             )
             _log_mlflow(client, run_id, summary, files)
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     return store.get(STAGE, aid)
 
 

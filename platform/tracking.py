@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "StageRun",
     "create_run",
     "ensure_experiment",
     "flatten_params",
+    "stage_run",
     "tracking_uri",
 ]
 
@@ -103,3 +108,28 @@ def create_run(
         for start in range(0, len(items), 100):  # the REST API takes at most 100 params per batch
             client.log_batch(run.info.run_id, params=items[start : start + 100])
     return run.info.run_id
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """An open MLflow run of one stage execution: its id, a client and the tracking URI."""
+
+    run_id: str
+    client: Any
+    uri: str
+
+
+@contextmanager
+def stage_run(experiment: str, *, run_name: str, uri: str | None = None, **kwargs) -> Iterator[StageRun]:
+    """Create a stage's run (:func:`create_run` keywords), yield it, and close it:
+    ``FINISHED`` when the block completes, ``FAILED`` when it raises (the error propagates)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    run = StageRun(create_run(experiment, run_name=run_name, uri=uri, **kwargs), MlflowClient(uri), uri)
+    try:
+        yield run
+    except BaseException:
+        run.client.set_terminated(run.run_id, "FAILED")
+        raise
+    run.client.set_terminated(run.run_id, "FINISHED")

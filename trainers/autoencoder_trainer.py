@@ -28,10 +28,10 @@ import torch
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.platform.tracking import stage_run, tracking_uri
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import LoopConfig, StageConfig, run_training
+from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 
 __all__ = ["AutoencoderConfig", "load_autoencoder", "train_autoencoder"]
@@ -118,26 +118,17 @@ class AutoencoderTask:
         return AutoEncoder(**self.config.model_kwargs(self.info))
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
-        from torch.utils.data import DataLoader, DistributedSampler
-
         states = WellWindows(
             self.info, "train", length=1, standardizer=self.standardizer, augment=self.config.augment
         )
-        sampler = DistributedSampler(
+        return endless_batches(
             states,
-            num_replicas=self.world,
-            rank=self.rank,
-            shuffle=True,
+            batch_size=self.config.batch_size,
+            epoch=epoch,
             seed=self.config.loop.seed,
-            drop_last=True,
+            rank=self.rank,
+            world=self.world,
         )
-        batch_size = min(self.config.batch_size, len(sampler))
-        loader = DataLoader(states, batch_size=batch_size, sampler=sampler, drop_last=True)
-        passes = 0
-        while True:  # endless: an epoch is a number of steps, not a pass over the data
-            sampler.set_epoch(epoch * 10_000 + passes)
-            yield from loader
-            passes += 1
 
     def valid_batches(self) -> Iterator[dict]:
         states = WellWindows(self.info, "valid", length=1, standardizer=self.standardizer)
@@ -191,7 +182,7 @@ def train_autoencoder(
     latent_shape, rate = latent_geometry(config, info)
     standardizer = standardizer_for(info)
     uri = tracking_uri(mlflow_uri)
-    run_id = create_run(
+    with stage_run(
         experiment,
         run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
         uri=uri,
@@ -204,12 +195,9 @@ def train_autoencoder(
             "latent_shape": latent_shape,
             "workers": scaling.workers,
         },
-    )
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    client.log_metric(run_id, "compression", rate)
-    try:
+    ) as run:
+        run_id, client = run.run_id, run.client
+        client.log_metric(run_id, "compression", rate)
         summary, state = fit_stage(
             _worker,
             {
@@ -247,10 +235,6 @@ def train_autoencoder(
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
             if log_model:
                 manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run_id, uri)
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     return store.get(STAGE, aid)
 
 

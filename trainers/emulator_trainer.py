@@ -32,10 +32,10 @@ from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import LatentCache, window_dataset
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.platform.tracking import stage_run, tracking_uri
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import LoopConfig, StageConfig, run_training
+from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.solver import NeuralSolver, solver_loss
 from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
@@ -203,28 +203,22 @@ class EmulatorTask:
             yield from self._pixel_batches(epoch)
 
     def _pixel_batches(self, epoch: int) -> Iterator[dict]:
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        info = open_dataset(self.cfg["dataset_root"])
         windows = WellWindows(
-            info,
+            open_dataset(self.cfg["dataset_root"]),
             "train",
             length=self.config.window,
             stride=self.config.stride,
             standardizer=Standardizer.from_dict(self.cfg["standardizer"]),
             augment=True,
         )
-        sampler = DistributedSampler(
-            windows, num_replicas=self.world, rank=self.rank, seed=self.config.loop.seed, drop_last=True
+        return endless_batches(
+            windows,
+            batch_size=self.config.batch_size,
+            epoch=epoch,
+            seed=self.config.loop.seed,
+            rank=self.rank,
+            world=self.world,
         )
-        loader = DataLoader(
-            windows, batch_size=min(self.config.batch_size, len(sampler)), sampler=sampler, drop_last=True
-        )
-        passes = 0
-        while True:
-            sampler.set_epoch(epoch * 10_000 + passes)
-            yield from loader
-            passes += 1
 
     def valid_batches(self) -> Iterator[dict]:
         """The first ``valid_windows`` windows (every trajectory, in order), split across ranks.
@@ -300,7 +294,7 @@ def _train(
     label = f"{config.kind}-{config.space}" + (
         f"-x{manifest['compression']:g}" if "compression" in manifest else ""
     )
-    run_id = create_run(
+    with stage_run(
         experiment,
         run_name=label,
         uri=uri,
@@ -313,11 +307,8 @@ def _train(
             "compression": f"{manifest.get('compression', 1):g}",
         },
         params={**config.to_dict(), **identity, "workers": scaling.workers, "state_shape": list(state_shape)},
-    )
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    try:
+    ) as run:
+        run_id = run.run_id
         summary, state = fit_stage(
             _worker,
             {
@@ -363,10 +354,6 @@ def _train(
                 manifest["mlflow_model_uri"] = _log_mlflow_model(
                     emulator, config, state_shape, theta_dim, run_id, uri
                 )
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     return store.get(STAGE, aid)
 
 

@@ -21,7 +21,7 @@ import torch
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, open_dataset
 from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
-from lolaray.platform.tracking import create_run, tracking_uri
+from lolaray.platform.tracking import stage_run, tracking_uri
 from lolaray.trainers.autoencoder_trainer import load_autoencoder
 
 __all__ = ["AutoencoderEncoder", "cache_latents", "open_cache"]
@@ -114,27 +114,24 @@ def cache_latents(
     _, standardizer = load_autoencoder(autoencoder)
     uri = tracking_uri(mlflow_uri)
     rate = autoencoder.manifest.get("compression")
-    run_id = create_run(
+    with stage_run(
         experiment,
         run_name=f"latents-{split}-x{rate:g}",
         uri=uri,
         parent_run_id=parent_run_id,
         tags={"stage": STAGE, "artifact_id": aid, "autoencoder": autoencoder.id, "compression": f"{rate:g}"},
         params={**config, "actors": actors, "actor_gpus": actor_gpus},
-    )
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    manifest = {
-        "autoencoder": autoencoder.id,
-        "dataset": info.name,
-        "dataset_fingerprint": info.fingerprint(),
-        "split": split,
-        "repeat": repeat,
-        "compression": rate,
-        "mlflow_run_id": run_id,
-    }
-    try:
+    ) as run:
+        run_id, client = run.run_id, run.client
+        manifest = {
+            "autoencoder": autoencoder.id,
+            "dataset": info.name,
+            "dataset_fingerprint": info.fingerprint(),
+            "split": split,
+            "repeat": repeat,
+            "compression": rate,
+            "mlflow_run_id": run_id,
+        }
         began = time.perf_counter()
         with store.build(STAGE, aid, manifest) as folder:
             manifest.update(
@@ -160,10 +157,6 @@ def cache_latents(
             client.log_metric(run_id, "cache/rows", manifest["rows"])
             client.log_metric(run_id, "cache/seconds", seconds)
             client.log_metric(run_id, "cache/states_per_s", manifest["states"] / max(seconds, 1e-9))
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
     return store.get(STAGE, aid)
 
 

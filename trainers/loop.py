@@ -44,6 +44,7 @@ __all__ = [
     "NonFiniteTrainingError",
     "StageConfig",
     "TrainingTask",
+    "endless_batches",
     "load_training_state",
     "run_training",
 ]
@@ -153,6 +154,27 @@ class TrainingTask(Protocol):
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
         """The scalar loss of ``batch`` and its number of samples."""
+
+
+def endless_batches(
+    dataset, *, batch_size: int, epoch: int, seed: int, rank: int, world: int
+) -> Iterator[Any]:
+    """This rank's disjoint share of ``dataset`` in shuffled batches, pass after pass, forever.
+
+    An epoch is a number of steps, not a pass over the data: the sampler is re-seeded per
+    (epoch, pass) so every rank draws the same permutation and keeps its own part of it.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    loader = DataLoader(dataset, batch_size=min(batch_size, len(sampler)), sampler=sampler, drop_last=True)
+    passes = 0
+    while True:
+        sampler.set_epoch(epoch * 10_000 + passes)
+        yield from loader
+        passes += 1
 
 
 def _world() -> tuple[int, int]:

@@ -67,8 +67,11 @@ from lolaray.evaluation.metrics import (
 from lolaray.evaluation.rollout import (
     decode_in_chunks,
     diffusion_step,
+    guided_diffusion_step,
     lead_times,
     member_generators,
+    member_seed,
+    observe_states,
     rollout,
     solver_step,
     split_members,
@@ -76,8 +79,9 @@ from lolaray.evaluation.rollout import (
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.tracking import stage_run, tracking_uri
+from lolaray.trainers.guidance import SOLVERS, build_operator
 
-__all__ = ["RolloutActor", "evaluate", "main"]
+__all__ = ["RolloutActor", "evaluate", "guidance_config", "main"]
 
 STAGE = "evaluation"
 #: Euler-like horizons in simulation steps (paper Table 6: 1:20, 21:60, 61:100).
@@ -130,6 +134,7 @@ class RolloutActor:
         sampler: str,
         steps: int,
         chunk: int = 4,
+        guidance: dict | None = None,
     ):
         from lolaray.platform.preprocessing import Standardizer
         from lolaray.trainers.autoencoder_trainer import load_autoencoder
@@ -147,6 +152,8 @@ class RolloutActor:
         self.field_names = list(info.field_names)
         self.spatial_dims = info.n_spatial_dims
         self.seed, self.chunk = seed, chunk
+        self.guidance = guidance
+        self.sampler, self.steps = sampler, steps
         if self.config.kind == "diffusion":
             self.step = diffusion_step(self.emulator, sampler=sampler, steps=steps)
         else:
@@ -191,8 +198,9 @@ class RolloutActor:
         else:
             initial = data["strided"][:, :context].to(self.device)
         theta = data["theta"].to(self.device)
+        step = self.step if self.guidance is None else self._guided_step(trajectory, data, n)
         states = rollout(
-            self.step,
+            step,
             initial.expand(n, *initial.shape).contiguous(),
             theta.expand(n, *theta.shape).contiguous(),
             window=self.config.window,
@@ -205,6 +213,30 @@ class RolloutActor:
             states = decode_in_chunks(self.autoencoder, states, self.chunk)
         members = self.standardizer.inverse(states.double().cpu(), channel_dim=1)
         return members, time.perf_counter() - began
+
+    def _guided_step(self, trajectory: int, data: dict, members: int):
+        """The MMPS-guided step of one trajectory: observations of its standardized truth,
+        with noise σ_y drawn once per (seed, trajectory) — the same for every member."""
+        g = self.guidance
+        strided = data["strided"][None].to(self.device)  # (1, C, L, *spatial)
+        operator = build_operator(g["operator"], g["factor"], strided.shape[3:])
+        observations = observe_states(operator, strided)
+        noise_seed = member_seed(self.seed, trajectory, 0, -1)  # member -1: the observation
+        noise = torch.randn(
+            observations.shape, generator=torch.Generator().manual_seed(noise_seed), dtype=observations.dtype
+        )
+        observations = observations + g["sigma_y"] * noise.to(observations.device)
+        return guided_diffusion_step(
+            self.emulator,
+            observations.expand(members, *observations.shape[1:]),
+            operator,
+            decoder=None if self.autoencoder is None else self.autoencoder.decode,
+            var_y=g["var_y"],
+            iterations=g["iterations"],
+            solver=g["solver"],
+            sampler=self.sampler,
+            steps=self.steps,
+        )
 
     def _stats(self, members: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
         """SEMD and Wasserstein sums of the members against one reference."""
@@ -379,6 +411,7 @@ def evaluate(
     actors: int = 1,
     max_batch: int = 8,
     actor_gpus: float | None = None,
+    guidance: dict | None = None,
     store: ArtifactStore | str = "lolaray-store",
     mlflow_uri: str | None = None,
     experiment: str = "lolaray",
@@ -393,6 +426,9 @@ def evaluate(
     :param trajectories: the first ``N`` test trajectories, or explicit indices.
     :param seed, sampler, steps: the sampling (member ``k`` seeded by (seed, trajectory, 0, k)).
     :param horizons: inclusive lead-time horizons in simulation steps (default Euler-like).
+    :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
+        true test states (:func:`guidance_config`: ``operator``, ``factor``, ``sigma_y``,
+        ``var_y``, ``iterations``, ``solver``); ``None`` = unguided.
     :param actors, max_batch, actor_gpus: the actor pool and the members per batch; they
         do not change the results (nor the artifact id).
     :returns: the evaluation artifact (``metrics.csv``, ``summary.json``, ``table.txt``,
@@ -458,6 +494,14 @@ def evaluate(
         "steps": steps if kind == "diffusion" else None,
         "horizons": [list(h) for h in horizons],
     }
+    if guidance is not None:
+        if kind != "diffusion":
+            raise ValueError(f"guidance needs a diffusion emulator; {emulator.id} is a {kind}")
+        guidance = guidance_config(**guidance)
+        build_operator(guidance["operator"], guidance["factor"], info.resolution)(
+            torch.zeros(1, *info.resolution)
+        )  # fails now, with a clear message, if the operator does not fit the grid
+        config["guidance"] = guidance  # only when guided: unguided ids stay as they were
     upstream = [emulator.id, autoencoder.id if autoencoder is not None else "", info.fingerprint()]
     aid = artifact_id(STAGE, config, upstream)
     if (existing := store.get(STAGE, aid)) is not None:
@@ -481,7 +525,7 @@ def evaluate(
     actor_gpus = _actor_gpus(actor_gpus)
     uri = tracking_uri(mlflow_uri)
     rate = float(manifest.get("compression", 1))
-    method = _method_label(manifest)
+    method = _method_label(manifest) if guidance is None else f"guided {_method_label(manifest)}"
     with stage_run(
         experiment,
         run_name=f"eval-{method.replace(' ', '-')}-x{rate:g}",
@@ -494,6 +538,7 @@ def evaluate(
             "compression": f"{rate:g}",
             "artifact_id": aid,
             "emulator_id": emulator.id,
+            "guided": "yes" if guidance is not None else "no",
         },
         params={**config, "actors": actors, "max_batch": max_batch, "dataset": info.name},
     ) as run:
@@ -508,6 +553,7 @@ def evaluate(
                 "seed": seed,
                 "sampler": sampler,
                 "steps": steps,
+                "guidance": guidance,
             },
             actors=actors,
             actor_gpus=actor_gpus,
@@ -548,6 +594,35 @@ def evaluate(
     return store.get(STAGE, aid)
 
 
+def guidance_config(
+    operator: str = "downscale",
+    factor: int = 8,
+    sigma_y: float = 0.1,
+    var_y: float | None = None,
+    iterations: int = 1,
+    solver: str = "gmres",
+) -> dict:
+    """A complete, checked guidance setting (the paper's: ``downscale``/``subsample``,
+    σ_y = 0.1, var_y = σ_y² = 1e-2, 1 GMRES iteration)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+    if factor < 1 or iterations < 1 or sigma_y < 0:
+        raise ValueError(
+            f"need factor >= 1, iterations >= 1, sigma_y >= 0; got {factor}, {iterations}, {sigma_y}"
+        )
+    var_y = sigma_y**2 if var_y is None else var_y
+    if var_y <= 0:
+        raise ValueError(f"var_y must be > 0 (set it when sigma_y is 0), got {var_y}")
+    return {
+        "operator": str(operator),
+        "factor": int(factor),
+        "sigma_y": float(sigma_y),
+        "var_y": float(var_y),
+        "iterations": int(iterations),
+        "solver": str(solver),
+    }
+
+
 def _actor_gpus(actor_gpus: float | None) -> float:
     if actor_gpus is not None:
         return float(actor_gpus)
@@ -579,7 +654,8 @@ def _analyse(
     per_lead_rows: list[dict] = []
     spectra: dict[str, list] = {"truth": [], "emulated": [], "truth_ae": []}
     seconds, states = 0.0, 0
-    recon = []
+    recon: list[float] = []
+    recon_by_horizon: dict[str, list[float]] = {}
     snapshot = None
     for t in indices:
         primary = results[(t, contexts[0], 0)]
@@ -587,7 +663,14 @@ def _analyse(
         truths = {"absolute": truth}
         if latent:
             truths["relative"] = torch.from_numpy(primary["truth_ae"])
-            recon.append(float(np.mean(primary["recon_vrmse"])))
+            per_state = torch.from_numpy(np.asarray(primary["recon_vrmse"])).double().mean(-1)  # (T,)
+            recon.append(float(per_state.mean()))
+            # The paper's Table 6 "autoencoder" rows: reconstruction error by the state's
+            # lead time from the initial state (state i of the trajectory has lead i).
+            for label, value in aggregate_by_horizon(
+                per_state, torch.arange(per_state.numel()), horizons
+            ).items():
+                recon_by_horizon.setdefault(label, []).append(float(value))
         for c in contexts:
             sums = _combine([results[(t, c, b.start)] for b in blocks])
             seconds += sums["seconds"]
@@ -658,6 +741,7 @@ def _analyse(
         "compression": rate,
         "horizons": labels,
         "recon_vrmse": _nanmean(recon) if latent else None,
+        "recon_vrmse_by_horizon": {k: _nanmean(v) for k, v in recon_by_horizon.items()} if latent else None,
         "infer_seconds": seconds,
         "infer_ms_per_state": 1e3 * seconds / max(states, 1),
         "states_generated": states,
@@ -693,6 +777,9 @@ def _mlflow_metrics(summary: dict) -> dict[str, float]:
             metrics[f"{prefix}{context}/{_mlflow_name(name)}/{horizon}"] = value
     if summary.get("recon_vrmse") is not None and math.isfinite(summary["recon_vrmse"]):
         metrics["recon_vrmse"] = summary["recon_vrmse"]
+    for horizon, value in (summary.get("recon_vrmse_by_horizon") or {}).items():
+        if math.isfinite(value):
+            metrics[f"recon_vrmse/{horizon}"] = value
     metrics["infer_ms_per_state"] = summary["infer_ms_per_state"]
     return metrics
 
@@ -837,6 +924,19 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--parent-run-id", default=None)
     parser.add_argument("--address", default=None)
+    parser.add_argument(
+        "--guidance",
+        choices=["subsample", "downscale", "boundary"],
+        default=None,
+        help="guide a diffusion emulator (MMPS) by observations of the true states through this operator",
+    )
+    parser.add_argument("--guidance-factor", type=int, default=8, help="stride, block size or stripe width")
+    parser.add_argument("--sigma-y", type=float, default=0.1, help="observation noise (standardized units)")
+    parser.add_argument(
+        "--var-y", type=float, default=None, help="observation variance of the model (default σ_y²)"
+    )
+    parser.add_argument("--guidance-iterations", type=int, default=1)
+    parser.add_argument("--guidance-solver", choices=["gmres", "cg"], default="gmres")
     args = parser.parse_args(argv)
 
     from lolaray.platform.session import start_ray
@@ -858,6 +958,16 @@ def main(argv=None) -> Artifact:
         store=args.store,
         mlflow_uri=args.mlflow_uri,
         parent_run_id=args.parent_run_id,
+        guidance=None
+        if args.guidance is None
+        else {
+            "operator": args.guidance,
+            "factor": args.guidance_factor,
+            "sigma_y": args.sigma_y,
+            "var_y": args.var_y,
+            "iterations": args.guidance_iterations,
+            "solver": args.guidance_solver,
+        },
     )
     print(f"[lolaray] evaluation {artifact.id} at {artifact.uri}")
     print((Path(artifact.uri) / "table.txt").read_text())

@@ -59,9 +59,11 @@ __all__ = [
     "decode_in_chunks",
     "diffusion_step",
     "ensemble_rollout",
+    "guided_diffusion_step",
     "lead_times",
     "member_generators",
     "member_seed",
+    "observe_states",
     "rollout",
     "rollout_steps",
     "solver_step",
@@ -169,6 +171,15 @@ def _inference(module: nn.Module) -> Iterator[None]:
 # ---------------------------------------------------------------------------- adapters
 
 
+def observe_states(operator: Callable[[Tensor], Tensor], states: Tensor) -> Tensor:
+    r"""Observations per state, flattened: :math:`(B, C, L, *\mathrm{spatial})` →
+    :math:`(B, L, M)` with :math:`M` the entries one state gives (the layout
+    :func:`guided_diffusion_step` slices by time)."""
+
+    obs = operator(states)  # (B, C, L, *obs)
+    return obs.movedim(2, 1).flatten(2)
+
+
 def diffusion_step(
     denoiser: ElucidatedDenoiser,
     schedule: Schedule | None = None,
@@ -207,6 +218,80 @@ def diffusion_step(
                 context=window,
             )
 
+    return step
+
+
+def guided_diffusion_step(
+    denoiser: ElucidatedDenoiser,
+    observations: Tensor,
+    operator: Callable[[Tensor], Tensor],
+    *,
+    decoder: Callable[[Tensor], Tensor] | None = None,
+    var_y: float = 1e-2,
+    iterations: int = 1,
+    solver: str = "gmres",
+    weight: float = 1.0,
+    schedule: Schedule | None = None,
+    sampler: str = "ab3",
+    steps: int = 16,
+) -> EmulatorStep:
+    r"""A diffusion step guided by observations of the true states (MMPS, method.md §7).
+
+    For the window starting at trajectory state :math:`i` with :math:`j` known states,
+    the states being generated are :math:`i + j, \dots, i + n`; their observations
+    :math:`y_i` guide the sampler through :math:`A_i(z) = \mathcal{A}(D(z_{j:}))`
+    (:class:`~lolaray.trainers.guidance.MMPSDenoiser`). The rollout passes :math:`i`
+    (``start``); a window past the observed states is sampled unguided.
+
+    Arguments:
+        denoiser: The diffusion emulator.
+        observations: :math:`(B, L_y, M)` from :func:`observe_states` of the (noisy)
+            standardized truth, one row per batch row (repeat them for ensemble members).
+        operator: :math:`\mathcal{A}` on standardized pixel states.
+        decoder: Latent → standardized pixel states, per state ``(N, C_lat, *s) → (N, C, *S)``
+            (``None``: a pixel-space emulator).
+        var_y, iterations, solver, weight: See :class:`~lolaray.trainers.guidance.MMPSDenoiser`.
+        schedule, sampler, steps: As :func:`diffusion_step`.
+    """
+
+    from lolaray.trainers.guidance import MMPSDenoiser
+
+    schedule = denoiser.schedule if schedule is None else schedule
+
+    def observe_window(z: Tensor) -> Tensor:
+        # (B, C_lat, T, *s) -> standardized pixels (B, C, T, *S) -> (B, T·M)
+        if decoder is not None:
+            b, c, t = z.shape[:3]
+            flat = z.movedim(2, 1).reshape(b * t, c, *z.shape[3:])
+            x = decoder(flat.to(torch.float32)).to(z.dtype)
+            z = x.reshape(b, t, *x.shape[1:]).movedim(1, 2)
+        return observe_states(operator, z).flatten(1)
+
+    def step(
+        window: Tensor, mask: Tensor, theta: Tensor | None, generator: Generators, *, start: int
+    ) -> Tensor:
+        known = int(mask[0].sum())
+        y = observations[:, start + known : start + window.shape[2]].to(window.device)
+        noise = _standard_normal(window.shape, generator, like=window)
+        with _inference(denoiser):
+            denoise = denoiser.bind(theta, mask, window)
+            if y.shape[1] > 0:
+                generated = known + y.shape[1]
+                denoise = MMPSDenoiser(
+                    denoise,
+                    schedule,
+                    lambda z: observe_window(z[:, :, known:generated]),
+                    y.reshape(y.shape[0], -1).to(window.dtype),
+                    var_y=var_y,
+                    iterations=iterations,
+                    solver=solver,
+                    weight=weight,
+                )
+            return sample(
+                denoise, schedule, kind=sampler, steps=steps, noise=noise, mask=mask, context=window
+            )
+
+    step.takes_start = True
     return step
 
 
@@ -299,27 +384,30 @@ def rollout(
 
     batch, channels, _, *spatial = initial.shape
 
-    def complete(known_states: Tensor) -> Tensor:
+    def complete(known_states: Tensor, start: int) -> Tensor:
         # Unknown entries start at zero; the step must not read them (the samplers
         # overwrite them with noise, the solver multiplies them by the mask).
         j = known_states.shape[2]
         win = initial.new_zeros(batch, channels, window, *spatial)
         win[:, :, :j] = known_states
         mask = context_mask(batch, window, j, device=initial.device)
-        out = step(win, mask, theta, generator)
+        if getattr(step, "takes_start", False):  # guided steps need the window's place in time
+            out = step(win, mask, theta, generator, start=start)
+        else:
+            out = step(win, mask, theta, generator)
         if out.shape != win.shape:
             raise ValueError(
                 f"the emulator step returned shape {tuple(out.shape)}, expected {tuple(win.shape)}"
             )
         return out
 
-    first = complete(initial)
+    first = complete(initial, 0)
     # Keep the regenerated context slots but with the given states, exactly.
     states = [initial, first[:, :, context:]]
     produced = window
 
     while produced < length:
-        states.append(complete(_last_states(states, overlap))[:, :, overlap:])
+        states.append(complete(_last_states(states, overlap), produced - overlap)[:, :, overlap:])
         produced += window - overlap
 
     return torch.cat(states, dim=2)[:, :, :length]

@@ -89,6 +89,24 @@ class ArtifactStore:
             manifest = json.loads(f.read().decode())
         return Artifact(stage=stage, id=id, uri=self.uri(stage, id), manifest=manifest)
 
+    def read_text(self, artifact: Artifact, name: str) -> str:
+        """The text of file ``name`` inside ``artifact`` (local or remote store)."""
+        with self.fs.open_input_stream(self._path(artifact.stage, artifact.id, name)) as f:
+            return f.read().decode()
+
+    def check_writable(self) -> None:
+        """Write and delete a probe file under the root.
+
+        :raises PermissionError: the store cannot be written (with the root in the message).
+        """
+        probe = f"{self.base.rstrip('/')}/.lolaray-write-probe-{os.getpid()}"
+        try:
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except Exception as error:
+            raise PermissionError(f"artifact store {self.root} is not writable: {error}") from error
+
     def complete_ids(self, stage: str) -> set[str]:
         """The ids of the complete artifacts of ``stage`` (those with a manifest)."""
         import pyarrow.fs

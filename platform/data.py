@@ -29,7 +29,12 @@ import torch
 from torch.utils.data import Dataset
 
 from lolaray.platform.augmentation import Augmentation
-from lolaray.platform.embedded import EMBEDDED_DATASETS, data_cache_dir, ensure_embedded_dataset
+from lolaray.platform.embedded import (
+    EMBEDDED_DATASETS,
+    EMBEDDED_PRESETS,
+    data_cache_dir,
+    ensure_embedded_dataset,
+)
 from lolaray.platform.preprocessing import KNOWN_PREPROCESSING, Standardizer, fit_standardizer
 from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_split, filesystem
 
@@ -37,6 +42,7 @@ __all__ = [
     "DatasetInfo",
     "WellWindows",
     "cached_windows",
+    "locate_dataset",
     "open_dataset",
     "ray_dataset",
     "standardizer_for",
@@ -130,25 +136,49 @@ def open_dataset(
     :raises FileNotFoundError: the folder or a split is missing.
     :raises DatasetFormatError: a file is broken or disagrees with its siblings.
     """
+    kind, value = locate_dataset(dataset, data_root=data_root, preset=preset)
+    if kind == "embedded":
+        name, preset = value
+        root = ensure_embedded_dataset(name, preset, cache_dir=cache_dir, parallel=parallel)
+    else:
+        root = value
+    return read_dataset_info(root)
+
+
+def locate_dataset(
+    dataset: str | os.PathLike, *, data_root: str | None = None, preset: str = "demo"
+) -> tuple[str, object]:
+    """Where ``dataset`` is, checked without generating or reading any data.
+
+    Entry points call it first, so a typo fails before any work starts.
+
+    :returns: ``("embedded", (name, preset))`` or ``("root", folder or URL)``.
+    :raises ValueError: unknown name or embedded preset, or a name of The Well without ``data_root``.
+    :raises FileNotFoundError: a name of The Well not found under ``data_root``.
+    """
     text = str(dataset)
     name, _, suffix = text.partition(":")
     if name in EMBEDDED_DATASETS:
-        root = ensure_embedded_dataset(name, suffix or preset, cache_dir=cache_dir, parallel=parallel)
-    elif name in _well_dataset_names() and not Path(text).exists():
+        preset = suffix or preset
+        if preset not in EMBEDDED_PRESETS:
+            raise ValueError(
+                f"unknown preset {preset!r} of the embedded dataset {name!r}: "
+                f"choose one of {', '.join(EMBEDDED_PRESETS)}"
+            )
+        return "embedded", (name, preset)
+    if name in _well_dataset_names() and not Path(text).exists():
         if data_root is None:
             raise ValueError(
                 f"{name!r} is a dataset of The Well: pass its base path with data_root/--data-root "
                 f"(a local download made by `the-well-download`, or {HF_BASE})"
             )
-        root = _resolve_well_root(name, data_root)
-    elif "://" in text or Path(text).exists():
-        root = text
-    else:
-        raise ValueError(
-            f"unknown dataset {text!r}: not an embedded dataset ({', '.join(EMBEDDED_DATASETS)}), "
-            "not a name of The Well, and not an existing folder"
-        )
-    return read_dataset_info(root)
+        return "root", _resolve_well_root(name, data_root)
+    if "://" in text or Path(text).exists():
+        return "root", text
+    raise ValueError(
+        f"unknown dataset {text!r}: not an embedded dataset ({', '.join(EMBEDDED_DATASETS)}), "
+        "not a name of The Well, and not an existing folder"
+    )
 
 
 def _resolve_well_root(name: str, data_root: str) -> str | Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ __all__ = [
     "LatentCache",
     "build_latent_cache",
     "decode_latents",
+    "draw_windows",
     "encode_latents",
+    "trajectory_dataset",
     "window_dataset",
 ]
 
@@ -165,6 +168,9 @@ def build_latent_cache(
         num_cpus=None if actor_gpus else actor_cpus,
     )
     shards = Path(folder) / "shards"
+    # Rows land in the shards sorted by trajectory id, not in the order the actors finish:
+    # the training stages read them in shard order, and a seeded run must see the same order.
+    ds = ds.sort("trajectory_id")
     ds.write_parquet(str(shards), min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard)
     return describe_shards(shards)
 
@@ -245,12 +251,29 @@ class LatentCache:
                 }
 
 
-def _draw_windows(batch: dict, *, length: int, stride: int, per_trajectory: int, shape, dtype) -> dict:
-    """Ray map: ``per_trajectory`` random windows from each trajectory (fresh on every pass)."""
-    rng = np.random.default_rng()  # unseeded on purpose: each epoch re-executes and draws anew
+def draw_windows(
+    batch: dict,
+    *,
+    length: int,
+    stride: int,
+    per_trajectory: int,
+    shape,
+    dtype,
+    rng_key: tuple[int, ...] | None = None,
+) -> dict:
+    """``per_trajectory`` random windows from each trajectory row of ``batch``.
+
+    :param rng_key: ``None`` draws fresh windows on every call; integers (e.g. ``(seed,
+        epoch, pass)``) make each trajectory's draw a function of the key and its
+        ``trajectory_id`` alone — reproducible whatever the order the rows arrive in.
+    """
     span = (length - 1) * stride + 1
     z, theta, ids, starts = [], [], [], []
     for blob, n, th, tid in zip(batch["latent"], batch["length"], batch["theta"], batch["trajectory_id"]):
+        if rng_key is None:
+            rng = np.random.default_rng()
+        else:
+            rng = np.random.default_rng([*(int(k) for k in rng_key), zlib.crc32(str(tid).encode())])
         trajectory = decode_latents(blob, dtype, (int(n), *shape))
         choices = rng.choice(int(n) - span + 1, size=min(per_trajectory, int(n) - span + 1), replace=False)
         for start in choices:
@@ -266,6 +289,27 @@ def _draw_windows(batch: dict, *, length: int, stride: int, per_trajectory: int,
     }
 
 
+def _check_window(cache: LatentCache, length: int, stride: int) -> None:
+    span = (length - 1) * stride + 1
+    if length < 2 or stride < 1 or span > cache.manifest["min_length"]:
+        raise ValueError(
+            f"windows of {length} states at stride {stride} (span {span} steps) do not fit the cached "
+            f"trajectories ({cache.manifest['min_length']} steps); need length >= 2 and span <= trajectory length"
+        )
+
+
+def trajectory_dataset(cache: LatentCache, *, materialize: bool = True):
+    """The cache's trajectory rows as a Ray Data dataset (``latent``, ``length``, ``theta``,
+    ``trajectory_id``, ...), read once into Ray's object store when ``materialize`` (spilled
+    to disk when it does not fit): re-reading Parquet every epoch was ~20x slower here
+    (benchmarks/latent_cache_throughput.py). Train workers cut windows from it with
+    :func:`draw_windows`."""
+    import ray.data
+
+    ds = ray.data.read_parquet(cache.shard_paths, override_num_blocks=max(1, len(cache.shard_paths)))
+    return ds.materialize() if materialize else ds
+
+
 def window_dataset(
     cache: LatentCache, *, length: int, stride: int, per_trajectory: int = 4, materialize: bool = True
 ):
@@ -279,19 +323,10 @@ def window_dataset(
         does not fit) so that each epoch only re-draws windows; re-reading Parquet every epoch
         was ~20x slower here (benchmarks/latent_cache_throughput.py).
     """
-    import ray.data
-
-    span = (length - 1) * stride + 1
-    if length < 2 or stride < 1 or span > cache.manifest["min_length"]:
-        raise ValueError(
-            f"windows of {length} states at stride {stride} (span {span} steps) do not fit the cached "
-            f"trajectories ({cache.manifest['min_length']} steps); need length >= 2 and span <= trajectory length"
-        )
-    ds = ray.data.read_parquet(cache.shard_paths, override_num_blocks=max(1, len(cache.shard_paths)))
-    if materialize:
-        ds = ds.materialize()
+    _check_window(cache, length, stride)
+    ds = trajectory_dataset(cache, materialize=materialize)
     return ds.map_batches(
-        _draw_windows,
+        draw_windows,
         batch_size=16,
         fn_kwargs={
             "length": length,

@@ -26,7 +26,8 @@ _RAY_DEFAULT_ENV = {
 
 
 def quiet_workers() -> None:
-    """Worker setup hook: silence the Train controller's placement-group cleaner warnings.
+    """Worker setup hook: silence the Train controller's placement-group cleaner warnings
+    and the per-report INFO lines of Train workers.
 
     Without ``ray[default]`` the State API it polls every second is absent and it logs a
     warning each time (ray.md §1, fix B).
@@ -34,6 +35,28 @@ def quiet_workers() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
         logging.ERROR
     )
+    # One INFO line per checkpoint and per report of every worker would bury the sweep's
+    # own progress lines; MLflow has the metrics.
+    for name in ("ray.train.v2._internal.execution.storage", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Open a TCP connection to ``host:port`` (or ``ray://host:port``) first: ``ray.init``
+    on an unreachable address retries for minutes before it gives up."""
+    import socket
+
+    if address == "auto" or "://" in address and not address.startswith("ray://"):
+        return  # "auto" reads the local node's cluster file; ray.init fails fast without one
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r}: expected host:port, 'auto' or ray://"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from error
 
 
 def start_ray(
@@ -71,6 +94,7 @@ def start_ray(
             log_to_driver=True,
         )
     else:
+        _check_reachable(address)
         try:
             ray.init(address=address, runtime_env=setup_hook, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:

@@ -20,6 +20,7 @@ Ray Data work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
 
-__all__ = ["PROFILES", "ChainResult", "Profile", "run_latent_chain", "run_pixel_chain"]
+__all__ = ["PROFILES", "ChainResult", "InjectedFailure", "Profile", "run_latent_chain", "run_pixel_chain"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,10 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+class InjectedFailure(RuntimeError):
+    """Raised by ``fail_at``: a deliberate crash before a stage, to rehearse resuming."""
+
+
 @dataclass
 class ChainResult:
     """The artifacts of a chain and, per stage execution, whether it ran or was reused."""
@@ -138,10 +143,17 @@ class ChainResult:
     reused: list[str] = field(default_factory=list)
 
 
-def _stage(
-    result: ChainResult, name: str, store: ArtifactStore, stage: str, call: Callable[[], Artifact]
+def _run_stage(
+    result: ChainResult,
+    name: str,
+    store: ArtifactStore,
+    stage: str,
+    call: Callable[[], Artifact],
+    fail_at: str | None = None,
 ) -> Artifact:
     """Run ``call`` and record whether it produced a new artifact or returned a stored one."""
+    if name == fail_at:
+        raise InjectedFailure(f"injected failure before stage {name!r}")
     before = store.complete_ids(stage)
     artifact = call()
     (result.reused if artifact.id in before else result.ran).append(name)
@@ -159,9 +171,20 @@ def run_latent_chain(
     parent_run_id: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = print,
+    fail_at: str | None = None,
+    guidance: dict | None = None,
 ) -> ChainResult:
-    """Autoencoder → caches → diffusion and solver → their evaluations, for one rate."""
+    """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
+
+    :param guidance: also evaluate the diffusion emulator guided by observations
+        (stage ``evaluation/guided_diffusion``; keys of
+        :func:`~lolaray.evaluation.evaluate.guidance_config`).
+
+    :param fail_at: a stage name (``"autoencoder"``, ``"latents/train"``, ``"diffusion"``,
+        ``"evaluation/solver"``, ...) before which to raise :class:`InjectedFailure`.
+    """
     result = ChainResult()
+    _stage = functools.partial(_run_stage, fail_at=fail_at)
     scaling = ScalingSpec(workers=profile.workers)
     common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
     ae_config = dataclasses.replace(
@@ -214,25 +237,30 @@ def run_latent_chain(
                 **common,
             ),
         )
-        progress(f"[c={latent_channels}] evaluation ({kind})")
-        _stage(
-            result,
-            f"evaluation/{kind}",
-            store,
-            "evaluation",
-            lambda emulator=emulator: evaluate(
-                emulator,
-                autoencoder,
-                dataset,
-                contexts=profile.contexts,
-                members=profile.members,
-                trajectories=profile.trajectories,
-                steps=profile.sampler_steps,
-                actors=profile.actors,
-                seed=seed,
-                **common,
-            ),
-        )
+        evaluations = [(kind, None)]
+        if kind == "diffusion" and guidance is not None:
+            evaluations.append(("guided_diffusion", guidance))
+        for name, guide in evaluations:
+            progress(f"[c={latent_channels}] evaluation ({name.replace('_', ' ')})")
+            _stage(
+                result,
+                f"evaluation/{name}",
+                store,
+                "evaluation",
+                lambda emulator=emulator, guide=guide: evaluate(
+                    emulator,
+                    autoencoder,
+                    dataset,
+                    contexts=profile.contexts,
+                    members=profile.members,
+                    trajectories=profile.trajectories,
+                    steps=profile.sampler_steps,
+                    actors=profile.actors,
+                    seed=seed,
+                    guidance=guide,
+                    **common,
+                ),
+            )
     return result
 
 
@@ -245,9 +273,12 @@ def run_pixel_chain(
     parent_run_id: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = print,
+    fail_at: str | None = None,
 ) -> ChainResult:
-    """The pixel-space solver and its evaluation (once per sweep)."""
+    """The pixel-space solver and its evaluation (once per sweep); ``fail_at`` as in
+    :func:`run_latent_chain` (``"pixel_solver"``, ``"evaluation/pixel_solver"``)."""
     result = ChainResult()
+    _stage = functools.partial(_run_stage, fail_at=fail_at)
     common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
     config = dataclasses.replace(
         profile.pixel_emulator, loop=dataclasses.replace(profile.pixel_emulator.loop, seed=seed)

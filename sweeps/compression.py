@@ -1,80 +1,375 @@
 """The study over compression rates: ``python sweeps/compression.py [--profile demo]``.
 
-Today this entry point prepares the data of the chosen profile on an embedded local Ray
-(or a cluster with ``--address auto``): it generates the embedded dataset with Ray tasks
-if it is absent, checks it, fits its standardization and prints what a researcher
-needs to know about it. The stages themselves run on their own (README, "What runs
-today"); ``lolaray.sweeps.chain`` chains them per compression rate, and the Ray Tune
-sweep over the rates is next.
+One Ray Tune trial per compression rate (latent channel count) runs that rate's stage
+chain — autoencoder → latent caches → diffusion and neural solver → ensemble evaluation
+at contexts 1..3 — and one more trial trains and evaluates the pixel-space neural solver.
+Each training stage launches its own ``TorchTrainer``; trials run side by side as far as
+the cluster allows. At the end the study report (the paper's Table 6 analogue, figures)
+goes on the sweep's MLflow parent run and into the store, and the table is printed.
+
+Every stage is content-addressed in the store (``--store``): a sweep that was interrupted
+and started again runs only the stages that are missing, and a sweep sharing an
+autoencoder with an earlier one reuses it (tagged ``reused/...`` on the parent run).
+
+Examples::
+
+    python sweeps/compression.py                           # demo profile, embedded Ray
+    python sweeps/compression.py --profile smoke           # minutes, for a first look
+    python sweeps/compression.py --profile paper --address auto \\
+        --dataset euler_multi_quadrants_openBC --data-root s3://bucket/the_well \\
+        --store s3://bucket/lolaray-store                  # on a `ray up` cluster
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import dataclass, field
 
-PROFILES = {"smoke": "smoke", "demo": "demo", "paper": None}
+from lolaray.sweeps.chain import PROFILES, Profile
+from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
+
+__all__ = ["SweepFailed", "SweepOutcome", "main", "parse_args", "run_compression_sweep"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="compression.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="demo", help="size of everything (default demo)"
     )
     parser.add_argument(
-        "--dataset",
-        default="euler_quadrants",
-        help="embedded name (euler_quadrants[:preset]), a name of The Well with --data-root, or a folder",
+        "--latent-channels",
+        type=int,
+        nargs="*",
+        default=None,
+        help="latent channel counts, one trial each (default: the profile's)",
     )
-    parser.add_argument("--data-root", default=None, help="base path of a download of The Well")
+    parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
     parser.add_argument(
-        "--address", default=None, help="Ray address (default: an embedded local Ray; 'auto' on a cluster)"
+        "--guidance",
+        choices=["subsample", "downscale", "boundary"],
+        default=None,
+        help="also evaluate each diffusion emulator guided (MMPS) by observations through this operator",
     )
+    parser.add_argument("--guidance-factor", type=int, default=8, help="stride, block size or stripe width")
+    parser.add_argument("--sigma-y", type=float, default=0.1, help="observation noise (standardized units)")
+    parser.add_argument(
+        "--var-y", type=float, default=None, help="observation variance of the model (default σ_y²)"
+    )
+    parser.add_argument("--guidance-iterations", type=int, default=1)
+    parser.add_argument("--guidance-solver", choices=["gmres", "cg"], default="gmres")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
+@dataclass
+class SweepOutcome:
+    """What a sweep did: per trial label (``c4``, ``pixel``) the stages run and reused,
+    the study artifact, the parent run, and errors of failed trials."""
+
+    parent_run_id: str
+    ran: dict[str, list[str]] = field(default_factory=dict)
+    reused: dict[str, list[str]] = field(default_factory=dict)
+    nodes: dict[str, list[str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    study: object | None = None
+    tables: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _TrialContext:
+    # Everything a trial driver needs, shipped once through the object store.
+    profile: Profile
+    dataset: object  # DatasetInfo
+    store_root: str
+    mlflow_uri: str
+    experiment: str
+    parent_run_id: str
+    seed: int
+    fail_at: dict | None
+    guidance: dict | None = None
+
+
+def _label(chain) -> str:
+    return "pixel" if chain == "pixel" else f"c{chain}"  # MLflow tag keys allow no "="
+
+
+def _chain_trial(config: dict, context: _TrialContext) -> None:
+    """A Tune trial: one chain (a latent channel count, or ``"pixel"``), then one report."""
+    import ray
+    import ray.tune
+    from mlflow.tracking import MlflowClient
+
+    from lolaray.platform.artifacts import ArtifactStore
+    from lolaray.sweeps.chain import run_latent_chain, run_pixel_chain
+    from lolaray.sweeps.sweep import tag_reuse
+
+    chain = config["chain"]
+    label = _label(chain)
+    store = ArtifactStore(context.store_root)
+    common = {
+        "store": store,
+        "mlflow_uri": context.mlflow_uri,
+        "parent_run_id": context.parent_run_id,
+        "seed": context.seed,
+        "progress": lambda text: print(f"[lolaray] {text}", flush=True),
+        "fail_at": (context.fail_at or {}).get(label),
+    }
+    if chain == "pixel":
+        result = run_pixel_chain(context.profile, context.dataset, **common)
+    else:
+        result = run_latent_chain(
+            context.profile, context.dataset, int(chain), guidance=context.guidance, **common
+        )
+    tag_reuse(
+        MlflowClient(context.mlflow_uri),
+        context.parent_run_id,
+        label,
+        {name: result.artifacts[name] for name in result.reused},
+    )
+    nodes = sorted(
+        {a.manifest["train_node_id"] for a in result.artifacts.values() if a.manifest.get("train_node_id")}
+    )
+    metrics = {
+        "stages_ran": len(result.ran),
+        "stages_reused": len(result.reused),
+        "ran": json.dumps(result.ran),
+        "reused": json.dumps(result.reused),
+        "trial_node_id": ray.get_runtime_context().get_node_id(),
+        "train_node_ids": json.dumps(nodes),
+        "artifacts": json.dumps(
+            {
+                k: {"stage": a.stage, "id": a.id, "uri": a.uri, "manifest": a.manifest}
+                for k, a in result.artifacts.items()
+            }
+        ),
+    }
+    for name, artifact in result.artifacts.items():
+        if artifact.stage == "evaluation":
+            summary = json.loads(store.read_text(artifact, "summary.json"))
+            for horizon in summary["horizons"]:
+                value = summary["metrics"].get(f"absolute/context_all/vrmse/{horizon}")
+                if value is not None:
+                    metrics[f"{name.split('/')[-1]}/vrmse/{horizon}"] = value
+    ray.tune.report(metrics)
+
+
+def run_compression_sweep(
+    profile: Profile,
+    dataset,
+    latent_channels: list[int],
+    *,
+    store,
+    mlflow_uri: str,
+    experiment: str = "lolaray",
+    seed: int = 0,
+    pixel: bool = True,
+    max_concurrent: int | None = None,
+    retries: int = 1,
+    fail_at: dict[str, str] | None = None,
+    profile_name: str = "custom",
+    verbose: int = 1,
+    guidance: dict | None = None,
+) -> SweepOutcome:
+    """The compression sweep on a running Ray: Tune trials, then the study report.
+
+    :param profile: sizes of everything (:data:`~lolaray.sweeps.chain.PROFILES`).
+    :param dataset: a :class:`~lolaray.platform.data.DatasetInfo`.
+    :param latent_channels: one trial per entry.
+    :param store: an :class:`~lolaray.platform.artifacts.ArtifactStore`.
+    :param pixel: also the pixel-space solver (one more trial).
+    :param max_concurrent: trials at once (default from the cluster's resources).
+    :param retries: Tune restarts of a failed trial (each resumes after its last finished stage).
+    :param fail_at: fault injection, trial label → stage name (``{"c16": "evaluation/solver"}``):
+        that trial raises before that stage (to rehearse resuming).
+    :param guidance: also evaluate each diffusion emulator guided by observations (MMPS;
+        :func:`~lolaray.evaluation.evaluate.guidance_config` keys).
+    :returns: the :class:`SweepOutcome`; the parent run is ``FAILED`` if a trial failed.
+    """
+    import ray
+    import ray.tune
+
+    from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
+
+    chains: list = [int(c) for c in latent_channels] + (["pixel"] if pixel else [])
+    max_concurrent = max_concurrent or default_concurrency(ray.cluster_resources(), profile.workers)
+    params = {
+        "profile": profile_name,
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "latent_channels": list(latent_channels),
+        "pixel_baseline": pixel,
+        "seed": seed,
+        "store": store.root,
+        "max_concurrent_trials": max_concurrent,
+        "guidance": guidance,
+    }
+    with sweep_run(
+        experiment,
+        uri=mlflow_uri,
+        run_name=f"sweep-compression-{profile_name}",
+        params=params,
+        tags={"stage": "sweep", "sweep": "compression", "profile": profile_name},
+    ) as parent:
+        outcome = SweepOutcome(parent_run_id=parent.run_id)
+        context = _TrialContext(
+            profile=profile,
+            dataset=dataset,
+            store_root=store.root,
+            mlflow_uri=mlflow_uri,
+            experiment=experiment,
+            parent_run_id=parent.run_id,
+            seed=seed,
+            fail_at=fail_at,
+            guidance=guidance,
+        )
+        trials = run_trials(
+            ray.tune.with_parameters(_chain_trial, context=context),
+            {"chain": ray.tune.grid_search(chains)},
+            name=f"compression-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=f"{store.root}/_tune",
+            max_concurrent=max_concurrent,
+            retries=retries,
+            verbose=verbose,
+        )
+        evaluations = []
+        for trial in trials:
+            label = _label(trial.config.get("chain"))
+            if trial.error is not None or "artifacts" not in trial.metrics:
+                outcome.errors[label] = trial.error or "the trial reported nothing"
+                continue
+            outcome.ran[label] = json.loads(trial.metrics["ran"])
+            outcome.reused[label] = json.loads(trial.metrics["reused"])
+            parent.client.set_tag(
+                parent.run_id,
+                f"nodes/{label}",
+                json.dumps(
+                    {
+                        "trial": trial.metrics["trial_node_id"],
+                        "train": json.loads(trial.metrics["train_node_ids"]),
+                    }
+                ),
+            )
+            outcome.nodes[label] = [
+                trial.metrics["trial_node_id"],
+                *json.loads(trial.metrics["train_node_ids"]),
+            ]
+            evaluations += [a for a in trial.artifacts().values() if a.stage == "evaluation"]
+        if outcome.errors:
+            parent.client.set_tag(parent.run_id, "failed_trials", json.dumps(outcome.errors)[:5000])
+            raise SweepFailed(outcome)
+        outcome.study, report = publish_study(
+            store,
+            evaluations,
+            client=parent.client,
+            run_id=parent.run_id,
+            title=f"Compression sweep ({profile_name}): {dataset.name}",
+            description=f"latent channels {list(latent_channels)}, seed {seed}, "
+            f"{profile.members} members, {profile.trajectories} test trajectories, contexts {list(profile.contexts)}",
+        )
+        outcome.tables = report.tables
+    return outcome
+
+
+class SweepFailed(RuntimeError):
+    """Some trials failed; ``outcome`` holds what the others did and the errors."""
+
+    def __init__(self, outcome: SweepOutcome):
+        super().__init__(f"{len(outcome.errors)} trial(s) failed: {outcome.errors}")
+        self.outcome = outcome
+
+
 def main(argv=None) -> int:
+    """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
+    from lolaray.sweeps.sweep import elapsed, mlflow_hint
+
     args = parse_args(argv)
-    from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+    start = time.perf_counter()
+    profile = PROFILES[args.profile]
+    try:
+        latent_channels = profile.latent_channels if args.latent_channels is None else args.latent_channels
+        if not latent_channels:
+            raise SweepInputError("the latent channel list is empty: pass --latent-channels C [C ...]")
+        if any(c < 1 for c in latent_channels):
+            raise SweepInputError(f"latent channel counts must be >= 1, got {latent_channels}")
+        store, uri, dataset_name = check_inputs(args, default_dataset=profile.dataset)
+        guidance = None
+        if args.guidance is not None:
+            from lolaray.evaluation.evaluate import guidance_config
+
+            guidance = guidance_config(
+                args.guidance,
+                args.guidance_factor,
+                args.sigma_y,
+                args.var_y,
+                args.guidance_iterations,
+                args.guidance_solver,
+            )
+    except (SweepInputError, ValueError) as error:
+        print(f"compression.py: error: {error}", file=sys.stderr)
+        return 2
+
+    from lolaray.platform.data import open_dataset
     from lolaray.platform.session import start_ray
 
-    start = time.perf_counter()
-    resources = start_ray(args.address)
-    print(f"[lolaray] Ray up: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs")
-    preset = PROFILES[args.profile]
-    if preset is None and args.dataset == "euler_quadrants":
-        print("[lolaray] the paper profile needs a dataset of The Well: pass --dataset NAME --data-root BASE")
+    try:
+        resources = start_ray(args.address)
+    except ConnectionError as error:
+        print(f"compression.py: error: {error}", file=sys.stderr)
         return 2
-    info = open_dataset(args.dataset, data_root=args.data_root, preset=preset or "demo")
-    standardizer = standardizer_for(info)
-    print(f"[lolaray] dataset {info.name} at {info.root}")
-    print(f"  fields      {', '.join(info.field_names)}")
     print(
-        f"  grid        {' x '.join(map(str, info.resolution))} ({', '.join(info.spatial_dims)}), {info.n_steps} steps"
+        f"[lolaray] Ray: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs; "
+        f"profile {args.profile}; store {store.root}; MLflow {uri}"
     )
+    info = open_dataset(dataset_name, data_root=args.data_root)
     print(
-        f"  parameters  {', '.join(info.parameter_names)}; theta has {info.theta_dim} entries (parameters + BC codes)"
+        f"[lolaray] dataset {info.name} at {info.root}: {' x '.join(map(str, info.resolution))}, "
+        f"{sum(sum(s.n_trajectories) for s in info.splits.values())} trajectories"
     )
-    for split, layout in info.splits.items():
-        print(f"  {split:<6}      {len(layout.files)} files, {sum(layout.n_trajectories)} trajectories")
-    print("  standardization (after transform):")
-    for name, transform, mean, std in zip(
-        standardizer.field_names, standardizer.transforms, standardizer.mean, standardizer.std
-    ):
-        print(f"    {name:<12} {transform:<7} mean {mean:+.3f}  std {std:.3f}")
-    sample = WellWindows(info, "train", length=5, stride=4, standardizer=standardizer)[0]
-    print(f"  an emulator window: x {tuple(sample['x'].shape)}, theta {sample['theta'].tolist()}")
-    print(f"[lolaray] data ready in {time.perf_counter() - start:.1f} s.")
-    print(
-        "[lolaray] coming next here: the Ray Tune sweep that chains the stages per compression rate "
-        "(autoencoder -> latent cache -> diffusion and neural solver -> ensemble evaluation -> MLflow report). "
-        "Each stage already runs on its own; see the README's 'What runs today'."
-    )
+    try:
+        outcome = run_compression_sweep(
+            profile,
+            info,
+            list(latent_channels),
+            store=store,
+            mlflow_uri=uri,
+            experiment=args.experiment,
+            seed=args.seed,
+            pixel=not args.no_pixel,
+            max_concurrent=args.max_concurrent_trials,
+            profile_name=args.profile,
+            guidance=guidance,
+        )
+    except SweepFailed as failure:
+        for label, error in failure.outcome.errors.items():
+            print(f"[lolaray] trial {label} failed: {error}", file=sys.stderr)
+        print("[lolaray] run the same command again to resume: finished stages are reused.", file=sys.stderr)
+        print(f"[lolaray] {mlflow_hint(uri, args.experiment, failure.outcome.parent_run_id)}")
+        return 1
+    print()
+    print(f"Table 6 analogue — {outcome.tables['vrmse'].metric}, by lead-time horizon:")
+    print(outcome.tables["vrmse"].to_text())
+    print()
+    print(outcome.tables["spread_skill"].metric + ":")
+    print(outcome.tables["spread_skill"].to_text())
+    print()
+    for label in outcome.ran:
+        print(
+            f"[lolaray] {label}: ran {len(outcome.ran[label])} stage(s), reused {len(outcome.reused[label])}"
+        )
+    print(f"[lolaray] study report: {outcome.study.uri}/study.html")
+    print(f"[lolaray] {mlflow_hint(uri, args.experiment, outcome.parent_run_id)}")
+    print(f"[lolaray] sweep done in {elapsed(start)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the installed module's main, so Tune ships trial functions by reference to
+    # lolaray.sweeps.compression rather than pickling this script's __main__ by value.
+    from lolaray.sweeps.compression import main as _main
+
+    sys.exit(_main())

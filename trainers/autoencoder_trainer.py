@@ -224,6 +224,7 @@ def train_autoencoder(
             "optimizer_steps": state["step"],
             "skipped_steps": state["skipped_total"],
             "resumed_from_step": summary.get("resumed_from_step"),
+            "train_node_id": summary.get("node_id"),
             "mlflow_run_id": run_id,
         }
         with store.build(STAGE, aid, manifest) as folder:

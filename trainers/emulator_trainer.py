@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
-from lolaray.platform.latent_cache import LatentCache, window_dataset
+from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
 from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import stage_run, tracking_uri
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
@@ -174,6 +176,32 @@ def draw_masks(batch: int, config: EmulatorConfig) -> torch.Tensor:
     return torch.arange(config.window) < c[:, None]
 
 
+def _sorted_rows(shard, group: int = 16) -> Iterator[dict]:
+    """One pass over this worker's trajectories, in trajectory-id order, ``group`` rows at a time.
+
+    Ray Data hands rows over in the order its read tasks finish; sorting them makes the
+    windows and batches of a seeded run reproducible. The shard's compressed latents are
+    held for one pass (the cache is materialized in the object store anyway).
+    """
+    rows = []
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        rows += [
+            (str(tid), blob, n, th)
+            for tid, blob, n, th in zip(
+                batch["trajectory_id"], batch["latent"], batch["length"], batch["theta"]
+            )
+        ]
+    rows.sort(key=lambda row: row[0])
+    for start in range(0, len(rows), group):
+        tids, blobs, lengths, thetas = zip(*rows[start : start + group])
+        yield {
+            "trajectory_id": list(tids),
+            "latent": list(blobs),
+            "length": list(lengths),
+            "theta": list(thetas),
+        }
+
+
 class EmulatorTask:
     """Windows (latent: from the cache's Ray Data stream; pixel: from the files) and the objective."""
 
@@ -194,11 +222,28 @@ class EmulatorTask:
             import ray.train
 
             shard = ray.train.get_dataset_shard("train")
-            while True:  # every pass re-draws random windows
-                for batch in shard.iter_torch_batches(
-                    batch_size=self.config.batch_size, drop_last=True, dtypes=torch.float32
-                ):
-                    yield {"x": batch["z"], "theta": batch["theta"]}
+            config, size = self.config, self.config.batch_size
+            for pass_index in itertools.count():  # every pass re-draws random windows
+                key = (config.loop.seed, self.rank, epoch, pass_index)
+                z, theta = [], []
+                for rows in _sorted_rows(shard):
+                    windows = draw_windows(
+                        rows,
+                        length=config.window,
+                        stride=config.stride,
+                        per_trajectory=config.windows_per_trajectory,
+                        shape=self.state_shape,
+                        dtype=self.cfg["latent_dtype"],
+                        rng_key=key,
+                    )
+                    z += list(windows["z"])
+                    theta += list(windows["theta"])
+                    while len(z) >= size:  # as iter_batches(drop_last=True): no ragged batch
+                        yield {
+                            "x": torch.from_numpy(np.stack(z[:size])).float(),
+                            "theta": torch.from_numpy(np.stack(theta[:size])).float(),
+                        }
+                        z, theta = z[size:], theta[size:]
         else:
             yield from self._pixel_batches(epoch)
 
@@ -337,6 +382,7 @@ def _train(
             optimizer_steps=state["step"],
             skipped_steps=state["skipped_total"],
             resumed_from_step=summary.get("resumed_from_step"),
+            train_node_id=summary.get("node_id"),
             mlflow_run_id=run_id,
         )
         with store.build(STAGE, aid, manifest) as folder:
@@ -403,10 +449,11 @@ def _latent_stage(
         raise ValueError("the train and valid caches come from different latent spaces")
     cache = LatentCache(train_cache.uri, train_cache.manifest)
     first = next(cache.trajectories())
+    # Trajectories go to the workers, which cut the windows themselves with a seeded draw
+    # (draw_windows): a Ray Data map would draw unseeded and in arrival order, and training
+    # would not be reproducible for a seed.
     datasets = {
-        "train": window_dataset(
-            cache, length=config.window, stride=config.stride, per_trajectory=config.windows_per_trajectory
-        ).select_columns(["z", "theta"])
+        "train": trajectory_dataset(cache).select_columns(["latent", "length", "theta", "trajectory_id"])
     }
     return _train(
         config,
@@ -414,7 +461,11 @@ def _latent_stage(
         identity={},
         state_shape=state_shape,
         theta_dim=int(first["theta"].numel()),
-        worker_config={"valid_cache": str(valid_cache.uri), "valid_manifest": valid_cache.manifest},
+        worker_config={
+            "valid_cache": str(valid_cache.uri),
+            "valid_manifest": valid_cache.manifest,
+            "latent_dtype": cache.dtype,
+        },
         datasets=datasets,
         manifest={
             "autoencoder": autoencoder.id,
@@ -464,7 +515,12 @@ def train_pixel_solver(
         theta_dim=info.theta_dim,
         worker_config={"dataset_root": info.root, "standardizer": standardizer.to_dict()},
         datasets=None,
-        manifest={"compression": 1, "dataset": info.name, "dataset_root": info.root},
+        manifest={
+            "compression": 1,
+            "dataset": info.name,
+            "dataset_root": info.root,
+            "dataset_fingerprint": info.fingerprint(),
+        },
         store=_store(store),
         scaling=scaling or ScalingSpec(),
         mlflow_uri=mlflow_uri,

@@ -68,8 +68,12 @@ def fit_stage(
     :raises NonFiniteTrainingError: training stopped on too many non-finite steps.
     :raises ray.train.TrainingFailedError: workers kept failing after ``max_failures`` restarts.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    # Rows reach the workers in a fixed order, so that a seeded stage is reproducible.
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
 
     use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
     worker_config = {**worker_config, "threads": max(1, int(scaling.cpus_per_worker))}
@@ -79,6 +83,7 @@ def fit_stage(
         worker_fn,
         train_loop_config=worker_config,
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
         scaling_config=ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=use_gpu,

@@ -266,6 +266,7 @@ def run_training(
     driver turns the latter into :class:`NonFiniteTrainingError` — raising in the worker
     would make ``FailureConfig`` retry a deterministic failure.
     """
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -304,7 +305,12 @@ def run_training(
     nonfinite_in_a_row = 0
     previous_folder = None
     first_step_at = None
-    summary = {"status": "finished", "resumed_from_step": step if checkpoint is not None else None}
+    summary = {
+        "status": "finished",
+        "resumed_from_step": step if checkpoint is not None else None,
+        # Where rank 0 ran: the sweep records it, and the multi-node test checks placement.
+        "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+    }
 
     for epoch in range(start_epoch, loop.epochs):
         model.train()

@@ -1,0 +1,219 @@
+r"""The study report: many evaluations side by side (the paper's Tables 6–7, Figures 3 and 5).
+
+A sweep evaluates one emulator per (method, compression rate) — and, for the context
+sweep, per (context length, sampler steps). This module reads those evaluation
+artifacts back from the store and writes one report over all of them:
+
+* ``study_vrmse.csv`` / ``.txt`` — Table 6: mean VRMSE per lead-time horizon, rows
+  (method, ÷), with the autoencoder's reconstruction error by horizon as the
+  ``autoencoder`` rows;
+* ``study_context.csv`` / ``.txt`` — Table 7: VRMSE per horizon, rows (method, ÷,
+  context length[, sampler steps]);
+* more tables (spread-skill, high-band spectral error, VRMSE against the auto-encoded
+  states, cost per state) and figures (metric against lead time per method and rate,
+  reconstruction error against the compression rate);
+* ``study.html``: everything in one self-contained page.
+
+Every row is averaged over test trajectories, fields and (for Table 6) context lengths,
+exactly as in each evaluation's own ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lolaray.evaluation import report
+from lolaray.platform.artifacts import Artifact, ArtifactStore
+
+__all__ = ["Evaluation", "StudyReport", "load_evaluations", "write_study_report"]
+
+#: Row order of the tables (the paper's: autoencoder, diffusion, then the solvers).
+METHOD_ORDER = ("autoencoder", "diffusion", "guided diffusion", "solver", "pixel solver")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation artifact read back: its summary, table rows and per-lead rows."""
+
+    artifact: Artifact
+    summary: dict
+    rows: list[dict]
+    per_lead: list[dict]
+
+    @property
+    def steps(self) -> int | None:
+        """Sampler steps (``None`` for deterministic solvers)."""
+        return self.summary.get("config", {}).get("steps")
+
+
+def _parse(value: str) -> Any:
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_csv(text: str) -> list[dict]:
+    return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def load_evaluations(store: ArtifactStore, artifacts: Sequence[Artifact]) -> list[Evaluation]:
+    """Read the summaries and CSVs of evaluation ``artifacts`` (local or remote store).
+
+    :raises ValueError: an artifact is not an evaluation.
+    """
+    evaluations = []
+    for artifact in artifacts:
+        if artifact.stage != "evaluation":
+            raise ValueError(f"{artifact.id} is a {artifact.stage} artifact, not an evaluation")
+        evaluations.append(
+            Evaluation(
+                artifact=artifact,
+                summary=json.loads(store.read_text(artifact, "summary.json")),
+                rows=_read_csv(store.read_text(artifact, "metrics.csv")),
+                per_lead=_read_csv(store.read_text(artifact, "per_lead.csv")),
+            )
+        )
+    return evaluations
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What :func:`write_study_report` wrote: the files and the tables (``print`` them)."""
+
+    files: list[Path]
+    tables: dict[str, report.MetricTable]
+
+
+def _autoencoder_rows(evaluations: Sequence[Evaluation]) -> list[dict]:
+    seen, rows = set(), []
+    for e in evaluations:
+        by_horizon = e.summary.get("recon_vrmse_by_horizon")
+        autoencoder = e.summary.get("autoencoder")
+        if not by_horizon or autoencoder in seen:
+            continue
+        seen.add(autoencoder)
+        for horizon, value in by_horizon.items():
+            rows.append(
+                {
+                    "method": "autoencoder",
+                    "compression": e.summary["compression"],
+                    "horizon": horizon,
+                    "vrmse": value,
+                }
+            )
+    return rows
+
+
+def _with_steps(evaluation: Evaluation, rows: list[dict]) -> list[dict]:
+    steps = evaluation.steps
+    return [{**r, "steps": steps if steps is not None else "-"} for r in rows]
+
+
+def write_study_report(
+    evaluations: Sequence[Evaluation],
+    folder: str | Path,
+    *,
+    title: str = "Study",
+    description: str | None = None,
+    by_steps: bool = False,
+) -> StudyReport:
+    """Write the study's tables, figures and ``study.html`` into ``folder``.
+
+    :param evaluations: from :func:`load_evaluations`; at least one.
+    :param title, description: the HTML report's heading and introduction.
+    :param by_steps: add the sampler steps to the rows of the context table (the context
+        sweep varies them).
+    :returns: the files written (CSV, text, HTML) and the tables.
+    """
+    if not evaluations:
+        raise ValueError("a study report needs at least one evaluation")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    horizons = list(evaluations[0].summary["horizons"])
+
+    rows = [r for e in evaluations for r in _with_steps(e, e.rows)]
+    overall = [r for r in rows if r["reference"] == "absolute" and r["context"] == "all"]
+    per_context = [r for r in rows if r["reference"] == "absolute" and r["context"] != "all"]
+    relative = [r for r in rows if r["reference"] == "relative" and r["context"] == "all"]
+    recon = _autoencoder_rows(evaluations)
+    # Lead-time curves at each evaluation's shortest context (the paper's Figure 5 setting).
+    per_lead = [
+        r
+        for e in evaluations
+        for r in e.per_lead
+        if r["reference"] == "absolute" and r["context"] == min(e.summary["config"]["contexts"])
+    ]
+    cost = [
+        {
+            "method": e.summary["method"],
+            "compression": e.summary["compression"],
+            "quantity": "ms/state",
+            "value": e.summary["infer_ms_per_state"],
+        }
+        for e in evaluations
+    ]
+
+    table = lambda rows, metric, **kw: report.metric_table(
+        rows, metric=metric, columns=kw.pop("columns", horizons), order=METHOD_ORDER, **kw
+    )
+    context_keys = ("method", "compression", "context", *(("steps",) if by_steps else ()))
+    tables = {
+        "vrmse": table(recon + overall, "vrmse"),
+        "context": table(per_context, "vrmse", row_keys=context_keys),
+        "spread_skill": table([r for r in overall if r["method"] == "diffusion"], "spread_skill"),
+        "psrmse_high": table(overall, "psrmse_high"),
+        "relative_vrmse": table(relative, "vrmse"),
+        "cost": table(cost, "value", column_key="quantity", columns=["ms/state"]),
+    }
+    captions = {
+        "vrmse": "Table 6 analogue: mean VRMSE by lead-time horizon (autoencoder rows: reconstruction)",
+        "context": "Table 7 analogue: VRMSE by context length",
+        "spread_skill": "Spread-skill ratio of the diffusion ensembles (ideal 1)",
+        "psrmse_high": "Power-spectrum RMSE, high frequencies",
+        "relative_vrmse": "VRMSE against the auto-encoded states D(E(x)) (emulation error alone)",
+        "cost": "Inference time per state (rollout + decoding, per member)",
+    }
+
+    files: list[Path] = []
+    for name, t in tables.items():
+        (folder / f"study_{name}.csv").write_text(t.to_csv())
+        (folder / f"study_{name}.txt").write_text(f"{captions[name]}\n\n{t.to_text()}\n")
+        files += [folder / f"study_{name}.csv", folder / f"study_{name}.txt"]
+
+    figures = [
+        report.metric_vs_lead_figure(per_lead, metric="vrmse", title="VRMSE vs lead time", log_y=True),
+        report.spread_skill_figure([r for r in per_lead if r["method"] == "diffusion"]),
+        report.metric_vs_lead_figure(
+            per_lead, metric="psrmse_high", title="Power-spectrum RMSE (high band) vs lead time", log_y=True
+        ),
+    ]
+    if recon:
+        figures.insert(1, report.reconstruction_figure(recon))
+    sections = [
+        report.Section(
+            "Tables",
+            [report.RawHTML(t.to_html(caption=captions[name])) for name, t in tables.items()],
+        ),
+        report.Section("Figures", figures),
+        report.Section(
+            "Evaluations",
+            [
+                f"{e.summary['method']} ÷{report.format_compression(e.summary['compression'])}"
+                f" (steps {e.steps}): {e.artifact.uri}"
+                for e in evaluations
+            ],
+        ),
+    ]
+    files.append(report.write_html_report(folder / "study.html", title, sections, description=description))
+    return StudyReport(files=files, tables=tables)

@@ -1,0 +1,270 @@
+"""The compression sweep end to end on the smoke profile (2 rates, both emulators, the
+pixel baseline, evaluations): Ray Tune trials, the MLflow layout, resuming after a
+crash, and the context sweep on the trained emulators."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lolaray.platform.artifacts import ArtifactStore
+from lolaray.sweeps.chain import PROFILES
+from lolaray.sweeps.compression import SweepFailed, run_compression_sweep
+from lolaray.sweeps.context import find_emulators, run_context_sweep
+
+LATENT = [
+    "autoencoder",
+    "latents/train",
+    "latents/valid",
+    "latents/test",
+    "diffusion",
+    "evaluation/diffusion",
+    "solver",
+    "evaluation/solver",
+]
+PIXEL = ["pixel_solver", "evaluation/pixel_solver"]
+
+
+def _children(client, experiment_id, parent_id):
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
+
+
+def _artifact_paths(client, run_id, path=None):
+    paths = []
+    for item in client.list_artifacts(run_id, path):
+        paths += _artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return paths
+
+
+@pytest.fixture(scope="module")
+def swept(ray_cluster, smoke_dataset, tmp_path_factory):
+    """A smoke sweep killed before one stage (injected), then run again to completion."""
+    root = tmp_path_factory.mktemp("sweep")
+    store, uri = ArtifactStore(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
+    kwargs = {"store": store, "mlflow_uri": uri, "profile_name": "smoke", "verbose": 0, "max_concurrent": 2}
+    with pytest.raises(SweepFailed) as failed:
+        run_compression_sweep(
+            PROFILES["smoke"],
+            smoke_dataset,
+            [4, 16],
+            retries=0,
+            fail_at={"c16": "evaluation/solver"},
+            **kwargs,
+        )
+    resumed = run_compression_sweep(PROFILES["smoke"], smoke_dataset, [4, 16], **kwargs)
+    return {"first": failed.value.outcome, "resumed": resumed, "store": store, "uri": uri}
+
+
+def test_a_killed_sweep_resumes_with_only_the_missing_stages(swept):
+    first, resumed = swept["first"], swept["resumed"]
+    assert set(first.errors) == {"c16"} and "InjectedFailure" in first.errors["c16"]
+    assert first.ran == {"c4": LATENT, "pixel": PIXEL}
+    assert resumed.errors == {}
+    assert resumed.ran == {"c4": [], "c16": ["evaluation/solver"], "pixel": []}
+    assert resumed.reused["c16"] == LATENT[:-1]
+    assert resumed.reused["c4"] == LATENT and resumed.reused["pixel"] == PIXEL
+
+
+def test_the_sweep_logs_nested_runs_uniform_metrics_models_and_the_study(swept):
+    client = MlflowClient(swept["uri"])
+    experiment = client.get_experiment_by_name("lolaray")
+    parents = client.search_runs(
+        [experiment.experiment_id], "tags.stage = 'sweep'", order_by=["start_time ASC"]
+    )
+    assert [p.info.status for p in parents] == ["FAILED", "FINISHED"]
+    first, resumed = parents
+
+    stages = [c.data.tags["stage"] for c in _children(client, experiment.experiment_id, first.info.run_id)]
+    # 2 autoencoders, 5 emulators, 2x3 latent caches, 4 evaluations (the 5th was killed).
+    assert sorted(stages) == sorted(
+        ["autoencoder"] * 2 + ["emulator"] * 5 + ["latents"] * 6 + ["evaluation"] * 4
+    )
+    again = _children(client, experiment.experiment_id, resumed.info.run_id)
+    assert [(r.data.tags["stage"], r.data.tags["emulator"], r.data.tags["compression"]) for r in again] == [
+        ("evaluation", "solver", "20")
+    ]
+    # reused artifacts are linked on the new parent run, with the run that made them
+    tags = resumed.data.tags
+    assert (
+        tags["reused/c16/autoencoder"].startswith("autoencoder-")
+        and "(run " in tags["reused/c16/autoencoder"]
+    )
+    assert {k for k in tags if k.startswith("reused/c4/")} == {f"reused/c4/{s}" for s in LATENT}
+
+    # every evaluation run carries the same metric names, so the compare view lines them up
+    evaluations = client.search_runs([experiment.experiment_id], "tags.stage = 'evaluation'")
+    assert len(evaluations) == 5
+    for run in evaluations:
+        for name in ("vrmse/lead_1-20", "vrmse/lead_61-100", "spread_skill/lead_21-60", "infer_ms_per_state"):
+            assert name in run.data.metrics, (name, run.data.tags)
+        if run.data.tags["space"] == "latent":
+            assert "recon_vrmse" in run.data.metrics and "recon_vrmse/lead_1-20" in run.data.metrics
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert len(models) == 2 + 5  # autoencoders and emulators
+
+    paths = _artifact_paths(client, resumed.info.run_id)
+    assert {"study/study.html", "study/study_vrmse.csv", "study/study_context.csv"} <= set(paths)
+
+
+def test_the_study_table_has_the_rows_of_table_6(swept):
+    table = swept["resumed"].tables["vrmse"]
+    keys = [key for key, _ in table.rows]
+    assert keys == [
+        ("autoencoder", 20.0),
+        ("autoencoder", 80.0),
+        ("diffusion", 20.0),
+        ("diffusion", 80.0),
+        ("solver", 20.0),
+        ("solver", 80.0),
+        ("pixel solver", 1.0),
+    ]
+    assert table.columns == ("lead_1-20", "lead_21-60", "lead_61-100")
+    for _, values in table.rows:
+        assert all(v > 0 for v in values)
+    # reconstruction error grows with the compression rate (the paper's first finding)
+    assert table.cell("autoencoder", 80.0, column="lead_1-20") > table.cell(
+        "autoencoder", 20.0, column="lead_1-20"
+    )
+
+
+def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
+    from browser import assert_page_ok
+
+    page = swept["resumed"].study.path / "study.html"
+    # VRMSE vs lead, reconstruction vs compression, spread-skill, high-band spectral error
+    result = chromium.load(page, expected_figures=4)
+    assert_page_ok(result, expected_figures=4)
+    (tmp_path / "study.png").write_bytes(result.screenshot)
+
+
+def test_resumed_results_equal_an_uninterrupted_run(swept, smoke_dataset, tmp_path):
+    """c16 run from scratch, uninterrupted, into a new store gives the same artifacts and metrics
+    as the sweep that was killed before its last stage and resumed."""
+    from lolaray.sweeps.chain import run_latent_chain
+
+    fresh = run_latent_chain(
+        PROFILES["smoke"],
+        smoke_dataset,
+        16,
+        store=ArtifactStore(tmp_path / "fresh"),
+        mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        progress=lambda _: None,
+    )
+    assert fresh.ran == LATENT
+    for name in ("evaluation/diffusion", "evaluation/solver"):
+        ours = fresh.artifacts[name]
+        theirs = swept["store"].get("evaluation", ours.id)
+        assert theirs is not None, f"{name}: the same artifact id is expected in the resumed store"
+        assert (ours.path / "metrics.csv").read_text() == (theirs.path / "metrics.csv").read_text()
+
+
+def test_the_context_sweep_evaluates_trained_emulators_without_training(swept, smoke_dataset):
+    store = swept["store"]
+    trained = {s: store.complete_ids(s) for s in ("autoencoder", "emulator", "latents")}
+    emulators = [
+        pair for pair in find_emulators(store, smoke_dataset) if pair[0].manifest["compression"] == 20
+    ]
+    assert sorted(e.manifest["kind"] for e, _ in emulators) == ["diffusion", "solver"]
+    study, tables, _reused, _ = run_context_sweep(
+        PROFILES["smoke"],
+        smoke_dataset,
+        emulators,
+        contexts=[1, 2],
+        steps=[4],
+        store=store,
+        mlflow_uri=swept["uri"],
+        profile_name="smoke",
+        verbose=0,
+        max_concurrent=2,
+    )
+    assert {s: store.complete_ids(s) for s in trained} == trained  # nothing retrained
+    keys = [key for key, _ in tables["context"].rows]
+    assert keys == [
+        ("diffusion", 20.0, 1, 4),
+        ("diffusion", 20.0, 2, 4),
+        ("solver", 20.0, 1, "-"),
+        ("solver", 20.0, 2, "-"),
+    ]
+    assert (study.path / "study.html").is_file()
+
+
+def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, smoke_dataset, tmp_path):
+    """`compression.py --address` against a simulated 2-node cluster (ray.cluster_utils):
+    one trial driver slot per node, so the two trials (c4, pixel) run one per node."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ray.cluster_utils import Cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: unix-socket paths are length-limited
+    node = {"num_cpus": 2, "resources": {"train_driver": 1}, "object_store_memory": 256 * 1024**2}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={**node, "include_dashboard": False, "temp_dir": temp_dir}
+    )
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        nodes = {n.node_id for n in cluster.list_all_nodes()}
+        assert len(nodes) == 2
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).parents[2] / "sweeps" / "compression.py")]
+            + ["--profile", "smoke", "--latent-channels", "4", "--address", cluster.address]
+            + ["--store", str(tmp_path / "store"), "--mlflow-uri", uri, "--max-concurrent-trials", "2"],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+            env={**os.environ, "LOLARAY_DATA_DIR": str(data_cache)},
+        )
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        assert "Table 6 analogue" in done.stdout and "pixel solver" in done.stdout
+    finally:
+        cluster.shutdown()
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("lolaray")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
+    placement = {k: json.loads(v) for k, v in parent.data.tags.items() if k.startswith("nodes/")}
+    assert set(placement) == {"nodes/c4", "nodes/pixel"}
+    trial_nodes = {p["trial"] for p in placement.values()}
+    train_nodes = {n for p in placement.values() for n in p["train"]}
+    assert trial_nodes == nodes, placement
+    assert train_nodes == nodes, placement
+
+
+def test_guided_rollouts_stay_closer_to_the_truth(swept, smoke_dataset, tmp_path):
+    """MMPS with downscaled observations of the truth (Figure 6): lower VRMSE at long lead
+    times than the unguided rollouts from the same seeds; both side by side in MLflow."""
+    from lolaray.evaluation.evaluate import evaluate
+    from lolaray.evaluation.study import load_evaluations, write_study_report
+
+    store = swept["store"]
+    ((emulator, autoencoder),) = [
+        pair
+        for pair in find_emulators(store, smoke_dataset)
+        if pair[0].manifest["kind"] == "diffusion" and pair[0].manifest["compression"] == 20
+    ]
+    common = {"contexts": [1], "members": 4, "trajectories": 2, "steps": 8, "store": store}
+    common["mlflow_uri"] = swept["uri"]
+    plain = evaluate(emulator, autoencoder, smoke_dataset, **common)
+    guided = evaluate(
+        emulator, autoencoder, smoke_dataset, guidance={"operator": "downscale", "factor": 8}, **common
+    )
+    assert guided.id != plain.id and guided.manifest["guidance"]["var_y"] == pytest.approx(0.01)
+    report = write_study_report(load_evaluations(store, [plain, guided]), tmp_path)
+    table = report.tables["vrmse"]
+    late = {
+        method: table.cell(method, 20.0, column="lead_61-100") for method in ("diffusion", "guided diffusion")
+    }
+    print("VRMSE at lead 61-100:", late)
+    assert late["guided diffusion"] < late["diffusion"]
+
+    client = MlflowClient(swept["uri"])
+    experiment = client.get_experiment_by_name("lolaray")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.artifact_id = '{guided.id}'")
+    assert run.data.tags["guided"] == "yes" and "vrmse/lead_61-100" in run.data.metrics

@@ -168,9 +168,9 @@ def build_latent_cache(
         num_cpus=None if actor_gpus else actor_cpus,
     )
     shards = Path(folder) / "shards"
-    # Rows land in the shards sorted by trajectory id, not in the order the actors finish:
-    # the training stages read them in shard order, and a seeded run must see the same order.
-    ds = ds.sort("trajectory_id")
+    # Rows land in the order the actors finish; readers that need a fixed order (the
+    # emulator workers) sort by trajectory id. (A Ray Data sort here is a shuffle, whose
+    # tasks cannot be scheduled inside a Tune trial's placement group.)
     ds.write_parquet(str(shards), min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard)
     return describe_shards(shards)
 

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from lolaray.evaluation import report
+from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_config, guidance_from_args
 from lolaray.evaluation.metrics import (
     RATIO_OFFSET,
     SPECTRAL_EPS,
@@ -79,9 +80,9 @@ from lolaray.evaluation.rollout import (
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.tracking import stage_run, tracking_uri
-from lolaray.trainers.guidance import SOLVERS, build_operator
+from lolaray.trainers.guidance import build_operator
 
-__all__ = ["RolloutActor", "evaluate", "guidance_config", "main"]
+__all__ = ["RolloutActor", "evaluate", "main"]
 
 STAGE = "evaluation"
 #: Euler-like horizons in simulation steps (paper Table 6: 1:20, 21:60, 61:100).
@@ -102,6 +103,8 @@ METRICS = (
 REFERENCES = ("absolute", "relative")
 #: The field whose sliced EMD is reported (paper Table 11: Euler density).
 SEMD_FIELD = "density"
+#: Evaluation artifact file with a few snapshots of member 0 and the truth (see ``_snapshot_excerpt``).
+SNAPSHOT_FILE = "snapshot.npz"
 
 
 # ------------------------------------------------------------------------------ actor
@@ -427,7 +430,7 @@ def evaluate(
     :param seed, sampler, steps: the sampling (member ``k`` seeded by (seed, trajectory, 0, k)).
     :param horizons: inclusive lead-time horizons in simulation steps (default Euler-like).
     :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
-        true test states (:func:`guidance_config`: ``operator``, ``factor``, ``sigma_y``,
+        true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`: ``operator``, ``factor``, ``sigma_y``,
         ``var_y``, ``iterations``, ``solver``); ``None`` = unguided.
     :param actors, max_batch, actor_gpus: the actor pool and the members per batch; they
         do not change the results (nor the artifact id).
@@ -592,35 +595,6 @@ def evaluate(
             )
             _log_mlflow(client, run_id, summary, files)
     return store.get(STAGE, aid)
-
-
-def guidance_config(
-    operator: str = "downscale",
-    factor: int = 8,
-    sigma_y: float = 0.1,
-    var_y: float | None = None,
-    iterations: int = 1,
-    solver: str = "gmres",
-) -> dict:
-    """A complete, checked guidance setting (the paper's: ``downscale``/``subsample``,
-    σ_y = 0.1, var_y = σ_y² = 1e-2, 1 GMRES iteration)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
-    if factor < 1 or iterations < 1 or sigma_y < 0:
-        raise ValueError(
-            f"need factor >= 1, iterations >= 1, sigma_y >= 0; got {factor}, {iterations}, {sigma_y}"
-        )
-    var_y = sigma_y**2 if var_y is None else var_y
-    if var_y <= 0:
-        raise ValueError(f"var_y must be > 0 (set it when sigma_y is 0), got {var_y}")
-    return {
-        "operator": str(operator),
-        "factor": int(factor),
-        "sigma_y": float(sigma_y),
-        "var_y": float(var_y),
-        "iterations": int(iterations),
-        "solver": str(solver),
-    }
 
 
 def _actor_gpus(actor_gpus: float | None) -> float:
@@ -846,6 +820,11 @@ def _write_outputs(
         )
     snapshot = data["snapshot"]
     if snapshot is not None and snapshot["truth"].ndim == 4:
+        # A few states of one field, kept small, so a study can put evaluations' snapshots
+        # side by side (the guided/unguided panel) without re-running rollouts.
+        np.savez_compressed(
+            folder / SNAPSHOT_FILE, **_snapshot_excerpt(snapshot, names[field], field, data["stride"])
+        )
         length = snapshot["truth"].shape[1]
         figures["snapshots"] = report.snapshot_grid_figure(
             snapshot["truth"][field],
@@ -855,6 +834,7 @@ def _write_outputs(
             title=f"{names[field]}: member 0 vs ground truth (trajectory 0, c={snapshot['context']})",
         )
     files = [folder / "metrics.csv", folder / "per_lead.csv", folder / "summary.json", folder / "table.txt"]
+    files += [folder / SNAPSHOT_FILE] if (folder / SNAPSHOT_FILE).exists() else []
     for name, fig in figures.items():
         # plotly.js from its CDN: each inlined copy weighs ~4.8 MB, and report.html already
         # holds every figure with plotly.js inlined once (the offline, self-contained view).
@@ -882,6 +862,23 @@ def _write_outputs(
         )
     )
     return files
+
+
+def _snapshot_excerpt(snapshot: dict, field_name: str, field: int, stride: int, *, states: int = 8) -> dict:
+    """Member 0 and the truth of trajectory 0 at ``states`` evenly spaced lead times >= 0,
+    one field, strided down to at most 128 pixels per axis (the ``snapshot.npz`` arrays)."""
+    truth, member = snapshot["truth"][field], snapshot["member0"][field]  # (T, H, W)
+    leads = lead_times(truth.shape[0], snapshot["context"], stride).numpy()
+    valid = np.flatnonzero(leads >= 0)
+    picks = np.unique(valid[np.round(np.linspace(0, len(valid) - 1, min(states, len(valid)))).astype(int)])
+    step = max(1, math.ceil(max(truth.shape[1:]) / 128))
+    return {
+        "truth": truth[picks, ::step, ::step].astype(np.float32),
+        "member0": member[picks, ::step, ::step].astype(np.float32),
+        "leads": leads[picks],
+        "context": np.int64(snapshot["context"]),
+        "field": np.str_(field_name),
+    }
 
 
 def _log_mlflow(client, run_id: str, summary: dict, files: list[Path]) -> None:
@@ -924,20 +921,12 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--parent-run-id", default=None)
     parser.add_argument("--address", default=None)
-    parser.add_argument(
-        "--guidance",
-        choices=["subsample", "downscale", "boundary"],
-        default=None,
-        help="guide a diffusion emulator (MMPS) by observations of the true states through this operator",
-    )
-    parser.add_argument("--guidance-factor", type=int, default=8, help="stride, block size or stripe width")
-    parser.add_argument("--sigma-y", type=float, default=0.1, help="observation noise (standardized units)")
-    parser.add_argument(
-        "--var-y", type=float, default=None, help="observation variance of the model (default σ_y²)"
-    )
-    parser.add_argument("--guidance-iterations", type=int, default=1)
-    parser.add_argument("--guidance-solver", choices=["gmres", "cg"], default="gmres")
+    add_guidance_arguments(parser, what="guide a diffusion emulator")
     args = parser.parse_args(argv)
+    try:
+        guidance = guidance_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
 
     from lolaray.platform.session import start_ray
 
@@ -958,16 +947,7 @@ def main(argv=None) -> Artifact:
         store=args.store,
         mlflow_uri=args.mlflow_uri,
         parent_run_id=args.parent_run_id,
-        guidance=None
-        if args.guidance is None
-        else {
-            "operator": args.guidance,
-            "factor": args.guidance_factor,
-            "sigma_y": args.sigma_y,
-            "var_y": args.var_y,
-            "iterations": args.guidance_iterations,
-            "solver": args.guidance_solver,
-        },
+        guidance=guidance,
     )
     print(f"[lolaray] evaluation {artifact.id} at {artifact.uri}")
     print((Path(artifact.uri) / "table.txt").read_text())

@@ -12,6 +12,9 @@ artifacts back from the store and writes one report over all of them:
 * more tables (spread-skill, high-band spectral error, VRMSE against the auto-encoded
   states, cost per state) and figures (metric against lead time per method and rate,
   reconstruction error against the compression rate);
+* for each guided evaluation beside its unguided one (same emulator, seeds and
+  trajectory), a grid of snapshots — truth, unguided member 0, guided member 0 — as in
+  the paper's Figure 6;
 * ``study.html``: everything in one self-contained page.
 
 Every row is averaged over test trajectories, fields and (for Table 6) context lengths,
@@ -27,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lolaray.evaluation import report
 from lolaray.platform.artifacts import Artifact, ArtifactStore
@@ -45,6 +50,9 @@ class Evaluation:
     summary: dict
     rows: list[dict]
     per_lead: list[dict]
+    #: ``snapshot.npz`` of the evaluation (``truth``, ``member0`` :math:`(K, H, W)`,
+    #: ``leads``, ``context``, ``field``); ``None`` for 3-D data or older artifacts.
+    snapshot: dict | None = None
 
     @property
     def steps(self) -> int | None:
@@ -82,9 +90,53 @@ def load_evaluations(store: ArtifactStore, artifacts: Sequence[Artifact]) -> lis
                 summary=json.loads(store.read_text(artifact, "summary.json")),
                 rows=_read_csv(store.read_text(artifact, "metrics.csv")),
                 per_lead=_read_csv(store.read_text(artifact, "per_lead.csv")),
+                snapshot=_read_snapshot(store, artifact),
             )
         )
     return evaluations
+
+
+def _read_snapshot(store: ArtifactStore, artifact: Artifact) -> dict | None:
+    try:
+        blob = store.read_bytes(artifact, "snapshot.npz")
+    except (FileNotFoundError, OSError):  # 3-D data, or written before snapshots were kept
+        return None
+    with np.load(io.BytesIO(blob)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def _guided_snapshot_figures(evaluations: Sequence[Evaluation]) -> list:
+    """The Figure 6 analogue: per guided evaluation with snapshots, the truth, the unguided
+    member 0 and the guided member 0 of the same emulator (same seeds, same trajectory)."""
+    figures = []
+    for guided in evaluations:
+        guidance = guided.summary.get("config", {}).get("guidance")
+        if not guidance or guided.snapshot is None:
+            continue
+        twins = [
+            e
+            for e in evaluations
+            if e.snapshot is not None
+            and not e.summary.get("config", {}).get("guidance")
+            and e.summary.get("emulator") == guided.summary.get("emulator")
+            and np.array_equal(e.snapshot["leads"], guided.snapshot["leads"])
+        ]
+        if not twins:
+            continue
+        plain, snap = twins[0].snapshot, guided.snapshot
+        rate = report.format_compression(guided.summary["compression"])
+        figures.append(
+            report.snapshot_grid_figure(
+                snap["truth"],
+                {"diffusion": plain["member0"], "guided diffusion": snap["member0"]},
+                leads=snap["leads"].tolist(),
+                columns=range(len(snap["leads"])),
+                field=str(snap["field"]),
+                title=f"Guided vs unguided diffusion ÷{rate}, member 0, trajectory 0, c={int(snap['context'])}"
+                f" (observations: {guidance['operator']} ×{guidance['factor']}, σ_y={guidance['sigma_y']:g})",
+            )
+        )
+    return figures
 
 
 @dataclass(frozen=True)
@@ -200,6 +252,7 @@ def write_study_report(
     ]
     if recon:
         figures.insert(1, report.reconstruction_figure(recon))
+    figures += _guided_snapshot_figures(evaluations)
     sections = [
         report.Section(
             "Tables",

@@ -89,10 +89,17 @@ class ArtifactStore:
             manifest = json.loads(f.read().decode())
         return Artifact(stage=stage, id=id, uri=self.uri(stage, id), manifest=manifest)
 
+    def read_bytes(self, artifact: Artifact, name: str) -> bytes:
+        """The bytes of file ``name`` inside ``artifact`` (local or remote store).
+
+        :raises FileNotFoundError: no such file.
+        """
+        with self.fs.open_input_stream(self._path(artifact.stage, artifact.id, name)) as f:
+            return f.read()
+
     def read_text(self, artifact: Artifact, name: str) -> str:
         """The text of file ``name`` inside ``artifact`` (local or remote store)."""
-        with self.fs.open_input_stream(self._path(artifact.stage, artifact.id, name)) as f:
-            return f.read().decode()
+        return self.read_bytes(artifact, name).decode()
 
     def check_writable(self) -> None:
         """Write and delete a probe file under the root.

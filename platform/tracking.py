@@ -89,6 +89,8 @@ def create_run(
 ) -> str:
     """Create a run (nested under ``parent_run_id`` if given), log ``params``, and return its id.
 
+    A nested run goes to its parent's experiment, whatever ``experiment`` says: the MLflow
+    UI nests runs only within one experiment, so a sweep's ``--experiment`` holds its stages.
     The run is left open (status RUNNING) for a Ray worker to log into by id; close it with
     ``MlflowClient.set_terminated``.
     """
@@ -99,7 +101,10 @@ def create_run(
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(ensure_experiment(experiment, uri=uri), run_name=run_name, tags=all_tags)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    else:
+        experiment_id = ensure_experiment(experiment, uri=uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     if params:
         from mlflow.entities import Param
 

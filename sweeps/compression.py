@@ -23,11 +23,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 
+from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
 from lolaray.sweeps.chain import PROFILES, Profile
 from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
 
@@ -48,20 +50,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="latent channel counts, one trial each (default: the profile's)",
     )
-    parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
     parser.add_argument(
-        "--guidance",
-        choices=["subsample", "downscale", "boundary"],
+        "--contexts",
+        type=int,
+        nargs="+",
         default=None,
-        help="also evaluate each diffusion emulator guided (MMPS) by observations through this operator",
+        help="context lengths of the evaluations (default: the profile's, 1 2 3)",
     )
-    parser.add_argument("--guidance-factor", type=int, default=8, help="stride, block size or stripe width")
-    parser.add_argument("--sigma-y", type=float, default=0.1, help="observation noise (standardized units)")
-    parser.add_argument(
-        "--var-y", type=float, default=None, help="observation variance of the model (default σ_y²)"
-    )
-    parser.add_argument("--guidance-iterations", type=int, default=1)
-    parser.add_argument("--guidance-solver", choices=["gmres", "cg"], default="gmres")
+    parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
+    add_guidance_arguments(parser, what="also evaluate each diffusion emulator guided")
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -187,7 +184,7 @@ def run_compression_sweep(
     :param fail_at: fault injection, trial label → stage name (``{"c16": "evaluation/solver"}``):
         that trial raises before that stage (to rehearse resuming).
     :param guidance: also evaluate each diffusion emulator guided by observations (MMPS;
-        :func:`~lolaray.evaluation.evaluate.guidance_config` keys).
+        :func:`~lolaray.evaluation.guidance_options.guidance_config` keys).
     :returns: the :class:`SweepOutcome`; the parent run is ``FAILED`` if a trial failed.
     """
     import ray
@@ -195,7 +192,9 @@ def run_compression_sweep(
 
     from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
 
-    chains: list = [int(c) for c in latent_channels] + (["pixel"] if pixel else [])
+    # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
+    # are more trials than slots it frees its slot early instead of running alone at the end.
+    chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]
     max_concurrent = max_concurrent or default_concurrency(ray.cluster_resources(), profile.workers)
     params = {
         "profile": profile_name,
@@ -203,6 +202,7 @@ def run_compression_sweep(
         "dataset_fingerprint": dataset.fingerprint(),
         "latent_channels": list(latent_channels),
         "pixel_baseline": pixel,
+        "contexts": list(profile.contexts),
         "seed": seed,
         "store": store.root,
         "max_concurrent_trials": max_concurrent,
@@ -296,19 +296,13 @@ def main(argv=None) -> int:
             raise SweepInputError("the latent channel list is empty: pass --latent-channels C [C ...]")
         if any(c < 1 for c in latent_channels):
             raise SweepInputError(f"latent channel counts must be >= 1, got {latent_channels}")
+        if args.contexts is not None:
+            largest = profile.emulator.window - 1  # a window needs at least one new state
+            if not all(1 <= c <= largest for c in args.contexts):
+                raise SweepInputError(f"context lengths must lie in [1, {largest}], got {args.contexts}")
+            profile = dataclasses.replace(profile, contexts=tuple(sorted(set(args.contexts))))
+        guidance = guidance_from_args(args)
         store, uri, dataset_name = check_inputs(args, default_dataset=profile.dataset)
-        guidance = None
-        if args.guidance is not None:
-            from lolaray.evaluation.evaluate import guidance_config
-
-            guidance = guidance_config(
-                args.guidance,
-                args.guidance_factor,
-                args.sigma_y,
-                args.var_y,
-                args.guidance_iterations,
-                args.guidance_solver,
-            )
     except (SweepInputError, ValueError) as error:
         print(f"compression.py: error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ MLflow names and artifacts, solver conventions, artifact reuse."""
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from browser import assert_page_ok
@@ -136,8 +137,16 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         mlflow_uri=uri,
     )
     folder = artifact.path
-    for name in ("metrics.csv", "summary.json", "table.txt", "report.html", "snapshots.html"):
+    for name in ("metrics.csv", "summary.json", "table.txt", "report.html", "snapshots.html", "snapshot.npz"):
         assert (folder / name).exists(), name
+    # A few states of member 0 and the truth, small, for study reports (guided beside unguided).
+    with np.load(folder / "snapshot.npz") as snap:
+        assert snap["truth"].shape == snap["member0"].shape and snap["truth"].shape[0] == len(snap["leads"])
+        assert (
+            (np.diff(snap["leads"]) > 0).all()
+            and snap["leads"][0] >= 0
+            and str(snap["field"]) in info.field_names
+        )
     html = (folder / "report.html").read_text()
     figures = html.count('class="plotly-graph-div"')
     assert figures >= 4 and html.count("<script") >= 1

@@ -2,7 +2,9 @@
 pixel baseline, evaluations): Ray Tune trials, the MLflow layout, resuming after a
 crash, and the context sweep on the trained emulators."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -237,34 +239,51 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
     assert train_nodes == nodes, placement
 
 
-def test_guided_rollouts_stay_closer_to_the_truth(swept, smoke_dataset, tmp_path):
-    """MMPS with downscaled observations of the truth (Figure 6): lower VRMSE at long lead
-    times than the unguided rollouts from the same seeds; both side by side in MLflow."""
-    from lolaray.evaluation.evaluate import evaluate
-    from lolaray.evaluation.study import load_evaluations, write_study_report
+def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept, chromium, tmp_path):
+    """``compression.py --guidance downscale`` on the trained sweep (Figure 6): it reuses
+    the models, evaluates at the requested context with and without guidance, and the
+    guided rollouts have lower VRMSE at long lead times than the unguided ones from the
+    same seeds; both sit side by side in MLflow and in the study's snapshot grid."""
+    from lolaray.evaluation.study import load_evaluations
+    from lolaray.sweeps.compression import main
 
     store = swept["store"]
-    ((emulator, autoencoder),) = [
-        pair
-        for pair in find_emulators(store, smoke_dataset)
-        if pair[0].manifest["kind"] == "diffusion" and pair[0].manifest["compression"] == 20
-    ]
-    common = {"contexts": [1], "members": 4, "trajectories": 2, "steps": 8, "store": store}
-    common["mlflow_uri"] = swept["uri"]
-    plain = evaluate(emulator, autoencoder, smoke_dataset, **common)
-    guided = evaluate(
-        emulator, autoencoder, smoke_dataset, guidance={"operator": "downscale", "factor": 8}, **common
-    )
-    assert guided.id != plain.id and guided.manifest["guidance"]["var_y"] == pytest.approx(0.01)
-    report = write_study_report(load_evaluations(store, [plain, guided]), tmp_path)
-    table = report.tables["vrmse"]
-    late = {
-        method: table.cell(method, 20.0, column="lead_61-100") for method in ("diffusion", "guided diffusion")
-    }
+    argv = ["--profile", "smoke", "--latent-channels", "16", "--no-pixel", "--contexts", "1"]
+    argv += ["--guidance", "downscale", "--store", store.root, "--mlflow-uri", swept["uri"]]
+    assert main([*argv, "--experiment", "guided"]) == 0
+
+    client = MlflowClient(swept["uri"])
+    experiment = client.get_experiment_by_name("guided")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
+    assert float(parent.data.params["guidance.var_y"]) == pytest.approx(0.01)
+    assert parent.data.params["contexts"] == "[1]"
+    reused = {k.split("/", 2)[2] for k in parent.data.tags if k.startswith("reused/c16/")}
+    # Nothing is retrained (the solver's c=1 evaluation may exist already: the context
+    # sweep's); the guided evaluation is new.
+    assert {"autoencoder", "latents/train", "latents/valid", "latents/test", "diffusion", "solver"} <= reused
+    assert "evaluation/guided_diffusion" not in reused
+    runs = _children(client, experiment.experiment_id, parent.info.run_id)
+    assert {r.data.tags["stage"] for r in runs} == {"evaluation"}
+    (guided_run,) = [r for r in runs if r.data.tags["guided"] == "yes"]
+    assert "vrmse/lead_61-100" in guided_run.data.metrics
+
+    from browser import assert_page_ok
+
+    # The study on the parent run: guided beside unguided in the Table 6 analogue ...
+    table = Path(client.download_artifacts(parent.info.run_id, "study/study_vrmse.csv", str(tmp_path)))
+    rows = {(r["method"], float(r["compression"])): r for r in csv.DictReader(table.read_text().splitlines())}
+    assert {"autoencoder", "diffusion", "guided diffusion", "solver"} == {m for m, _ in rows}
+    late = {m: float(rows[(m, 20.0)]["lead_61-100"]) for m in ("diffusion", "guided diffusion")}
     print("VRMSE at lead 61-100:", late)
     assert late["guided diffusion"] < late["diffusion"]
 
-    client = MlflowClient(swept["uri"])
-    experiment = client.get_experiment_by_name("lolaray")
-    (run,) = client.search_runs([experiment.experiment_id], f"tags.artifact_id = '{guided.id}'")
-    assert run.data.tags["guided"] == "yes" and "vrmse/lead_61-100" in run.data.metrics
+    # ... and the Figure 6 grid: truth, unguided and guided member 0.
+    study = Path(client.download_artifacts(parent.info.run_id, "study/study.html", str(tmp_path)))
+    assert "Guided vs unguided diffusion" in study.read_text()
+    # VRMSE, reconstruction, spread-skill, high-band spectral error, and the guided grid
+    result = chromium.load(study, expected_figures=5)
+    assert_page_ok(result, expected_figures=5)
+    (tmp_path / "guided.png").write_bytes(result.screenshot)
+    guided = store.get("evaluation", guided_run.data.tags["artifact_id"])
+    (evaluation,) = load_evaluations(store, [guided])
+    assert evaluation.snapshot["truth"].shape == evaluation.snapshot["member0"].shape

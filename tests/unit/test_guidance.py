@@ -7,6 +7,8 @@ import torch
 from lolaray.trainers.autoencoder import build_autoencoder
 from lolaray.trainers.diffusion import LogLinearSchedule
 from lolaray.trainers.guidance import (
+    OPERATORS,
+    SOLVERS,
     BoundaryStripe,
     Downscale,
     FixedMask,
@@ -220,3 +222,30 @@ def test_mmps_through_a_decoder_in_2d_and_3d(preset, spatial, operator):
     assert not guided.requires_grad
     # the correction pulls the decoded observations towards y
     assert (observe(guided) - y).norm() < (observe(plain) - y).norm()
+
+
+def test_command_line_guidance_options_match_the_operators_and_solvers():
+    import argparse
+
+    from lolaray.evaluation.guidance_options import (
+        OPERATOR_NAMES,
+        SOLVER_NAMES,
+        add_guidance_arguments,
+        guidance_from_args,
+    )
+
+    assert set(OPERATOR_NAMES) == set(OPERATORS) and set(SOLVER_NAMES) == set(SOLVERS)
+    parser = argparse.ArgumentParser()
+    add_guidance_arguments(parser, what="guide")
+    assert guidance_from_args(parser.parse_args([])) is None
+    # The paper's setting (method.md §7): σ_y = 0.1, var_y = σ_y², one GMRES iteration.
+    assert guidance_from_args(parser.parse_args(["--guidance", "downscale"])) == {
+        "operator": "downscale",
+        "factor": 8,
+        "sigma_y": 0.1,
+        "var_y": pytest.approx(0.01),
+        "iterations": 1,
+        "solver": "gmres",
+    }
+    with pytest.raises(ValueError, match="var_y must be > 0"):
+        guidance_from_args(parser.parse_args(["--guidance", "boundary", "--sigma-y", "0"]))

@@ -54,6 +54,9 @@ def ok_args(tmp_path):
         # /sys refuses new entries even to root, unlike a chmod-ed folder.
         (["--store", "/sys/lolaray-store"], "artifact store /sys/lolaray-store"),
         (["--max-concurrent-trials", "0"], "--max-concurrent-trials must be >= 1"),
+        (["--contexts", "1", "5"], "context lengths must lie in [1, 4], got [1, 5]"),
+        (["--guidance", "downscale", "--guidance-factor", "0"], "need factor >= 1"),
+        (["--guidance", "subsample", "--sigma-y", "0"], "var_y must be > 0"),
     ],
 )
 def test_compression_sweep_rejects_bad_input_before_work(argv, message, ok_args, capsys, tmp_path):

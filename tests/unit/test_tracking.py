@@ -1,0 +1,18 @@
+"""MLflow run creation: nesting keeps a stage's run in its parent's experiment."""
+
+from mlflow.tracking import MlflowClient
+
+from lolaray.platform.tracking import create_run
+
+
+def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = create_run("my-sweep", run_name="sweep", uri=uri)
+    child = create_run("lolaray", run_name="stage", uri=uri, parent_run_id=parent, params={"a": {"b": 1}})
+    client = MlflowClient(uri)
+    parent_run, child_run = client.get_run(parent), client.get_run(child)
+    assert child_run.info.experiment_id == parent_run.info.experiment_id
+    assert child_run.data.tags["mlflow.parentRunId"] == parent and child_run.data.params == {"a.b": "1"}
+    assert client.get_experiment_by_name("lolaray") is None  # nothing created elsewhere
+    alone = create_run("lolaray", run_name="alone", uri=uri)
+    assert client.get_run(alone).info.experiment_id == client.get_experiment_by_name("lolaray").experiment_id

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
 
 __all__ = ["ScalingSpec", "fit_stage"]
@@ -28,7 +30,8 @@ class ScalingSpec:
 
     :param workers: Ray Train workers (``0`` runs the loop in this process).
     :param use_gpu: one GPU per worker (``None``: when the cluster has GPUs).
-    :param cpus_per_worker: logical CPUs each worker reserves; on CPU it also sets torch's threads.
+    :param cpus_per_worker: logical CPUs each worker reserves; on CPU it also sets torch's
+        threads (not in local mode, which keeps the caller's).
     :param max_failures: worker-group restarts from the last checkpoint before giving up.
     """
 
@@ -76,7 +79,10 @@ def fit_stage(
     ingest.preserve_order = True
 
     use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
-    worker_config = {**worker_config, "threads": max(1, int(scaling.cpus_per_worker))}
+    # Local mode runs the worker function in this process: it keeps the caller's threads
+    # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts).
+    threads = max(1, int(scaling.cpus_per_worker)) if scaling.workers > 0 else torch.get_num_threads()
+    worker_config = {**worker_config, "threads": threads}
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(

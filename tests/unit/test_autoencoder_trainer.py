@@ -35,9 +35,12 @@ def config(**loop_kwargs):
 def test_trains_logs_and_reuses(tiny, tmp_path, mlflow_uri, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    threads = torch.get_num_threads()
     artifact = train_autoencoder(
         config(), tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri
     )
+    # Local mode trains in this process and must leave its thread count alone.
+    assert torch.get_num_threads() == threads
     manifest = artifact.manifest
     assert manifest["compression"] == pytest.approx(5 * 8 * 8 / (4 * 4 * 4))
     assert manifest["latent_shape"] == [4, 4, 4] and manifest["optimizer_steps"] == 8

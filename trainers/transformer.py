@@ -154,8 +154,7 @@ def _layer_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
 
 def _rms_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     # Non-affine RMSNorm (QK-norm), float32 output on purpose: RoPE follows in float32.
-    # One fused kernel rather than square/mean/rsqrt/mul: four passes over q and k cost
-    # more than the attention's matmuls on a CPU.
+    # F.rms_norm is one fused kernel on GPU (on CPU torch still runs the composite ops).
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps)
 
 

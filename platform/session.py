@@ -36,10 +36,12 @@ def keep_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 2
 
     PyTorch's CPU allocator caches nothing: every tensor above glibc's mmap threshold
     (adaptive, from 128 KiB) is a fresh ``mmap`` whose pages fault in on first touch,
-    and freeing it hands them back. A batch of 8 ensemble members through the demo
-    denoiser took 6,000–9,000 minor page faults (24–35 MB) and 10–20 ms of system time
-    per forward pass on 2 cores; with these settings, none (``benchmarks/
-    ensemble_rollout_throughput.py``). GPU tensors are unaffected (CUDA caches them).
+    and freed memory at the top of the heap goes back to the OS. A batch of 8 ensemble
+    members through the demo denoiser took up to 18,000 minor page faults (70 MB) and
+    10–20 ms of system time per forward pass on 2 cores, varying from run to run with
+    the heap's layout; with these settings, none once the heap has grown to its working
+    size (``benchmarks/ensemble_rollout_throughput.py``). GPU tensors are unaffected
+    (CUDA caches them).
 
     :param mmap_threshold: allocations below this come from the heap (glibc caps it at 32 MiB).
     :param trim_threshold: free memory at the top of the heap kept before returning it.

@@ -76,28 +76,26 @@ class ObservationOperator:
         return self(x).reshape(*x.shape[:batch_dims], -1)
 
 
-class Subsample(ObservationOperator):
-    r"""Every ``factor``-th cell along each spatial axis (the paper: ``x[..., ::32, ::32]``)."""
+class _CellFactorOperator(ObservationOperator):
+    """An operator that keeps one value per ``factor`` cells along each spatial axis."""
 
     def __init__(self, factor: int, spatial_dims: int = 2):
         super().__init__(spatial_dims)
         if factor < 1:
             raise ValueError(f"factor must be >= 1, got {factor}")
         self.factor = factor
+
+
+class Subsample(_CellFactorOperator):
+    r"""Every ``factor``-th cell along each spatial axis (the paper: ``x[..., ::32, ::32]``)."""
 
     def __call__(self, x: Tensor) -> Tensor:
         index = (Ellipsis, *([slice(None, None, self.factor)] * self.spatial_dims))
         return x[index]
 
 
-class Downscale(ObservationOperator):
+class Downscale(_CellFactorOperator):
     r"""Mean over ``factor``-sized blocks of cells (the paper: 32×32 mean pooling)."""
-
-    def __init__(self, factor: int, spatial_dims: int = 2):
-        super().__init__(spatial_dims)
-        if factor < 1:
-            raise ValueError(f"factor must be >= 1, got {factor}")
-        self.factor = factor
 
     def __call__(self, x: Tensor) -> Tensor:
         spatial = x.shape[-self.spatial_dims :]

@@ -2,21 +2,11 @@
 chain started again runs only the stages that are missing."""
 
 import pytest
+from stages import LATENT_STAGES
 
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.sweeps import chain
 from lolaray.sweeps.chain import PROFILES, run_latent_chain
-
-ALL = [
-    "autoencoder",
-    "latents/train",
-    "latents/valid",
-    "latents/test",
-    "diffusion",
-    "evaluation/diffusion",
-    "solver",
-    "evaluation/solver",
-]
 
 
 def test_an_interrupted_chain_resumes_with_the_missing_stages(
@@ -46,5 +36,5 @@ def test_an_interrupted_chain_resumes_with_the_missing_stages(
     )
 
     again = run_latent_chain(profile, smoke_dataset, 4, store=store, mlflow_uri=uri, progress=lambda _: None)
-    assert again.ran == [] and again.reused == ALL
+    assert again.ran == [] and again.reused == LATENT_STAGES
     assert {k: a.id for k, a in again.artifacts.items()} == {k: a.id for k, a in resumed.artifacts.items()}

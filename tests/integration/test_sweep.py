@@ -8,23 +8,12 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from stages import LATENT_STAGES, PIXEL_STAGES
 
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.compression import SweepFailed, run_compression_sweep
 from lolaray.sweeps.context import find_emulators, run_context_sweep
-
-LATENT = [
-    "autoencoder",
-    "latents/train",
-    "latents/valid",
-    "latents/test",
-    "diffusion",
-    "evaluation/diffusion",
-    "solver",
-    "evaluation/solver",
-]
-PIXEL = ["pixel_solver", "evaluation/pixel_solver"]
 
 
 def _children(client, experiment_id, parent_id):
@@ -60,11 +49,11 @@ def swept(ray_cluster, smoke_dataset, tmp_path_factory):
 def test_a_killed_sweep_resumes_with_only_the_missing_stages(swept):
     first, resumed = swept["first"], swept["resumed"]
     assert set(first.errors) == {"c16"} and "InjectedFailure" in first.errors["c16"]
-    assert first.ran == {"c4": LATENT, "pixel": PIXEL}
+    assert first.ran == {"c4": LATENT_STAGES, "pixel": PIXEL_STAGES}
     assert resumed.errors == {}
     assert resumed.ran == {"c4": [], "c16": ["evaluation/solver"], "pixel": []}
-    assert resumed.reused["c16"] == LATENT[:-1]
-    assert resumed.reused["c4"] == LATENT and resumed.reused["pixel"] == PIXEL
+    assert resumed.reused["c16"] == LATENT_STAGES[:-1]
+    assert resumed.reused["c4"] == LATENT_STAGES and resumed.reused["pixel"] == PIXEL_STAGES
 
 
 def test_the_sweep_logs_nested_runs_uniform_metrics_models_and_the_study(swept):
@@ -91,7 +80,7 @@ def test_the_sweep_logs_nested_runs_uniform_metrics_models_and_the_study(swept):
         tags["reused/c16/autoencoder"].startswith("autoencoder-")
         and "(run " in tags["reused/c16/autoencoder"]
     )
-    assert {k for k in tags if k.startswith("reused/c4/")} == {f"reused/c4/{s}" for s in LATENT}
+    assert {k for k in tags if k.startswith("reused/c4/")} == {f"reused/c4/{s}" for s in LATENT_STAGES}
 
     # every evaluation run carries the same metric names, so the compare view lines them up
     evaluations = client.search_runs([experiment.experiment_id], "tags.stage = 'evaluation'")
@@ -152,7 +141,7 @@ def test_resumed_results_equal_an_uninterrupted_run(swept, smoke_dataset, tmp_pa
         mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}",
         progress=lambda _: None,
     )
-    assert fresh.ran == LATENT
+    assert fresh.ran == LATENT_STAGES
     for name in ("evaluation/diffusion", "evaluation/solver"):
         ours = fresh.artifacts[name]
         theirs = swept["store"].get("evaluation", ours.id)

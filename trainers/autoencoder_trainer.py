@@ -149,7 +149,11 @@ def _worker(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"]) if not torch.cuda.is_available() else None
     task = AutoencoderTask(cfg)
     return run_training(
-        task, task.config.loop, mlflow_run_id=cfg.get("mlflow_run_id"), tracking_uri=cfg.get("tracking_uri")
+        task,
+        task.config.loop,
+        mlflow_run_id=cfg.get("mlflow_run_id"),
+        tracking_uri=cfg.get("tracking_uri"),
+        run_storage=cfg.get("run_storage"),
     )
 
 
@@ -224,6 +228,7 @@ def train_autoencoder(
             "optimizer_steps": state["step"],
             "skipped_steps": state["skipped_total"],
             "resumed_from_step": summary.get("resumed_from_step"),
+            "resumed_from_steps": state.get("resumes", []),
             "train_node_id": summary.get("node_id"),
             "mlflow_run_id": run_id,
         }

@@ -310,7 +310,11 @@ def _worker(cfg: dict) -> dict:
         torch.set_num_threads(cfg["threads"])
     task = EmulatorTask(cfg)
     return run_training(
-        task, task.config.loop, mlflow_run_id=cfg.get("mlflow_run_id"), tracking_uri=cfg.get("tracking_uri")
+        task,
+        task.config.loop,
+        mlflow_run_id=cfg.get("mlflow_run_id"),
+        tracking_uri=cfg.get("tracking_uri"),
+        run_storage=cfg.get("run_storage"),
     )
 
 
@@ -382,6 +386,7 @@ def _train(
             optimizer_steps=state["step"],
             skipped_steps=state["skipped_total"],
             resumed_from_step=summary.get("resumed_from_step"),
+            resumed_from_steps=state.get("resumes", []),
             train_node_id=summary.get("node_id"),
             mlflow_run_id=run_id,
         )

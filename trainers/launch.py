@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lolaray.trainers.checkpoints import newest_checkpoint, run_folder, run_uri
 from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
 
 __all__ = ["ScalingSpec", "fit_stage"]
@@ -82,7 +83,9 @@ def fit_stage(
     # Local mode runs the worker function in this process: it keeps the caller's threads
     # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts).
     threads = max(1, int(scaling.cpus_per_worker)) if scaling.workers > 0 else torch.get_num_threads()
-    worker_config = {**worker_config, "threads": threads}
+    # The run's own folder: rank 0 marks its checkpoints complete there, and restarts (and
+    # the final state below) take the newest one (trainers/checkpoints.py says why).
+    worker_config = {**worker_config, "threads": threads, "run_storage": run_uri(storage_path, name)}
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
@@ -106,8 +109,12 @@ def fit_stage(
     summary = result.return_value or {}
     if summary.get("status") == "nonfinite":
         raise NonFiniteTrainingError(summary["message"])
-    if result.checkpoint is None:
+    if scaling.workers == 0:  # local mode keeps its checkpoints in this process's temp folders
+        if result.checkpoint is None:
+            raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
+        with result.checkpoint.as_directory() as folder:
+            return summary, load_training_state(os.fspath(folder))
+    final = newest_checkpoint(*run_folder(run_uri(storage_path, name)), ray_checkpoint=result.checkpoint)
+    if final is None:
         raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
-    with result.checkpoint.as_directory() as folder:
-        state = load_training_state(os.fspath(folder))
-    return summary, state
+    return summary, final.read_state()

@@ -15,7 +15,10 @@ models and neural solvers:
   full-state checkpoint (model, optimizer, scheduler, step, epoch, every rank's RNG
   states) — reports are per epoch because each one blocks about a health-check interval;
 - resume: when Ray Train restarts a failed worker group (``FailureConfig``) or reruns a
-  run of the same name, training continues from the last checkpoint at the same step;
+  run of the same name, training continues from the newest complete checkpoint at the
+  same step -- the platform's choice, not only Ray's (:mod:`lolaray.trainers.checkpoints`:
+  Ray can lose the record of a checkpoint reported just before a worker died); epoch
+  metrics reach MLflow only once their checkpoint is safe, so the history never goes back;
 - MLflow: rank 0 logs the epoch metrics into a run created by the driver.
 """
 
@@ -36,6 +39,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lolaray.trainers.checkpoints import (
+    STATE_FILE,
+    checkpoint_dir_name,
+    mark_complete,
+    newest_checkpoint,
+    read_state,
+    run_folder,
+)
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
 
 __all__ = [
@@ -49,8 +60,6 @@ __all__ = [
     "run_training",
 ]
 
-STATE_FILE = "state.pt"
-
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
@@ -60,15 +69,16 @@ class NonFiniteTrainingError(RuntimeError):
 class FaultInjection:
     """Failures injected on purpose, for tests of the recovery paths.
 
-    :param kill_rank, kill_at_step: the worker of rank ``kill_rank`` exits abruptly when it
-        is about to take optimizer step ``kill_at_step`` — once: a marker file in
-        ``marker_dir`` records that it happened, so the restarted group runs through.
+    :param kill_rank, kill_at_steps: the worker of rank ``kill_rank`` exits abruptly when it
+        is about to take each optimizer step of ``kill_at_steps`` — once each: a marker file
+        ``lolaray-fault-<step>`` in ``marker_dir`` records that it happened, so the
+        restarted group runs through.
     :param nonfinite_steps: batch iterations (counted from 0 over the whole run, skipped
         ones included) whose loss is replaced by NaN.
     """
 
     kill_rank: int | None = None
-    kill_at_step: int | None = None
+    kill_at_steps: tuple[int, ...] = ()
     marker_dir: str | None = None
     nonfinite_steps: tuple[int, ...] = ()
 
@@ -233,6 +243,36 @@ def load_training_state(checkpoint_dir: str) -> dict:
     return torch.load(os.path.join(checkpoint_dir, STATE_FILE), map_location="cpu", weights_only=False)
 
 
+def _state_to_resume(run_storage: str | None, world: int) -> dict | None:
+    """The training state this worker group starts from: the newest complete checkpoint of
+    the run -- Ray's, or a newer one marked complete in ``run_storage`` whose registration
+    Ray lost (see :mod:`lolaray.trainers.checkpoints`) -- or ``None`` for a fresh start.
+
+    Rank 0 chooses and broadcasts its choice, so that every rank loads the same state.
+    """
+    import ray.train
+
+    ray_checkpoint = ray.train.get_checkpoint()
+    if run_storage is None or _local_mode():
+        if ray_checkpoint is None:
+            return None
+        with ray_checkpoint.as_directory() as folder:
+            return load_training_state(folder)
+    rank, _ = _world()
+    choice = [None]
+    if rank == 0:
+        chosen = newest_checkpoint(*run_folder(run_storage), ray_checkpoint=ray_checkpoint)
+        choice = [None if chosen is None else chosen.path]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    filesystem, _ = run_folder(run_storage)
+    return read_state(filesystem, choice[0])
+
+
 def _mlflow_logger(run_id: str | None, tracking_uri: str | None):
     """``log(metrics, step)`` into the driver's MLflow run (rank 0 only), or a no-op."""
     if run_id is None:
@@ -258,10 +298,14 @@ def run_training(
     *,
     mlflow_run_id: str | None = None,
     tracking_uri: str | None = None,
+    run_storage: str | None = None,
 ) -> dict:
     """Train ``task`` in this Ray Train worker; returns a summary (rank 0's is ``Result.return_value``).
 
     Must run inside a ``TorchTrainer`` (``ScalingConfig(num_workers=0)`` runs it in-process).
+    ``run_storage`` is the run's folder or URI (``<storage_path>/<name>``, what
+    :func:`~lolaray.trainers.launch.fit_stage` passes as ``worker_config["run_storage"]``):
+    rank 0 marks each checkpoint complete there, and a restart resumes from the newest one.
     The summary has ``status`` = ``"finished"`` or ``"nonfinite"`` (with ``message``); the
     driver turns the latter into :class:`NonFiniteTrainingError` — raising in the worker
     would make ``FailureConfig`` retry a deterministic failure.
@@ -286,20 +330,21 @@ def run_training(
     use_bf16 = loop.precision == "bf16" or (loop.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    start_epoch, step, iteration, skipped_total = 0, 0, 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_training_state(folder)
+    start_epoch, step, iteration, skipped_total, resumes = 0, 0, 0, 0, []
+    state = _state_to_resume(run_storage, world)
+    if state is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         iteration, skipped_total = state["iteration"], state["skipped_total"]
+        resumes = [*state.get("resumes", []), step]
         if len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank])
 
     log = _mlflow_logger(mlflow_run_id if rank == 0 else None, tracking_uri)
+    if state is not None:
+        log({"train/resumed_from_step": step}, step)
     fault = loop.fault
     params = [p for p in core.parameters() if p.requires_grad]
     nonfinite_in_a_row = 0
@@ -307,7 +352,9 @@ def run_training(
     first_step_at = None
     summary = {
         "status": "finished",
-        "resumed_from_step": step if checkpoint is not None else None,
+        "resumed_from_step": step if state is not None else None,
+        # Every restart of this run so far, oldest first: where each one resumed.
+        "resumed_from_steps": resumes,
         # Where rank 0 ran: the sweep records it, and the multi-node test checks placement.
         "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
     }
@@ -319,7 +366,7 @@ def run_training(
         batches = task.train_batches(epoch)
         for _ in range(loop.steps_per_epoch):
             batch = next(batches)
-            if fault.kill_at_step is not None and step == fault.kill_at_step and rank == fault.kill_rank:
+            if step in fault.kill_at_steps and rank == fault.kill_rank:
                 marker = os.path.join(fault.marker_dir or tempfile.gettempdir(), f"lolaray-fault-{step}")
                 if not os.path.exists(marker):
                     open(marker, "w").close()
@@ -402,17 +449,26 @@ def run_training(
                     "step": step,
                     "iteration": iteration,
                     "skipped_total": skipped_total,
+                    "resumes": resumes,
                     "rng": rng_states,
                     "loop": loop.to_dict(),
                 },
                 os.path.join(folder, STATE_FILE),
             )
-            log(metrics, step)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(folder),
-                checkpoint_dir_name=f"epoch_{epoch:05d}",
+                checkpoint_dir_name=checkpoint_dir_name(epoch),
             )
+            if run_storage is not None and not _local_mode():
+                # report() returned: the checkpoint is uploaded. The marker, written last, is
+                # what a restart trusts (see trainers/checkpoints.py for why Ray's own record
+                # of it can be lost).
+                persisted = ray.train.get_checkpoint()
+                mark_complete(persisted.filesystem, persisted.path, epoch=epoch, step=step)
+            # Logged once the checkpoint is safe: a restart never resumes from before a logged
+            # step, so the run's metric history never goes back.
+            log(metrics, step)
             # report() has persisted the checkpoint to the run's storage -- except in local mode
             # (num_workers=0), where the latest one is read from this folder: keep only that one.
             if previous_folder is not None:

@@ -181,22 +181,29 @@ def test_the_context_sweep_evaluates_trained_emulators_without_training(swept, s
 
 def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, smoke_dataset, tmp_path):
     """`compression.py --address` against a simulated 2-node cluster (ray.cluster_utils):
-    one trial driver slot per node, so the two trials (c4, pixel) run one per node."""
+    one trial driver slot per node, so the two trials (c4, pixel) run one per node; the
+    head has no CPU (as on a real cluster), so every training stage runs on the worker
+    node — placement by resources, not by which node Ray happened to pick first."""
     import os
     import subprocess
     import sys
     import tempfile
     from pathlib import Path
 
+    from ray._private.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: unix-socket paths are length-limited
-    node = {"num_cpus": 2, "resources": {"train_driver": 1}, "object_store_memory": 256 * 1024**2}
+    # Cluster() writes the head's address into Ray's default temp folder (/tmp/ray) whatever
+    # temp_dir says, and fails on a fresh machine where nothing has created that folder yet.
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
+    node = {"resources": {"train_driver": 1}, "object_store_memory": 256 * 1024**2}
     cluster = Cluster(
-        initialize_head=True, head_node_args={**node, "include_dashboard": False, "temp_dir": temp_dir}
+        initialize_head=True,
+        head_node_args={**node, "num_cpus": 0, "include_dashboard": False, "temp_dir": temp_dir},
     )
     try:
-        cluster.add_node(**node)
+        worker_node = cluster.add_node(**node, num_cpus=4)
         cluster.wait_for_nodes()
         nodes = {n.node_id for n in cluster.list_all_nodes()}
         assert len(nodes) == 2
@@ -225,7 +232,7 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
     trial_nodes = {p["trial"] for p in placement.values()}
     train_nodes = {n for p in placement.values() for n in p["train"]}
     assert trial_nodes == nodes, placement
-    assert train_nodes == nodes, placement
+    assert train_nodes == {worker_node.node_id}, placement
 
 
 def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept, chromium, tmp_path):

@@ -7,17 +7,47 @@ weights), on Euler-like states ``5 × R × R``: the latent space of an r = 8 aut
 (16 × R/8 × R/8, patch 1) and pixels with patch 4 (so pixel windows have 4× the tokens of
 latent ones, as the paper's 512² Euler with patch 16 vs 16² latents). One autoregressive
 rollout of 26 states (window 5, context = overlap = 1), diffusion with 16 AB3 steps and
-``members`` members batched, solvers with one member. Time per state = wall time of the
-whole rollout including decoding ÷ (members × states). Paper (A100, 512²): pixel
-diffusion ≈ 12× latent diffusion; latent diffusion ≈ 6.5× latent solver.
+``members`` members batched, solvers with one member.
+
+Time per state, measured as a benchmark should be: one warm-up rollout per emulator first
+(lazy initialisation, kernel selection and allocator growth are not inference), the
+device synchronized before the clock starts and before it stops, the median of
+``--repeats`` rollouts, divided by members × *generated* states (the context state is
+given, not generated); decoding is included. The sampler's step count is printed beside
+it (diffusion cost grows linearly with it). Paper (A100, 512²): pixel diffusion ≈ 12×
+latent diffusion; latent diffusion ≈ 6.5× latent solver.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    run: Callable[[], object], *, device: torch.device, repeats: int, warmup: int = 1
+) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``run`` after ``warmup`` untimed ones, the device
+    synchronized on both sides of each timed call (CUDA work is asynchronous)."""
+    for _ in range(warmup):
+        run()
+    seconds = []
+    for _ in range(repeats):
+        _synchronize(device)
+        began = time.perf_counter()
+        run()
+        _synchronize(device)
+        seconds.append(time.perf_counter() - began)
+    return seconds
 
 
 def main(argv=None) -> None:
@@ -29,7 +59,13 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--length", type=int, default=26)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=16, help="diffusion sampler steps")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts per emulator (median)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    context = 1
+    generated = args.length - context
 
     from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout, solver_step
     from lolaray.trainers.autoencoder import build_autoencoder
@@ -40,13 +76,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     R, theta = args.resolution, torch.randn(1, 5)
-    autoencoder = build_autoencoder("demo", pixel_channels=5, latent_channels=16).eval()
+    theta = theta.to(device)
+    autoencoder = build_autoencoder("demo", pixel_channels=5, latent_channels=16).eval().to(device)
     latent_shape, pixel_shape = (16, R // 8, R // 8), (5, R, R)
 
     def emulator(kind, shape, patch):
         backbone = build_backbone(args.preset, in_channels=shape[0], patch_size=patch)
         cls = ElucidatedDenoiser if kind == "diffusion" else NeuralSolver
-        return cls(backbone, label_features=5).eval()
+        return cls(backbone, label_features=5).eval().to(device)
 
     cases = {
         "latent diffusion": ("diffusion", latent_shape, 1, args.members, True),
@@ -55,35 +92,41 @@ def main(argv=None) -> None:
         "pixel diffusion": ("diffusion", pixel_shape, 4, args.members, False),
     }
     times = {}
+    print(
+        f"device {device}, {generated} generated states per rollout, median of {args.repeats}, warm-up excluded"
+    )
     for name, (kind, shape, patch, members, latent) in cases.items():
         model = emulator(kind, shape, patch)
-        step = diffusion_step(model, steps=16) if kind == "diffusion" else solver_step(model)
-        x0 = torch.randn(1, 5, 1, R, R)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            initial = autoencoder.encode(x0[:, :, 0]).unsqueeze(2) if latent else x0
-            out = ensemble_rollout(
-                step,
-                initial,
-                theta,
-                members=members,
-                seed=0,
-                trajectory=0,
-                start=0,
-                window=5,
-                context=1,
-                overlap=1,
-                length=args.length,
-            )
-            if latent:
-                out = decode_in_chunks(autoencoder, out, chunk=4)
-        seconds = time.perf_counter() - began
-        assert out.shape == (members, 5, args.length, R, R)
-        times[name] = seconds / (members * args.length)
+        step = diffusion_step(model, steps=args.steps) if kind == "diffusion" else solver_step(model)
+        x0 = torch.randn(1, 5, 1, R, R, device=device)
+
+        def run(step=step, members=members, latent=latent, x0=x0):
+            with torch.inference_mode():
+                initial = autoencoder.encode(x0[:, :, 0]).unsqueeze(2) if latent else x0
+                out = ensemble_rollout(
+                    step,
+                    initial,
+                    theta,
+                    members=members,
+                    seed=0,
+                    trajectory=0,
+                    start=0,
+                    window=5,
+                    context=context,
+                    overlap=context,
+                    length=args.length,
+                )
+                if latent:
+                    out = decode_in_chunks(autoencoder, out, chunk=4)
+            assert out.shape == (members, 5, args.length, R, R)
+
+        seconds = statistics.median(time_call(run, device=device, repeats=args.repeats))
+        times[name] = seconds / (members * generated)
         tokens = 5 * (shape[1] // patch) * (shape[2] // patch)
+        steps = f"{args.steps} sampler steps" if kind == "diffusion" else "1 network call"
         print(
-            f"{name:<17} {1000 * times[name]:9.1f} ms/state  ({members} member(s), {tokens} tokens/window, "
-            f"{seconds:.1f} s for the rollout)"
+            f"{name:<17} {1000 * times[name]:9.2f} ms/state  per member x state, {steps}, "
+            f"{members} member(s), {tokens} tokens/window, {seconds:.2f} s per rollout"
         )
     print(
         f"pixel diffusion / latent diffusion: {times['pixel diffusion'] / times['latent diffusion']:6.1f}x  "

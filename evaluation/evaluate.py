@@ -4,37 +4,51 @@ Reads top to bottom (method.md §7, §8, §11):
 
 1. **Validation** on the driver, before any Ray work (latent emulator without
    autoencoder, mismatched latent shapes, bad context lengths or ensemble sizes).
-2. **Work items** ``(trajectory, context c, member block)`` (blocks from
+2. **Work items** ``(trajectory, start state s, context c, member block)`` (blocks from
    :func:`~lolaray.evaluation.rollout.split_members`) go through
    ``ray.data.from_items → map_batches(RolloutActor, ActorPoolStrategy)``. An actor loads
    the autoencoder, the emulator and the standardizer once; per item it rolls out its
-   block of members from the first ``c`` true states (encoded for latent emulators), member
-   ``k`` seeded by (seed, trajectory, 0, k) whatever the split, decodes in chunks, returns
-   to physical units, and returns **sufficient statistics** of the block (per-field sums
-   :math:`\sum_k v_k`, :math:`\sum_k v_k^2`, :math:`\sum_k` member power spectra, and the
-   per-member SEMD / Wasserstein sums against the truth :math:`u = x` and the auto-encoded
-   truth :math:`u_{ae} = D(E(x))`), the block size and the rollout wall time (decoding
-   included), never the member fields themselves. The "primary" item of each trajectory
-   (first context, block of member 0) also returns the truth, :math:`u_{ae}`, the
-   autoencoder reconstruction error of every state of the trajectory (computed in the
-   actor) and, for the first trajectory, member 0's trajectory (snapshot figure).
-3. **Driver**: blocks are summed in float64 in a fixed order (trajectory, context,
-   block start), so the numbers do not depend on the number of actors; ensemble mean,
-   VRMSE, NRMSE, spread / skill, spectral band errors, SEMD and Wasserstein per lead
-   time, aggregated by horizons, per context and over contexts.
-4. **Outputs**: ``metrics.csv``, ``per_lead.csv``, ``summary.json``, ``table.txt``,
-   figure HTML files (plotly.js from its CDN) and one self-contained ``report.html``
-   (plotly.js inlined once, opens offline); an MLflow run with uniform
-   metric names (``vrmse/lead_1-20``, ``psrmse/high/lead_1-20``, ``context_1/…``,
-   ``recon_vrmse``, ``infer_ms_per_state``).
+   block of members from the true states ``s .. s+c-1`` (encoded for latent emulators),
+   member ``k`` seeded by (seed, trajectory, s, k) whatever the split, decodes in chunks,
+   returns to physical units, and returns **sufficient statistics** of the block
+   (:class:`~lolaray.evaluation.metrics.EnsembleStatistics`: :math:`K`, :math:`\sum_k v_k`,
+   :math:`\sum_k v_k^2`, :math:`\sum_k` member power spectra; and the per-member SEMD /
+   Wasserstein sums against the truth :math:`u = x` and the auto-encoded truth
+   :math:`u_{ae} = D(E(x))`), the block size and the rollout wall time (decoding included,
+   device synchronized, the actor's first rollout flagged as warm-up). When the block is
+   the whole ensemble the actor also scores it (fair CRPS, coverage, rank histogram:
+   :func:`~lolaray.evaluation.metrics.ensemble_scores`); otherwise it returns the block's
+   members (float32), which the driver joins and scores — those scores need all members
+   at once, so a split ensemble costs driver memory (raise ``max_batch`` to avoid it). The
+   "primary" item of each trajectory (first start, first context, block of member 0) also
+   returns the truth, :math:`u_{ae}`, the autoencoder reconstruction error of every state
+   of the trajectory (computed in the actor) and, for the first trajectory, member 0's
+   trajectory (snapshot figure) and the first members (animation).
+3. **Driver**: blocks are combined in float64 in a fixed order (trajectory, start,
+   context, block start), so the numbers do not depend on the number of actors; every
+   metric comes from :mod:`~lolaray.evaluation.metrics` (the accumulator's VRMSE, NRMSE,
+   spread / skill and spectral band errors; CRPS, coverage; SEMD and Wasserstein) per
+   field and lead time, then averaged over fields and aggregated by horizons, per context
+   and over contexts.
+4. **Outputs**: ``metrics.csv``, ``per_lead.csv``, ``per_field_lead.csv`` (per field and
+   lead), ``per_trajectory.csv`` (per trajectory, start and context, by horizon),
+   ``rank_histogram.csv``, ``summary.json``, ``table.txt``, ``rollout.gif`` (truth,
+   ensemble mean, members; one frame per state), figure HTML files (plotly.js from its
+   CDN) and one self-contained ``report.html`` (plotly.js inlined once, the GIF inlined,
+   opens offline); an MLflow run with uniform metric names (``vrmse/lead_1-20``,
+   ``crps/lead_1-20``, ``coverage_90/lead_1-20``, ``psrmse/high/lead_1-20``,
+   ``context_1/…``, ``recon_vrmse``, ``infer_ms_per_state``, ``sampler_steps``) and the
+   scoring options (``starts``, ``trajectory_selection``, ``vrmse_convention``) as params.
 
 Neural solvers are deterministic: they are rolled out with one member (all members
-would be equal), so their spread and spread-skill ratio are 0 (the notebooks' convention).
+would be equal), so their spread and spread-skill ratio are 0 (the notebooks' convention),
+their CRPS is their MAE and their coverage is undefined (NaN, not logged).
 
 Command line::
 
     python -m lolaray.evaluation.evaluate --emulator <dir> [--autoencoder <dir>] \
-        --dataset euler_quadrants:smoke --contexts 1 2 3 --members 16 --trajectories 8 --actors 2
+        --dataset euler_quadrants:smoke --contexts 1 2 3 --members 16 --trajectories 8 --actors 2 \
+        [--starts 0 10] [--trajectory-seed 0] [--vrmse-convention lola|well]
 """
 
 from __future__ import annotations
@@ -53,14 +67,15 @@ import numpy as np
 import torch
 
 from lolaray.evaluation import report
+from lolaray.evaluation.animation import animation_html, write_rollout_animation
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_config, guidance_from_args
 from lolaray.evaluation.metrics import (
-    RATIO_OFFSET,
-    SPECTRAL_EPS,
+    VRMSE_EPS,
+    EnsembleStatistics,
     aggregate_by_horizon,
-    band_edges,
+    ensemble_scores,
+    horizon_slices,
     isotropic_power_spectrum,
-    nrmse,
     sliced_emd,
     vrmse,
     wasserstein_1d,
@@ -77,6 +92,7 @@ from lolaray.evaluation.rollout import (
     solver_step,
     split_members,
 )
+from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.tracking import stage_run, tracking_uri
@@ -99,12 +115,21 @@ METRICS = (
     "psrmse_high",
     "semd",
     "wasserstein",
+    "crps",
+    "coverage_50",
+    "coverage_90",
 )
+#: The probabilistic scores (:func:`~lolaray.evaluation.metrics.ensemble_scores`) among :data:`METRICS`.
+ENSEMBLE_METRICS = ("crps", "coverage_50", "coverage_90")
 REFERENCES = ("absolute", "relative")
 #: The field whose sliced EMD is reported (paper Table 11: Euler density).
 SEMD_FIELD = "density"
 #: Evaluation artifact file with a few snapshots of member 0 and the truth (see ``_snapshot_excerpt``).
 SNAPSHOT_FILE = "snapshot.npz"
+#: Evaluation artifact file: truth, ensemble mean and a few members of trajectory 0 over the rollout.
+ANIMATION_FILE = "rollout.gif"
+#: Members shown in the animation (and returned by the actor for it).
+ANIMATED_MEMBERS = 3
 
 
 # ------------------------------------------------------------------------------ actor
@@ -138,6 +163,7 @@ class RolloutActor:
         steps: int,
         chunk: int = 4,
         guidance: dict | None = None,
+        vrmse_eps: float = VRMSE_EPS["lola"],
     ):
         from lolaray.platform.preprocessing import Standardizer
         from lolaray.trainers.autoencoder_trainer import load_autoencoder
@@ -155,7 +181,11 @@ class RolloutActor:
         self.field_names = list(info.field_names)
         self.spatial_dims = info.n_spatial_dims
         self.seed, self.chunk = seed, chunk
+        self.vrmse_eps = vrmse_eps
         self.guidance = guidance
+        # The first rollout of an actor pays for lazy initialisation (kernels, allocator,
+        # compilation): its time is flagged as warm-up and left out of the time per state.
+        self._warm = False
         self.sampler, self.steps = sampler, steps
         if self.config.kind == "diffusion":
             self.step = diffusion_step(self.emulator, sampler=sampler, steps=steps)
@@ -187,21 +217,30 @@ class RolloutActor:
         x_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
         u = self.standardizer.inverse(x.double(), channel_dim=0).movedim(1, 0)
         v = self.standardizer.inverse(x_ae.double(), channel_dim=0).movedim(1, 0)
-        return vrmse(v, u, spatial_dims=self.spatial_dims).numpy()
+        return vrmse(v, u, spatial_dims=self.spatial_dims, eps=self.vrmse_eps).numpy()
 
-    def _block(self, trajectory: int, context: int, start: int, stop: int) -> tuple[torch.Tensor, float]:
-        """Members ``start..stop-1``: physical fields ``(K, C, L, *spatial)`` float64, seconds."""
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _block(
+        self, trajectory: int, origin: int, context: int, start: int, stop: int
+    ) -> tuple[torch.Tensor, float]:
+        """Members ``start..stop-1`` of the rollout whose first context state is state
+        ``origin`` of the (strided) trajectory: physical fields ``(K, C, L - origin, *spatial)``
+        float64, and the seconds taken (device synchronized, decoding included)."""
         data = self._trajectory(trajectory)
-        length = data["strided"].shape[1]
+        length = data["strided"].shape[1] - origin
         block = range(start, stop)
         n = len(block)
+        self._synchronize()
         began = time.perf_counter()
         if self.autoencoder is not None:
-            initial = data["z"][:, :context]
+            initial = data["z"][:, origin : origin + context]
         else:
-            initial = data["strided"][:, :context].to(self.device)
+            initial = data["strided"][:, origin : origin + context].to(self.device)
         theta = data["theta"].to(self.device)
-        step = self.step if self.guidance is None else self._guided_step(trajectory, data, n)
+        step = self.step if self.guidance is None else self._guided_step(trajectory, origin, data, n)
         states = rollout(
             step,
             initial.expand(n, *initial.shape).contiguous(),
@@ -210,21 +249,24 @@ class RolloutActor:
             context=context,
             overlap=context,
             length=length,
-            generator=member_generators(self.seed, trajectory, 0, block, device="cpu"),
+            generator=member_generators(self.seed, trajectory, origin, block, device="cpu"),
         )
         if self.autoencoder is not None:
             states = decode_in_chunks(self.autoencoder, states, self.chunk)
+        self._synchronize()
+        seconds = time.perf_counter() - began
         members = self.standardizer.inverse(states.double().cpu(), channel_dim=1)
-        return members, time.perf_counter() - began
+        return members, seconds
 
-    def _guided_step(self, trajectory: int, data: dict, members: int):
-        """The MMPS-guided step of one trajectory: observations of its standardized truth,
-        with noise σ_y drawn once per (seed, trajectory) — the same for every member."""
+    def _guided_step(self, trajectory: int, origin: int, data: dict, members: int):
+        """The MMPS-guided step of one rollout: observations of its standardized truth from
+        state ``origin`` on, with noise σ_y drawn once per (seed, trajectory, origin) — the
+        same for every member (origin 0 draws the noise it always did)."""
         g = self.guidance
-        strided = data["strided"][None].to(self.device)  # (1, C, L, *spatial)
+        strided = data["strided"][None, :, origin:].to(self.device)  # (1, C, L - origin, *spatial)
         operator = build_operator(g["operator"], g["factor"], strided.shape[3:])
         observations = observe_states(operator, strided)
-        noise_seed = member_seed(self.seed, trajectory, 0, -1)  # member -1: the observation
+        noise_seed = member_seed(self.seed, trajectory, origin, -1)  # member -1: the observation
         noise = torch.randn(
             observations.shape, generator=torch.Generator().manual_seed(noise_seed), dtype=observations.dtype
         )
@@ -254,42 +296,78 @@ class RolloutActor:
         return out
 
     def evaluate_item(self, item: dict) -> dict[str, Any]:
-        trajectory, context = int(item["trajectory"]), int(item["context"])
-        members, seconds = self._block(trajectory, context, int(item["start"]), int(item["stop"]))
+        trajectory, context, origin = int(item["trajectory"]), int(item["context"]), int(item["origin"])
+        start, stop = int(item["start"]), int(item["stop"])
+        members, seconds = self._block(trajectory, origin, context, start, stop)
+        warmup, self._warm = not self._warm, True
         data = self._trajectory(trajectory)
-        _, spectra = isotropic_power_spectrum(members, spatial_dims=self.spatial_dims)
+        truths = {"absolute": data["truth"][:, origin:]}
+        if self.autoencoder is not None:
+            truths["relative"] = data["truth_ae"][:, origin:]
+        # Metrics take (..., C, *spatial): members (K, L, C, ...), truths (L, C, ...).
+        by_lead = members.movedim(2, 1)
         result: dict[str, Any] = {
             "count": members.shape[0],
             "seconds": seconds,
-            "sum_v": members.sum(0).numpy(),
-            "sum_v2": members.square().sum(0).numpy(),
-            "sum_spectra": spectra.sum(0).numpy(),
-            "absolute": self._stats(members, data["truth"]),
+            "warmup": warmup,
+            "moments": EnsembleStatistics(spatial_dims=self.spatial_dims).add(by_lead).to_dict(),
         }
-        if self.autoencoder is not None:
-            result["relative"] = self._stats(members, data["truth_ae"])
+        for ref, truth in truths.items():
+            result[ref] = self._stats(members, truth)
+        if start == 0 and stop == int(item["members"]):
+            # The whole ensemble is here: score it now; otherwise the driver joins the blocks.
+            result["scores"] = {
+                ref: _numpy(ensemble_scores(by_lead, truth.movedim(1, 0), spatial_dims=self.spatial_dims))
+                for ref, truth in truths.items()
+            }
+        else:
+            result["members"] = by_lead.float().numpy()
         if item["primary"]:
             result["truth"] = data["truth"].numpy()
             if self.autoencoder is not None:
                 result["truth_ae"] = data["truth_ae"].numpy()
                 result["recon_vrmse"] = self._reconstruction(data["x"])
-        if item["snapshot"] and int(item["start"]) == 0:
+        if item["snapshot"] and start == 0:
             result["member0"] = members[0].float().numpy()
+            result["animated"] = members[:ANIMATED_MEMBERS].float().numpy()
         return result
 
     def __call__(self, batch: dict) -> dict:
         keys, results = [], []
         for i in range(len(batch["trajectory"])):
             item = {k: batch[k][i] for k in batch}
-            keys.append(f"{int(item['trajectory'])}/{int(item['context'])}/{int(item['start'])}")
+            keys.append(_item_key(item))
             results.append(pickle.dumps(self.evaluate_item(item)))
         return {"key": np.asarray(keys), "result": np.asarray(results, dtype=object)}
 
 
+def _numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in tensors.items()}
+
+
+def _item_key(item: dict) -> str:
+    """``"trajectory/origin/context/start"`` of a work item (``start``: its first member)."""
+    return "/".join(str(int(item[k])) for k in ("trajectory", "origin", "context", "start"))
+
+
+def _ensemble_scores(blocks: list[dict], truths: dict[str, torch.Tensor], *, spatial_dims: int) -> dict:
+    """The probabilistic scores of one (trajectory, origin, context) per reference: those the
+    actor computed when the ensemble came in one block, else computed here from the blocks'
+    members joined in member order (CRPS and coverage need all members at once); the member
+    fields are dropped once scored. Truths ``(L, C, *spatial)``."""
+    if "scores" in blocks[0]:
+        return blocks[0]["scores"]
+    ensemble = torch.from_numpy(np.concatenate([b.pop("members") for b in blocks]))
+    return {
+        ref: _numpy(ensemble_scores(ensemble, truth.movedim(1, 0), spatial_dims=spatial_dims))
+        for ref, truth in truths.items()
+    }
+
+
 def _run_pipeline(
     items: list[dict], actor_kwargs: dict, *, actors: int, actor_gpus: float | None
-) -> dict[tuple[int, int, int], dict]:
-    """Runs the work items through the actor pool; ``(trajectory, context, start)`` → stats."""
+) -> dict[tuple[int, int, int, int], dict]:
+    """Runs the work items through the actor pool; ``(trajectory, origin, context, start)`` → stats."""
     import ray.data
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
@@ -304,8 +382,7 @@ def _run_pipeline(
     )
     out = {}
     for row in ds.take_all():
-        trajectory, context, start = (int(s) for s in str(row["key"]).split("/"))
-        out[(trajectory, context, start)] = pickle.loads(row["result"])
+        out[tuple(int(s) for s in str(row["key"]).split("/"))] = pickle.loads(row["result"])
     if len(out) != len(items):
         raise RuntimeError(f"the rollout pipeline returned {len(out)} results for {len(items)} work items")
     return out
@@ -314,64 +391,61 @@ def _run_pipeline(
 # ----------------------------------------------------------------------------- driver
 
 
-def _per_lead(
-    sums: dict, truth: torch.Tensor, *, kind: str, spatial_dims: int, reference: str
-) -> dict[str, np.ndarray]:
-    """Metrics per lead time (mean over fields) from the combined statistics of one
-    (trajectory, context): ``metric → (L,)``."""
-    k = sums["count"]
-    mean = torch.from_numpy(sums["sum_v"]) / k  # (C, L, ...)
-    second = torch.from_numpy(sums["sum_v2"]) / k
+def _per_field_lead(
+    sums: dict, truth: torch.Tensor, scores: dict, *, kind: str, spatial_dims: int, vrmse_eps: float
+) -> dict[str, torch.Tensor]:
+    """Metrics per lead time and field, ``metric → (L, C)`` (``semd`` → ``(L,)``, its one
+    field), of one (trajectory, origin, context) against one reference.
+
+    :param sums: :func:`_combine`'s statistics, the ``reference``'s distribution sums under
+        ``"distances"``.
+    :param truth: ``(C, L, *spatial)`` physical truth from the rollout's first state on.
+    :param scores: that reference's :func:`~lolaray.evaluation.metrics.ensemble_scores`.
+    """
+    moments: EnsembleStatistics = sums["moments"]
+    k = moments.count
     u = truth.movedim(1, 0)  # (L, C, ...)
-    v = mean.movedim(1, 0)
-    axes = tuple(range(-spatial_dims, 0))
+    spread, skill, ratio = moments.spread_skill(u)
+    if kind == "solver":  # deterministic: no spread, ratio 0 by convention
+        ratio = torch.zeros_like(skill)
     out = {
-        "vrmse": vrmse(v, u, spatial_dims=spatial_dims),
-        "nrmse": nrmse(v, u, spatial_dims=spatial_dims),
+        "vrmse": moments.vrmse(u, eps=vrmse_eps),
+        "nrmse": moments.nrmse(u, eps=vrmse_eps),
+        "spread": spread,
+        "skill": skill,
+        "spread_skill": ratio,
+        **{f"psrmse_{band}": value for band, value in moments.spectral_rmse(u).items()},
+        "wasserstein": torch.from_numpy(sums["distances"]["wasserstein"]) / k,
     }
-    skill = (u - v).square().mean(dim=axes).sqrt()
-    if k > 1:
-        deviation = (second - mean.square()).clamp_min(0).movedim(1, 0).mean(dim=axes)
-        spread = ((k + 1) / (k - 1) * deviation).sqrt()
-        ratio = (spread + RATIO_OFFSET) / (skill + RATIO_OFFSET)
-    else:
-        spread = torch.zeros_like(skill)
-        ratio = torch.zeros_like(skill)
-    if kind == "solver":
-        ratio = torch.zeros_like(skill)
-    out.update(spread=spread, skill=skill, spread_skill=ratio)
-
-    wavenumbers, p_u = isotropic_power_spectrum(truth, spatial_dims=spatial_dims)  # (C, L, B)
-    p_v = torch.from_numpy(sums["sum_spectra"]) / k
-    error = (1 - (p_v + SPECTRAL_EPS) / (p_u + SPECTRAL_EPS)).square()
-    e0, e1, e2, e3 = band_edges(wavenumbers[0].item())
-    for name, (lo, hi) in {"low": (e0, e1), "mid": (e1, e2), "high": (e2, e3)}.items():
-        inside = (wavenumbers >= lo) & (wavenumbers <= hi)
-        out[f"psrmse_{name}"] = error[..., inside].mean(dim=-1).sqrt().movedim(1, 0)  # (L, C)
-
-    out["wasserstein"] = torch.from_numpy(sums[reference]["wasserstein"]) / k  # (L, C)
-    result = {name: value.mean(dim=-1).numpy() for name, value in out.items()}
-    if "semd" in sums[reference]:
-        result["semd"] = (torch.from_numpy(sums[reference]["semd"]) / k).numpy()
-    return result
+    out.update({name: torch.from_numpy(scores[name]) for name in ENSEMBLE_METRICS})
+    if "semd" in sums["distances"]:
+        out["semd"] = torch.from_numpy(sums["distances"]["semd"]) / k
+    return out
 
 
-def _combine(blocks: list[dict]) -> dict:
-    """Sums the statistics of the blocks of one (trajectory, context), in the given order (float64)."""
-    total: dict[str, Any] = {"count": 0, "seconds": 0.0}
+def _field_mean(per_field: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Mean over fields of :func:`_per_field_lead`: ``metric → (L,)`` (the paper's convention)."""
+    return {name: (v if name == "semd" else v.mean(dim=-1)).numpy() for name, v in per_field.items()}
+
+
+def _combine(blocks: list[dict], reference: str) -> dict:
+    """Sums the statistics of the member blocks of one (trajectory, origin, context), in the
+    given order (float64): ``count``, ``seconds`` (and ``timed_seconds``, ``timed_count``
+    without the actors' warm-up rollouts), ``moments`` and ``distances`` of ``reference``."""
+    moments = None
+    total: dict[str, Any] = {"count": 0, "seconds": 0.0, "timed_seconds": 0.0, "timed_count": 0}
+    distances: dict[str, np.ndarray] = {}
     for b in blocks:
         total["count"] += b["count"]
         total["seconds"] += b["seconds"]
-        for name in ("sum_v", "sum_v2", "sum_spectra"):
-            total[name] = (
-                b[name].astype(np.float64) + total[name] if name in total else b[name].astype(np.float64)
-            )
-        for ref in REFERENCES:
-            if ref not in b:
-                continue
-            dst = total.setdefault(ref, {})
-            for name, value in b[ref].items():
-                dst[name] = dst[name] + value if name in dst else value.astype(np.float64)
+        if not b.get("warmup", False):
+            total["timed_seconds"] += b["seconds"]
+            total["timed_count"] += b["count"]
+        block = EnsembleStatistics.from_dict(b["moments"])
+        moments = block if moments is None else moments.merge(block)
+        for name, value in b[reference].items():
+            distances[name] = distances[name] + value if name in distances else value.astype(np.float64)
+    total.update(moments=moments, distances=distances)
     return total
 
 
@@ -385,11 +459,22 @@ def _method_label(manifest: dict) -> str:
     return f"pixel {kind}" if manifest.get("space") == "pixel" else kind
 
 
-def _resolve_trajectories(trajectories: int | Sequence[int], available: int) -> list[int]:
+def _resolve_trajectories(
+    trajectories: int | Sequence[int], available: int, *, selection_seed: int | None = None
+) -> list[int]:
+    """The test trajectories to evaluate, sorted: explicit indices, the first ``N``, or ``N``
+    drawn without replacement by ``numpy.random.default_rng(selection_seed)`` (the paper
+    draws its test trajectories with a fixed seed)."""
     if isinstance(trajectories, int):
         if trajectories < 1:
             raise ValueError(f"trajectories must be >= 1, got {trajectories}")
-        return list(range(min(trajectories, available)))
+        count = min(trajectories, available)
+        if selection_seed is None:
+            return list(range(count))
+        drawn = np.random.default_rng(selection_seed).choice(available, size=count, replace=False)
+        return sorted(int(i) for i in drawn)
+    if selection_seed is not None:
+        raise ValueError("a trajectory selection seed draws N trajectories: pass a count, not indices")
     indices = sorted({int(i) for i in trajectories})
     if not indices:
         raise ValueError("need at least one test trajectory")
@@ -408,6 +493,9 @@ def evaluate(
     members: int = 16,
     trajectories: int | Sequence[int] = 8,
     seed: int = 0,
+    trajectory_seed: int | None = None,
+    starts: Sequence[int] = (0,),
+    vrmse_convention: str = "lola",
     sampler: str = "ab3",
     steps: int = 16,
     horizons: Sequence[tuple[int, int]] | None = None,
@@ -427,7 +515,15 @@ def evaluate(
     :param contexts: context lengths ``c`` (``o = c``), each in ``[1, window − 1]``.
     :param members: ensemble size ``K`` (solvers: 1, they are deterministic).
     :param trajectories: the first ``N`` test trajectories, or explicit indices.
-    :param seed, sampler, steps: the sampling (member ``k`` seeded by (seed, trajectory, 0, k)).
+    :param trajectory_seed: draw the ``N`` test trajectories at random with this seed
+        instead of taking the first ``N`` (as the paper does); ``None``: the first ``N``.
+    :param starts: rollout start states: the index, in the strided trajectory, of the
+        first context state of each rollout (default ``(0,)``: the trajectory's start).
+        Every (trajectory, start) is one more sample of every metric.
+    :param vrmse_convention: the ε on the spatial variance of VRMSE (and on the energy of
+        NRMSE): ``"lola"`` (1e-6, the paper's code) or ``"well"`` (1e-7, The Well's benchmark).
+    :param seed, sampler, steps: the sampling (member ``k`` of the rollout from start ``s``
+        seeded by (seed, trajectory, s, k)).
     :param horizons: inclusive lead-time horizons in simulation steps (default Euler-like).
     :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
         true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`: ``operator``, ``factor``, ``sigma_y``,
@@ -472,6 +568,13 @@ def evaluate(
     if kind == "solver":
         members = 1
     horizons = tuple(tuple(int(v) for v in h) for h in (horizons or DEFAULT_HORIZONS))
+    if vrmse_convention not in VRMSE_EPS:
+        raise ValueError(
+            f"unknown VRMSE convention {vrmse_convention!r}: choose one of {', '.join(VRMSE_EPS)}"
+        )
+    starts = sorted({int(s) for s in starts})
+    if not starts or starts[0] < 0:
+        raise ValueError(f"rollout start states {starts} must be >= 0")
 
     if autoencoder is not None:
         from lolaray.trainers.autoencoder_trainer import load_autoencoder
@@ -480,12 +583,13 @@ def evaluate(
     else:
         standardizer = standardizer_for(info)
     test = WellWindows(info, "test", length=None, standardizer=standardizer)
-    indices = _resolve_trajectories(trajectories, len(test))
+    indices = _resolve_trajectories(trajectories, len(test), selection_seed=trajectory_seed)
     n_states = test.length
     length = (n_states - 1) // stride + 1
-    if length <= max(contexts):
+    if length - starts[-1] <= max(contexts):
         raise ValueError(
-            f"test trajectories give {length} states at stride {stride}: too short for {contexts}"
+            f"test trajectories give {length} states at stride {stride}: too short for contexts "
+            f"{contexts} from start state {starts[-1]}"
         )
 
     config = {
@@ -497,6 +601,13 @@ def evaluate(
         "steps": steps if kind == "diffusion" else None,
         "horizons": [list(h) for h in horizons],
     }
+    # Recorded only when not the default, so the ids of earlier evaluations stay valid.
+    if starts != [0]:
+        config["starts"] = starts
+    if trajectory_seed is not None:
+        config["trajectory_seed"] = int(trajectory_seed)
+    if vrmse_convention != "lola":
+        config["vrmse_convention"] = vrmse_convention
     if guidance is not None:
         if kind != "diffusion":
             raise ValueError(f"guidance needs a diffusion emulator; {emulator.id} is a {kind}")
@@ -515,13 +626,16 @@ def evaluate(
     items = [
         {
             "trajectory": t,
+            "origin": s,
             "context": c,
             "start": b.start,
             "stop": b.stop,
-            "primary": c == contexts[0] and b.start == 0,
-            "snapshot": t == indices[0] and c == contexts[0],
+            "members": members,
+            "primary": s == starts[0] and c == contexts[0] and b.start == 0,
+            "snapshot": t == indices[0] and s == starts[0] and c == contexts[0],
         }
         for t in indices
+        for s in starts
         for c in contexts
         for b in blocks
     ]
@@ -543,7 +657,16 @@ def evaluate(
             "emulator_id": emulator.id,
             "guided": "yes" if guidance is not None else "no",
         },
-        params={**config, "actors": actors, "max_batch": max_batch, "dataset": info.name},
+        params={
+            **config,
+            "starts": starts,
+            "trajectory_selection": "first" if trajectory_seed is None else f"seed {trajectory_seed}",
+            "vrmse_convention": vrmse_convention,
+            "vrmse_eps": VRMSE_EPS[vrmse_convention],
+            "actors": actors,
+            "max_batch": max_batch,
+            "dataset": info.name,
+        },
     ) as run:
         run_id, client = run.run_id, run.client
         results = _run_pipeline(
@@ -557,6 +680,7 @@ def evaluate(
                 "sampler": sampler,
                 "steps": steps,
                 "guidance": guidance,
+                "vrmse_eps": VRMSE_EPS[vrmse_convention],
             },
             actors=actors,
             actor_gpus=actor_gpus,
@@ -566,6 +690,7 @@ def evaluate(
             results,
             indices=indices,
             contexts=contexts,
+            starts=starts,
             blocks=blocks,
             kind=kind,
             method=method,
@@ -574,6 +699,8 @@ def evaluate(
             horizons=horizons,
             info=info,
             latent=autoencoder is not None,
+            vrmse_eps=VRMSE_EPS[vrmse_convention],
+            steps=steps if kind == "diffusion" else None,
         )
         summary.update(
             config=config, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
@@ -612,6 +739,7 @@ def _analyse(
     *,
     indices: list[int],
     contexts: list[int],
+    starts: list[int],
     blocks: list[range],
     kind: str,
     method: str,
@@ -620,23 +748,34 @@ def _analyse(
     horizons: tuple,
     info: DatasetInfo,
     latent: bool,
+    vrmse_eps: float = VRMSE_EPS["lola"],
+    steps: int | None = None,
 ) -> tuple[dict, list[dict], list[dict], dict]:
+    """Combines the actors' statistics in a fixed order (trajectory, start, context, block)
+    into the summary, the per-horizon rows, the per-lead rows and the figures' data (which
+    also holds the per-(field, lead) and per-trajectory tables and the rank histograms)."""
     spatial_dims = info.n_spatial_dims
+    field_names = list(info.field_names)
     references = REFERENCES if latent else REFERENCES[:1]
-    # (reference, context) -> metric -> horizon -> [value per trajectory]
+    # (reference, context) -> metric -> horizon -> [value per trajectory and start]
     by_horizon: dict[tuple[str, int], dict[str, dict[str, list]]] = {}
     per_lead_rows: list[dict] = []
+    per_trajectory_rows: list[dict] = []
+    # (reference, context, lead, field) -> metric -> [value per trajectory and start]
+    per_field: dict[tuple, dict[str, list]] = {}
+    # (reference, context, horizon) -> (C, K + 1) rank counts
+    ranks: dict[tuple, np.ndarray] = {}
     spectra: dict[str, list] = {"truth": [], "emulated": [], "truth_ae": []}
-    seconds, states = 0.0, 0
+    seconds, states, timed_seconds, timed_states = 0.0, 0, 0.0, 0
     recon: list[float] = []
     recon_by_horizon: dict[str, list[float]] = {}
     snapshot = None
     for t in indices:
-        primary = results[(t, contexts[0], 0)]
+        primary = results[(t, starts[0], contexts[0], 0)]
         truth = torch.from_numpy(primary["truth"])
-        truths = {"absolute": truth}
+        full_truths = {"absolute": truth}
         if latent:
-            truths["relative"] = torch.from_numpy(primary["truth_ae"])
+            full_truths["relative"] = torch.from_numpy(primary["truth_ae"])
             per_state = torch.from_numpy(np.asarray(primary["recon_vrmse"])).double().mean(-1)  # (T,)
             recon.append(float(per_state.mean()))
             # The paper's Table 6 "autoencoder" rows: reconstruction error by the state's
@@ -645,47 +784,93 @@ def _analyse(
                 per_state, torch.arange(per_state.numel()), horizons
             ).items():
                 recon_by_horizon.setdefault(label, []).append(float(value))
-        for c in contexts:
-            sums = _combine([results[(t, c, b.start)] for b in blocks])
-            seconds += sums["seconds"]
-            length = truth.shape[1]
-            states += sums["count"] * length
-            leads = lead_times(length, c, stride)
-            generated = leads > 0
-            if c == contexts[0]:
-                k, p_u = isotropic_power_spectrum(truth, spatial_dims=spatial_dims)
-                spectra["k"] = k.numpy()
-                spectra["truth"].append(p_u[:, generated].mean(1).numpy())
-                spectra["emulated"].append(
-                    (sums["sum_spectra"] / sums["count"])[:, generated.numpy()].mean(1)
-                )
-                if latent:
-                    _, p_ae = isotropic_power_spectrum(truths["relative"], spatial_dims=spatial_dims)
-                    spectra["truth_ae"].append(p_ae[:, generated].mean(1).numpy())
-            for ref in references:
-                metrics = _per_lead(sums, truths[ref], kind=kind, spatial_dims=spatial_dims, reference=ref)
-                slot = by_horizon.setdefault((ref, c), {})
-                for name, values in metrics.items():
-                    for label, value in aggregate_by_horizon(
-                        torch.from_numpy(values), leads, horizons
-                    ).items():
-                        slot.setdefault(name, {}).setdefault(label, []).append(float(value))
-                for i, lead in enumerate(leads.tolist()):
-                    if lead <= 0:
-                        continue
-                    per_lead_rows.append(
-                        {
-                            "method": method,
-                            "compression": rate,
-                            "reference": ref,
-                            "context": c,
-                            "trajectory": t,
-                            "lead": lead,
-                            **{name: float(v[i]) for name, v in metrics.items()},
-                        }
+        for origin in starts:
+            truths = {ref: u[:, origin:] for ref, u in full_truths.items()}
+            length = truths["absolute"].shape[1]
+            for c in contexts:
+                group = [results[(t, origin, c, b.start)] for b in blocks]
+                scores = _ensemble_scores(group, truths, spatial_dims=spatial_dims)
+                leads = lead_times(length, c, stride)
+                generated = leads > 0
+                for ref in references:
+                    sums = _combine(group, ref)
+                    if ref == "absolute":
+                        seconds += sums["seconds"]
+                        timed_seconds += sums["timed_seconds"]
+                        # Time per state: per member and per *generated* state.
+                        states += sums["count"] * int(generated.sum())
+                        timed_states += sums["timed_count"] * int(generated.sum())
+                    if ref == "absolute" and c == contexts[0] and origin == starts[0]:
+                        k, p_u = isotropic_power_spectrum(truths[ref], spatial_dims=spatial_dims)
+                        spectra["k"] = k.numpy()
+                        spectra["truth"].append(p_u[:, generated].mean(1).numpy())
+                        emulated = sums["moments"].sum_spectra / sums["count"]  # (L, C, B)
+                        spectra["emulated"].append(emulated[generated].mean(0).numpy())
+                        if latent:
+                            _, p_ae = isotropic_power_spectrum(truths["relative"], spatial_dims=spatial_dims)
+                            spectra["truth_ae"].append(p_ae[:, generated].mean(1).numpy())
+                    fields = _per_field_lead(
+                        sums,
+                        truths[ref],
+                        scores[ref],
+                        kind=kind,
+                        spatial_dims=spatial_dims,
+                        vrmse_eps=vrmse_eps,
                     )
-        if "member0" in results.get((t, contexts[0], 0), {}) and snapshot is None:
-            snapshot = {"truth": primary["truth"], "member0": primary["member0"], "context": contexts[0]}
+                    metrics = _field_mean(fields)
+                    slot = by_horizon.setdefault((ref, c), {})
+                    trajectory_row = {
+                        "method": method,
+                        "compression": rate,
+                        "reference": ref,
+                        "context": c,
+                        "trajectory": t,
+                        "start": origin,
+                    }
+                    for name, values in metrics.items():
+                        for label, value in aggregate_by_horizon(
+                            torch.from_numpy(values), leads, horizons
+                        ).items():
+                            slot.setdefault(name, {}).setdefault(label, []).append(float(value))
+                            trajectory_row[f"{name}/{label}"] = float(value)
+                    per_trajectory_rows.append(trajectory_row)
+                    rank_counts = torch.from_numpy(scores[ref]["rank_histogram"])  # (L, C, K + 1)
+                    for label, positions in horizon_slices(leads, horizons).items():
+                        counts = rank_counts[positions].sum(0).numpy()
+                        key = (ref, c, label)
+                        ranks[key] = counts if key not in ranks else ranks[key] + counts
+                    for i, lead in enumerate(leads.tolist()):
+                        if lead <= 0:
+                            continue
+                        per_lead_rows.append(
+                            {
+                                **{k: v for k, v in trajectory_row.items() if "/" not in k},
+                                "lead": lead,
+                                **{name: float(v[i]) for name, v in metrics.items()},
+                            }
+                        )
+                        for f, field in enumerate(field_names):
+                            cell = per_field.setdefault((ref, c, lead, field), {})
+                            for name, value in fields.items():
+                                if name != "semd":
+                                    cell.setdefault(name, []).append(float(value[i, f]))
+        snapshot_item = results.get((t, starts[0], contexts[0], 0), {})
+        if "member0" in snapshot_item and snapshot is None:
+            snapshot = {
+                "truth": primary["truth"][:, starts[0] :],
+                "member0": snapshot_item["member0"],
+                "animated": snapshot_item["animated"],
+                "mean": _combine([results[(t, starts[0], contexts[0], b.start)] for b in blocks], "absolute")[
+                    "moments"
+                ]
+                .mean()
+                .movedim(1, 0)
+                .float()
+                .numpy(),  # (C, L, *spatial), like the truth
+                "context": contexts[0],
+                "start": starts[0],
+                "trajectory": t,
+            }
 
     labels = [f"lead_{a}-{b}" for a, b in horizons]
     rows: list[dict] = []
@@ -717,7 +902,12 @@ def _analyse(
         "recon_vrmse": _nanmean(recon) if latent else None,
         "recon_vrmse_by_horizon": {k: _nanmean(v) for k, v in recon_by_horizon.items()} if latent else None,
         "infer_seconds": seconds,
-        "infer_ms_per_state": 1e3 * seconds / max(states, 1),
+        # Per member and generated state, device synchronized, each actor's first (warm-up)
+        # rollout left out unless it was the only one.
+        "infer_ms_per_state": 1e3
+        * (timed_seconds / timed_states if timed_states else seconds / max(states, 1)),
+        "infer_warmup_excluded": bool(timed_states),
+        "sampler_steps": steps,
         "states_generated": states,
         "metrics": {
             f"{r['reference']}/context_{r['context']}/{name}/{r['horizon']}": r[name]
@@ -725,7 +915,35 @@ def _analyse(
             for name in METRICS
         },
     }
+    per_field_rows = [
+        {
+            "method": method,
+            "compression": rate,
+            "reference": ref,
+            "context": c,
+            "lead": lead,
+            "field": field,
+            **{name: _nanmean(values) for name, values in cell.items()},
+        }
+        for (ref, c, lead, field), cell in per_field.items()
+    ]
+    rank_rows = [
+        {
+            "reference": ref,
+            "context": c,
+            "horizon": label,
+            "field": field_names[f],
+            "rank": r,
+            "count": float(n),
+        }
+        for (ref, c, label), counts in ranks.items()
+        for f in range(counts.shape[0])
+        for r, n in enumerate(counts[f])
+    ]
     figures_data = {
+        "per_field": per_field_rows,
+        "per_trajectory": per_trajectory_rows,
+        "rank_histogram": rank_rows,
         "spectra": spectra,
         "snapshot": snapshot,
         "stride": stride,
@@ -755,6 +973,8 @@ def _mlflow_metrics(summary: dict) -> dict[str, float]:
         if math.isfinite(value):
             metrics[f"recon_vrmse/{horizon}"] = value
     metrics["infer_ms_per_state"] = summary["infer_ms_per_state"]
+    if summary.get("sampler_steps"):  # beside the time per state: diffusion cost grows with it
+        metrics["sampler_steps"] = float(summary["sampler_steps"])
     return metrics
 
 
@@ -782,6 +1002,9 @@ def _write_outputs(
     folder = Path(folder)
     _write_csv(folder / "metrics.csv", rows)
     _write_csv(folder / "per_lead.csv", per_lead)
+    _write_csv(folder / "per_field_lead.csv", data.get("per_field", []))
+    _write_csv(folder / "per_trajectory.csv", data.get("per_trajectory", []))
+    _write_csv(folder / "rank_histogram.csv", data.get("rank_histogram", []))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
     table_rows = [r for r in rows if r["reference"] == "absolute" and r["context"] == "all"]
@@ -796,6 +1019,9 @@ def _write_outputs(
             "psrmse_high",
             "semd",
             "wasserstein",
+            "crps",
+            "coverage_50",
+            "coverage_90",
         )
     ]
     (folder / "table.txt").write_text("\n\n".join(f"## {t.metric}\n\n{t.to_text()}" for t in tables) + "\n")
@@ -804,7 +1030,12 @@ def _write_outputs(
     figures = {
         "vrmse_vs_lead": report.metric_vs_lead_figure(absolute, metric="vrmse", title="VRMSE vs lead time"),
         "spread_skill_vs_lead": report.spread_skill_figure(absolute),
+        "crps_vs_lead": report.metric_vs_lead_figure(absolute, metric="crps", title="Fair CRPS vs lead time"),
     }
+    if summary["config"]["members"] > 1:
+        figures["coverage_vs_lead"] = report.coverage_figure(absolute)
+        ranks = [r for r in data.get("rank_histogram", []) if r["reference"] == "absolute"]
+        figures["rank_histogram"] = report.rank_histogram_figure(ranks)
     spectra = data["spectra"]
     names = list(data["field_names"])
     field = names.index(SEMD_FIELD) if SEMD_FIELD in names else 0
@@ -833,8 +1064,23 @@ def _write_outputs(
             field=names[field],
             title=f"{names[field]}: member 0 vs ground truth (trajectory 0, c={snapshot['context']})",
         )
-    files = [folder / "metrics.csv", folder / "per_lead.csv", folder / "summary.json", folder / "table.txt"]
+    animation = None
+    if snapshot is not None and snapshot["truth"].ndim in (4, 5):
+        animation = _write_animation(folder / ANIMATION_FILE, snapshot, names[field], field, data["stride"])
+    files = [
+        folder / name
+        for name in (
+            "metrics.csv",
+            "per_lead.csv",
+            "per_field_lead.csv",
+            "per_trajectory.csv",
+            "rank_histogram.csv",
+            "summary.json",
+            "table.txt",
+        )
+    ]
     files += [folder / SNAPSHOT_FILE] if (folder / SNAPSHOT_FILE).exists() else []
+    files += [animation] if animation is not None else []
     for name, fig in figures.items():
         # plotly.js from its CDN: each inlined copy weighs ~4.8 MB, and report.html already
         # holds every figure with plotly.js inlined once (the offline, self-contained view).
@@ -842,7 +1088,11 @@ def _write_outputs(
         files.append(folder / f"{name}.html")
 
     lines = [
-        f"time per state: {summary['infer_ms_per_state']:.3f} ms",
+        f"time per state: {summary['infer_ms_per_state']:.3f} ms per member and generated state"
+        + (f", {summary['sampler_steps']} sampler steps" if summary.get("sampler_steps") else "")
+        + (
+            "" if summary.get("infer_warmup_excluded", True) else " (warm-up included: one rollout per actor)"
+        ),
         f"autoencoder reconstruction VRMSE: {summary['recon_vrmse']:.4f}"
         if summary.get("recon_vrmse") is not None
         else "pixel-space emulator: no autoencoder",
@@ -852,6 +1102,17 @@ def _write_outputs(
         report.Section("Tables (absolute, averaged over contexts)", tables),
         report.Section("Figures", list(figures.values())),
     ]
+    if animation is not None:
+        sections.append(
+            report.Section(
+                "Rollout",
+                [
+                    report.RawHTML(
+                        animation_html(animation, caption=_animation_caption(snapshot, names[field]))
+                    )
+                ],
+            )
+        )
     files.append(
         report.write_html_report(
             folder / "report.html",
@@ -862,6 +1123,26 @@ def _write_outputs(
         )
     )
     return files
+
+
+def _animation_caption(snapshot: dict, field_name: str) -> str:
+    return (
+        f"{field_name}: truth, ensemble mean and members of trajectory {snapshot['trajectory']} "
+        f"(start state {snapshot['start']}, c={snapshot['context']}), one frame per state"
+    )
+
+
+def _write_animation(path: Path, snapshot: dict, field_name: str, field: int, stride: int) -> Path:
+    """The GIF of truth, ensemble mean and the first members of one rollout, one field, one
+    frame per state (context states included), strided to at most 128 pixels per axis."""
+    truth = snapshot["truth"][field]  # (T, *spatial)
+    step = max(1, math.ceil(max(truth.shape[1:]) / 128))
+    thin = (slice(None),) + (slice(None, None, step),) * (truth.ndim - 1)
+    panels = {"truth": truth[thin], "ensemble mean": snapshot["mean"][field][thin]}
+    for k, member in enumerate(snapshot["animated"]):
+        panels[f"member {k}"] = member[field][thin]
+    leads = lead_times(truth.shape[0], snapshot["context"], stride).tolist()
+    return write_rollout_animation(path, panels, leads=leads)
 
 
 def _snapshot_excerpt(snapshot: dict, field_name: str, field: int, stride: int, *, states: int = 8) -> dict:
@@ -922,9 +1203,11 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--parent-run-id", default=None)
     parser.add_argument("--address", default=None)
     add_guidance_arguments(parser, what="guide a diffusion emulator")
+    add_scoring_arguments(parser)
     args = parser.parse_args(argv)
     try:
         guidance = guidance_from_args(args)
+        scoring = scoring_from_args(args)
     except ValueError as error:
         parser.error(str(error))
 
@@ -948,6 +1231,7 @@ def main(argv=None) -> Artifact:
         mlflow_uri=args.mlflow_uri,
         parent_run_id=args.parent_run_id,
         guidance=guidance,
+        **scoring,
     )
     print(f"[lolaray] evaluation {artifact.id} at {artifact.uri}")
     print((Path(artifact.uri) / "table.txt").read_text())

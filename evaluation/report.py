@@ -41,11 +41,13 @@ __all__ = [
     "MetricTable",
     "RawHTML",
     "Section",
+    "coverage_figure",
     "format_compression",
     "horizon_title",
     "metric_table",
     "metric_vs_lead_figure",
     "power_spectrum_figure",
+    "rank_histogram_figure",
     "reconstruction_figure",
     "snapshot_grid_figure",
     "spread_skill_figure",
@@ -383,6 +385,77 @@ def spread_skill_figure(
 
     fig = metric_vs_lead_figure(rows, metric=metric, lead_key=lead_key, title=title, y_title="spread / skill")
     fig.add_hline(y=1.0, line={"color": "black", "width": 1, "dash": "dot"}, annotation_text="ideal")
+    return fig
+
+
+def coverage_figure(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    lead_key: str = "lead",
+    levels: Sequence[float] = (0.5, 0.9),
+    title: str | None = "Coverage of the central intervals",
+) -> go.Figure:
+    r"""Coverage of the ensembles' central 50 % and 90 % intervals against lead time per
+    (method, compression rate), solid for 50 %, dashed for 90 %, with the nominal
+    fractions as reference lines: below them the ensemble is over-confident."""
+
+    rows = [r for r in rows if _finite(r.get(lead_key)) is not None and float(r[lead_key]) >= 1]
+    fig = go.Figure()
+    rates = sorted({r.get("compression") for r in rows}, key=_natural_key)
+    colour = {rate: _COLOURS[i % len(_COLOURS)] for i, rate in enumerate(rates)}
+    for level, dash in zip(levels, _DASHES, strict=False):
+        name = f"coverage_{round(100 * level)}"
+        curves = _curves(rows, metric=name, x_key=lead_key, series_keys=("method", "compression"))
+        for (method, rate), (x, y) in sorted(
+            curves.items(), key=lambda kv: (_natural_key(kv[0][1]), str(kv[0][0]))
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=f"{method} ÷{format_compression(rate)} ({round(100 * level)} %)",
+                    line={"color": colour[rate], "dash": dash},
+                    marker={"size": 4},
+                )
+            )
+        fig.add_hline(
+            y=level, line={"color": "black", "width": 1, "dash": "dot"}, annotation_text=f"{level:.0%}"
+        )
+    _layout(fig, title=title, x="lead time (simulation steps)", y="fraction of points covered")
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def rank_histogram_figure(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    series_key: str = "horizon",
+    title: str | None = "Rank histogram of the truth among the members",
+) -> go.Figure:
+    r"""Rank histograms, one bar series per ``series_key`` value (e.g. per horizon): the
+    frequency of each rank :math:`0..K` times :math:`K + 1`, so a calibrated ensemble is flat
+    at 1, an over-confident one U-shaped, an under-confident one dome-shaped.
+
+    Arguments:
+        rows: Dicts with ``rank``, ``count`` and ``series_key`` (counts are summed over
+            repeated keys: fields, contexts, trajectories).
+    """
+
+    totals: dict[Any, dict[int, float]] = {}
+    for row in rows:
+        by_rank = totals.setdefault(row[series_key], {})
+        by_rank[int(row["rank"])] = by_rank.get(int(row["rank"]), 0.0) + float(row["count"])
+    fig = go.Figure()
+    for name in sorted(totals, key=_horizon_key if series_key == "horizon" else _natural_key):
+        ranks = sorted(totals[name])
+        counts = np.asarray([totals[name][r] for r in ranks])
+        frequency = counts / max(counts.sum(), 1.0) * len(ranks)
+        label = horizon_title(name) if series_key == "horizon" else str(name)
+        fig.add_trace(go.Bar(x=ranks, y=frequency, name=label))
+    fig.add_hline(y=1.0, line={"color": "black", "width": 1, "dash": "dot"}, annotation_text="flat")
+    _layout(fig, title=title, x="rank of the truth (members below it)", y="frequency × (K + 1)")
+    fig.update_layout(barmode="group")
     return fig
 
 

@@ -15,7 +15,9 @@ artifacts back from the store and writes one report over all of them:
 * for each guided evaluation beside its unguided one (same emulator, seeds and
   trajectory), a grid of snapshots — truth, unguided member 0, guided member 0 — as in
   the paper's Figure 6;
-* ``study.html``: everything in one self-contained page.
+* ``study_findings.csv`` / ``.txt`` — the paper's six findings, each with this study's
+  figures and whether they show it (:mod:`lolaray.evaluation.findings`);
+* ``study.html``: everything in one self-contained page, the findings first.
 
 Every row is averaged over test trajectories, fields and (for Table 6) context lengths,
 exactly as in each evaluation's own ``metrics.csv``.
@@ -27,16 +29,21 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lolaray.evaluation import findings as paper_findings
 from lolaray.evaluation import report
+from lolaray.evaluation.animation import animation_html
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 
 __all__ = ["Evaluation", "StudyReport", "load_evaluations", "write_study_report"]
+
+#: Caption of the findings table in ``study.html``.
+FINDINGS_CAPTION = "The paper's six findings (reference/paper-tables.md), tested on this study's numbers"
 
 #: Row order of the tables (the paper's: autoencoder, diffusion, then the solvers).
 METHOD_ORDER = ("autoencoder", "diffusion", "guided diffusion", "solver", "pixel solver")
@@ -53,6 +60,9 @@ class Evaluation:
     #: ``snapshot.npz`` of the evaluation (``truth``, ``member0`` :math:`(K, H, W)`,
     #: ``leads``, ``context``, ``field``); ``None`` for 3-D data or older artifacts.
     snapshot: dict | None = None
+    #: ``rollout.gif`` of the evaluation (truth, ensemble mean, members); ``None`` for 3-D
+    #: data or older artifacts.
+    animation: bytes | None = None
 
     @property
     def steps(self) -> int | None:
@@ -91,9 +101,17 @@ def load_evaluations(store: ArtifactStore, artifacts: Sequence[Artifact]) -> lis
                 rows=_read_csv(store.read_text(artifact, "metrics.csv")),
                 per_lead=_read_csv(store.read_text(artifact, "per_lead.csv")),
                 snapshot=_read_snapshot(store, artifact),
+                animation=_read_animation(store, artifact),
             )
         )
     return evaluations
+
+
+def _read_animation(store: ArtifactStore, artifact: Artifact) -> bytes | None:
+    try:
+        return store.read_bytes(artifact, "rollout.gif")
+    except (FileNotFoundError, OSError):  # 3-D data, or written before animations existed
+        return None
 
 
 def _read_snapshot(store: ArtifactStore, artifact: Artifact) -> dict | None:
@@ -145,6 +163,20 @@ class StudyReport:
 
     files: list[Path]
     tables: dict[str, report.MetricTable]
+    #: The paper's six findings tested on this study's numbers (``print(findings_text(...))``).
+    findings: list[paper_findings.Finding] = field(default_factory=list)
+
+
+def _animations(evaluations: Sequence[Evaluation]) -> list:
+    """Each evaluation's ``rollout.gif`` (truth, ensemble mean, members), inlined; evaluations
+    written before animations existed are skipped."""
+    items = []
+    for e in evaluations:
+        if e.animation is None:
+            continue
+        label = f"{e.summary['method']} ÷{report.format_compression(e.summary['compression'])}"
+        items.append(report.RawHTML(animation_html(e.animation, caption=label)))
+    return items or ["no rollout animations (evaluations of 3-D data or from an older lolaray)"]
 
 
 def _autoencoder_rows(evaluations: Sequence[Evaluation]) -> list[dict]:
@@ -224,6 +256,8 @@ def write_study_report(
         "vrmse": table(recon + overall, "vrmse"),
         "context": table(per_context, "vrmse", row_keys=context_keys),
         "spread_skill": table([r for r in overall if r["method"] == "diffusion"], "spread_skill"),
+        "crps": table(overall, "crps"),
+        "coverage_90": table([r for r in overall if r["method"] == "diffusion"], "coverage_90"),
         "psrmse_high": table(overall, "psrmse_high"),
         "relative_vrmse": table(relative, "vrmse"),
         "cost": table(cost, "value", column_key="quantity", columns=["ms/state"]),
@@ -232,6 +266,8 @@ def write_study_report(
         "vrmse": "Table 6 analogue: mean VRMSE by lead-time horizon (autoencoder rows: reconstruction)",
         "context": "Table 7 analogue: VRMSE by context length",
         "spread_skill": "Spread-skill ratio of the diffusion ensembles (ideal 1)",
+        "crps": "Fair CRPS by lead-time horizon (deterministic solvers: the MAE)",
+        "coverage_90": "Coverage of the diffusion ensembles' central 90 % interval (ideal 0.9; 50 %: per-lead figure)",
         "psrmse_high": "Power-spectrum RMSE, high frequencies",
         "relative_vrmse": "VRMSE against the auto-encoded states D(E(x)) (emulation error alone)",
         "cost": "Inference time per state (rollout + decoding, per member)",
@@ -246,6 +282,7 @@ def write_study_report(
     figures = [
         report.metric_vs_lead_figure(per_lead, metric="vrmse", title="VRMSE vs lead time", log_y=True),
         report.spread_skill_figure([r for r in per_lead if r["method"] == "diffusion"]),
+        report.coverage_figure([r for r in per_lead if r["method"] == "diffusion"]),
         report.metric_vs_lead_figure(
             per_lead, metric="psrmse_high", title="Power-spectrum RMSE (high band) vs lead time", log_y=True
         ),
@@ -253,12 +290,24 @@ def write_study_report(
     if recon:
         figures.insert(1, report.reconstruction_figure(recon))
     figures += _guided_snapshot_figures(evaluations)
+    # The six findings, from the same rows as the tables (absolute reference).
+    findings = paper_findings.assess_findings(recon + overall + per_context, horizons=horizons)
+    (folder / "study_findings.csv").write_text(paper_findings.findings_csv(findings))
+    (folder / "study_findings.txt").write_text(
+        f"The paper's findings, tested on this study\n\n{paper_findings.findings_text(findings)}\n"
+    )
+    files += [folder / "study_findings.csv", folder / "study_findings.txt"]
     sections = [
+        report.Section(
+            "Findings",
+            [report.RawHTML(paper_findings.findings_html(findings, caption=FINDINGS_CAPTION))],
+        ),
         report.Section(
             "Tables",
             [report.RawHTML(t.to_html(caption=captions[name])) for name, t in tables.items()],
         ),
         report.Section("Figures", figures),
+        report.Section("Rollouts", _animations(evaluations)),
         report.Section(
             "Evaluations",
             [
@@ -269,4 +318,4 @@ def write_study_report(
         ),
     ]
     files.append(report.write_html_report(folder / "study.html", title, sections, description=description))
-    return StudyReport(files=files, tables=tables)
+    return StudyReport(files=files, tables=tables, findings=findings)

@@ -7,6 +7,9 @@
   scatter artifacts into trial folders (ray.md §4).
 - Nesting is the tag ``mlflow.parentRunId``; child runs are created by the process that
   owns the parent and logged to by id from Ray workers.
+- Experiments are *model-training* experiments: MLflow 3 opens an experiment without the
+  tag ``mlflow.experimentKind`` on its GenAI overview (traces, prompts); with
+  ``custom_model_development`` the UI lands on the runs table with their metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "StageRun",
     "create_run",
     "ensure_experiment",
@@ -27,6 +32,12 @@ __all__ = [
     "stage_run",
     "tracking_uri",
 ]
+
+
+#: The experiment tag MLflow 3's UI reads to choose an experiment's landing page, and its
+#: value for traditional ML ("model training") experiments (the other: ``genai_development``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -47,17 +58,26 @@ def _default_artifact_root(uri: str) -> str | None:
 
 
 def ensure_experiment(name: str, *, uri: str | None = None) -> str:
-    """The id of experiment ``name``, created with an absolute artifact location if needed."""
+    """The id of experiment ``name``, created if needed as a model-training experiment
+    (:data:`EXPERIMENT_KIND`) with an absolute artifact location. An existing experiment
+    without a kind (made by an older lolaray or by hand) is marked model-training too; one
+    whose kind was chosen is left as it is."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     root = _default_artifact_root(uri)
     try:
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return client.create_experiment(
+            name,
+            artifact_location=f"{root}/{name}" if root else None,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:  # another process created it between our lookup and create
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -102,8 +102,17 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         dataset="euler_quadrants:demo",
         latent_channels=(16, 4, 1),
+        # Issue 15 (measured in one process, batch 8, 300 steps; reconstruction VRMSE of valid
+        # states 1-20 in physical units): Adam at lr 1e-3 sat at 1.33 (it diverges even when
+        # overfitting 4 states); lr 3e-4 reached 0.78, and with the VMSE's ε at 1 instead of
+        # 1e-2 (near-uniform states no longer dominate the loss) 0.59. Still far from the
+        # 0.10 target: the step budget is the limit (see the issue's note).
         autoencoder=AutoencoderConfig(
-            preset="small_r16", batch_size=8, valid_states=32, loop=_loop("adam", 1e-3, 4, 48)
+            preset="small_r16",
+            batch_size=8,
+            valid_states=32,
+            loss_eps=1.0,
+            loop=_loop("adam", 3e-4, 4, 48),
         ),
         emulator=EmulatorConfig(
             preset="demo", batch_size=16, valid_windows=32, loop=_loop("adamw", 3e-4, 4, 48)
@@ -185,12 +194,15 @@ def run_latent_chain(
     progress: Callable[[str], None] = print,
     fail_at: str | None = None,
     guidance: dict | None = None,
+    scoring: dict | None = None,
 ) -> ChainResult:
     """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
 
     :param guidance: also evaluate the diffusion emulator guided by observations
         (stage ``evaluation/guided_diffusion``; keys of
         :func:`~lolaray.evaluation.guidance_options.guidance_config`).
+    :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
+        convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`).
 
     :param fail_at: a stage name (``"autoencoder"``, ``"latents/train"``, ``"diffusion"``,
         ``"evaluation/solver"``, ...) before which to raise :class:`InjectedFailure`.
@@ -270,6 +282,7 @@ def run_latent_chain(
                     actors=profile.actors,
                     seed=seed,
                     guidance=guide,
+                    **(scoring or {}),
                     **common,
                 ),
             )
@@ -286,9 +299,10 @@ def run_pixel_chain(
     seed: int = 0,
     progress: Callable[[str], None] = print,
     fail_at: str | None = None,
+    scoring: dict | None = None,
 ) -> ChainResult:
-    """The pixel-space solver and its evaluation (once per sweep); ``fail_at`` as in
-    :func:`run_latent_chain` (``"pixel_solver"``, ``"evaluation/pixel_solver"``)."""
+    """The pixel-space solver and its evaluation (once per sweep); ``fail_at`` and
+    ``scoring`` as in :func:`run_latent_chain` (``"pixel_solver"``, ``"evaluation/pixel_solver"``)."""
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
     common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
@@ -318,6 +332,7 @@ def run_pixel_chain(
             trajectories=profile.trajectories,
             actors=profile.actors,
             seed=seed,
+            **(scoring or {}),
             **common,
         ),
     )

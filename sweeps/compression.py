@@ -5,7 +5,9 @@ chain — autoencoder → latent caches → diffusion and neural solver → ense
 at contexts 1..3 — and one more trial trains and evaluates the pixel-space neural solver.
 Each training stage launches its own ``TorchTrainer``; trials run side by side as far as
 the cluster allows. At the end the study report (the paper's Table 6 analogue, figures)
-goes on the sweep's MLflow parent run and into the store, and the table is printed.
+goes on the sweep's MLflow parent run and into the store, and the table is printed, with
+the paper's six findings tested on this run's numbers (also tagged ``finding/<n>`` on the
+parent run, with metrics ``finding/<n>_shown``).
 
 Every stage is content-addressed in the store (``--store``): a sweep that was interrupted
 and started again runs only the stages that are missing, and a sweep sharing an
@@ -15,6 +17,7 @@ Examples::
 
     python sweeps/compression.py                           # demo profile, embedded Ray
     python sweeps/compression.py --profile smoke           # minutes, for a first look
+    python sweeps/compression.py --profile paper --plan    # what the paper study costs, in seconds
     python sweeps/compression.py --profile paper --address auto \\
         --dataset euler_multi_quadrants_openBC --data-root s3://bucket/the_well \\
         --store s3://bucket/lolaray-store                  # on a `ray up` cluster
@@ -30,7 +33,9 @@ import time
 from dataclasses import dataclass, field
 
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
+from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.sweeps.chain import PROFILES, Profile
+from lolaray.sweeps.plan import add_plan_arguments, print_plan
 from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
 
 __all__ = ["SweepFailed", "SweepOutcome", "main", "parse_args", "run_compression_sweep"]
@@ -59,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
     add_guidance_arguments(parser, what="also evaluate each diffusion emulator guided")
+    add_scoring_arguments(parser)
     add_common_arguments(parser)
+    add_plan_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -75,6 +82,7 @@ class SweepOutcome:
     errors: dict[str, str] = field(default_factory=dict)
     study: object | None = None
     tables: dict = field(default_factory=dict)
+    findings: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class _TrialContext:
     seed: int
     fail_at: dict | None
     guidance: dict | None = None
+    scoring: dict | None = None
 
 
 def _label(chain) -> str:
@@ -115,6 +124,7 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
         "seed": context.seed,
         "progress": lambda text: print(f"[lolaray] {text}", flush=True),
         "fail_at": (context.fail_at or {}).get(label),
+        "scoring": context.scoring,
     }
     if chain == "pixel":
         result = run_pixel_chain(context.profile, context.dataset, **common)
@@ -171,6 +181,7 @@ def run_compression_sweep(
     profile_name: str = "custom",
     verbose: int = 1,
     guidance: dict | None = None,
+    scoring: dict | None = None,
 ) -> SweepOutcome:
     """The compression sweep on a running Ray: Tune trials, then the study report.
 
@@ -185,11 +196,14 @@ def run_compression_sweep(
         that trial raises before that stage (to rehearse resuming).
     :param guidance: also evaluate each diffusion emulator guided by observations (MMPS;
         :func:`~lolaray.evaluation.guidance_options.guidance_config` keys).
+    :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
+        convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`).
     :returns: the :class:`SweepOutcome`; the parent run is ``FAILED`` if a trial failed.
     """
     import ray
     import ray.tune
 
+    from lolaray.evaluation.findings import log_findings
     from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
 
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
@@ -207,6 +221,7 @@ def run_compression_sweep(
         "store": store.root,
         "max_concurrent_trials": max_concurrent,
         "guidance": guidance,
+        **(scoring or {}),
     }
     with sweep_run(
         experiment,
@@ -226,6 +241,7 @@ def run_compression_sweep(
             seed=seed,
             fail_at=fail_at,
             guidance=guidance,
+            scoring=scoring,
         )
         trials = run_trials(
             ray.tune.with_parameters(_chain_trial, context=context),
@@ -272,6 +288,8 @@ def run_compression_sweep(
             f"{profile.members} members, {profile.trajectories} test trajectories, contexts {list(profile.contexts)}",
         )
         outcome.tables = report.tables
+        outcome.findings = report.findings
+        log_findings(parent.client, parent.run_id, report.findings)
     return outcome
 
 
@@ -285,6 +303,7 @@ class SweepFailed(RuntimeError):
 
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
+    from lolaray.evaluation.findings import findings_text
     from lolaray.sweeps.sweep import elapsed, mlflow_hint
 
     args = parse_args(argv)
@@ -301,7 +320,12 @@ def main(argv=None) -> int:
             if not all(1 <= c <= largest for c in args.contexts):
                 raise SweepInputError(f"context lengths must lie in [1, {largest}], got {args.contexts}")
             profile = dataclasses.replace(profile, contexts=tuple(sorted(set(args.contexts))))
+        if args.plan:  # sizes, FLOPs, resources and device-hours; no Ray, no data, nothing run
+            return print_plan(
+                args, profile, latent_channels, profile_name=args.profile, pixel=not args.no_pixel
+            )
         guidance = guidance_from_args(args)
+        scoring = scoring_from_args(args)
         store, uri, dataset_name = check_inputs(args, default_dataset=profile.dataset)
     except (SweepInputError, ValueError) as error:
         print(f"compression.py: error: {error}", file=sys.stderr)
@@ -337,6 +361,7 @@ def main(argv=None) -> int:
             max_concurrent=args.max_concurrent_trials,
             profile_name=args.profile,
             guidance=guidance,
+            scoring=scoring,
         )
     except SweepFailed as failure:
         for label, error in failure.outcome.errors.items():
@@ -350,6 +375,9 @@ def main(argv=None) -> int:
     print()
     print(outcome.tables["spread_skill"].metric + ":")
     print(outcome.tables["spread_skill"].to_text())
+    print()
+    print("The paper's findings, tested on this run:")
+    print(findings_text(outcome.findings))
     print()
     for label in outcome.ran:
         print(

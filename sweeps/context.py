@@ -20,9 +20,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.sweeps.chain import PROFILES, Profile
+from lolaray.sweeps.plan import add_plan_arguments, print_plan
 from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
 
 __all__ = ["find_emulators", "main", "parse_args", "run_context_sweep"]
@@ -45,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--emulators", nargs="+", default=None, help="emulator artifact ids (default: all for the dataset)"
     )
     add_common_arguments(parser)
+    add_scoring_arguments(parser)
+    add_plan_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -86,6 +90,8 @@ class _TrialContext:
     experiment: str
     parent_run_id: str
     seed: int
+    #: :func:`~lolaray.evaluation.scoring_options.scoring_from_args` keywords of ``evaluate``.
+    scoring: dict = field(default_factory=dict)
 
 
 def _evaluation_trial(config: dict, context: _TrialContext) -> None:
@@ -121,6 +127,7 @@ def _evaluation_trial(config: dict, context: _TrialContext) -> None:
         mlflow_uri=context.mlflow_uri,
         experiment=context.experiment,
         parent_run_id=context.parent_run_id,
+        **context.scoring,
     )
     reused = artifact.id in before
     if reused:
@@ -159,15 +166,20 @@ def run_context_sweep(
     max_concurrent: int | None = None,
     profile_name: str = "custom",
     verbose: int = 1,
+    scoring: dict | None = None,
 ):
     """Evaluate every emulator at every context length (diffusion: and step count) as Tune
     trials, then publish the study report. Returns ``(study artifact, tables, reused count)``.
+
+    :param scoring: rollout start states, trajectory selection seed and VRMSE convention of
+        the evaluations (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`).
 
     :raises RuntimeError: a trial failed (the parent run is marked ``FAILED``).
     """
     import ray
     import ray.tune
 
+    from lolaray.evaluation.findings import log_findings
     from lolaray.platform.artifacts import Artifact
     from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
 
@@ -194,6 +206,7 @@ def run_context_sweep(
         "contexts": list(contexts),
         "steps": list(steps),
         "seed": seed,
+        **(scoring or {}),
     }
     with sweep_run(
         experiment,
@@ -202,7 +215,9 @@ def run_context_sweep(
         params=params,
         tags={"stage": "sweep", "sweep": "context", "profile": profile_name},
     ) as parent:
-        context = _TrialContext(profile, dataset, store.root, mlflow_uri, experiment, parent.run_id, seed)
+        context = _TrialContext(
+            profile, dataset, store.root, mlflow_uri, experiment, parent.run_id, seed, dict(scoring or {})
+        )
         trials = run_trials(
             ray.tune.with_parameters(_evaluation_trial, context=context),
             {"point": ray.tune.grid_search(points)},
@@ -227,6 +242,7 @@ def run_context_sweep(
             description=f"contexts {list(contexts)}, sampler steps {list(steps)}, {len(emulators)} emulators",
             by_steps=True,
         )
+        log_findings(parent.client, parent.run_id, report.findings)
     return study, report.tables, sum(int(t.metrics["reused"]) for t in trials), parent.run_id
 
 
@@ -241,6 +257,19 @@ def main(argv=None) -> int:
     try:
         if any(c < 1 for c in args.contexts) or any(s < 1 for s in steps):
             raise SweepInputError(f"contexts and steps must be >= 1, got {args.contexts} and {steps}")
+        try:
+            scoring = scoring_from_args(args)
+        except ValueError as error:
+            raise SweepInputError(str(error)) from error
+        if args.plan:  # the evaluations' FLOPs and device-hours for the profile's emulators; runs nothing
+            return print_plan(
+                args,
+                profile,
+                profile.latent_channels,
+                profile_name=args.profile,
+                contexts=args.contexts,
+                steps=steps,
+            )
         store, uri, dataset_name = check_inputs(args, default_dataset=profile.dataset)
     except SweepInputError as error:
         print(f"context.py: error: {error}", file=sys.stderr)
@@ -281,6 +310,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             max_concurrent=args.max_concurrent_trials,
             profile_name=args.profile,
+            scoring=scoring,
         )
     except RuntimeError as error:
         print(f"context.py: {error}", file=sys.stderr)
@@ -288,6 +318,8 @@ def main(argv=None) -> int:
     print()
     print("Table 7 analogue — VRMSE by context length:")
     print(tables["context"].to_text())
+    print()
+    print(store.read_text(study, "study_findings.txt"))
     print(f"[lolaray] {reused} evaluation(s) reused; study report: {study.uri}/study.html")
     print(f"[lolaray] {mlflow_hint(uri, args.experiment, run_id)}")
     print(f"[lolaray] sweep done in {elapsed(start)}")

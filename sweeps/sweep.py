@@ -231,15 +231,19 @@ def publish_study(
     by_steps: bool = False,
 ):
     """Write the study report over ``evaluations`` into the store (stage ``study``, id from
-    the evaluations' ids) and log its files on the parent run under ``study/``.
+    the evaluations' ids) and log its files on the parent run under ``study/``, and the
+    headline figures per (method, rate) as the parent run's metrics
+    (:func:`~lolaray.evaluation.headline.headline_metrics`).
 
     :returns: ``(artifact, report)`` (:class:`~lolaray.evaluation.study.StudyReport`).
     """
+    from lolaray.evaluation.headline import log_headline_metrics
     from lolaray.evaluation.study import load_evaluations, write_study_report
 
     ids = sorted(a.id for a in evaluations)
     aid = artifact_id("study", {"by_steps": by_steps}, ids)
     loaded = load_evaluations(store, evaluations)
+    log_headline_metrics(client, run_id, loaded)
     with store.build("study", aid, {"evaluations": ids, "mlflow_run_id": run_id}) as folder:
         study = write_study_report(loaded, folder, title=title, description=description, by_steps=by_steps)
         for path in study.files:

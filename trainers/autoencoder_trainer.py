@@ -41,12 +41,17 @@ STAGE = "autoencoder"
 
 @dataclass(frozen=True)
 class AutoencoderConfig(StageConfig):
-    """Everything that defines an autoencoder training (its artifact id hashes all of it).
+    r"""Everything that defines an autoencoder training (its artifact id hashes all of it).
 
     :param preset: a key of :data:`~lolaray.trainers.autoencoder.AUTOENCODER_PRESETS`.
     :param latent_channels: ``C_lat``; with the preset's factor ``r`` it sets the compression rate.
     :param architecture: overrides of the preset's keywords (e.g. ``{"identity_init": False}``).
     :param loss_root: the reference code's sqrt-VMSE instead of the paper's VMSE.
+    :param loss_eps: the :math:`\epsilon` of the VMSE :math:`\mathrm{MSE}/(\mathrm{Var}+\epsilon)`
+        (paper: 1e-2). Each state and field is weighted by :math:`1/(\mathrm{Var}+\epsilon)`: on data
+        with near-uniform states (the embedded set's open-boundary trajectories late in time,
+        standardized variances down to 3e-4) those weights span ~100x at 1e-2 and a few
+        states dominate loss and gradient; a larger value evens them out (issue 15).
     :param batch_size: states per worker per step. ``valid_states``: validation states per epoch.
     :param augment: random flips / permutations / periodic rolls of training states.
     :param loop: optimizer, schedule, epochs (the paper: PSGD, lr 1e-5, cosine, clip 1).
@@ -56,6 +61,7 @@ class AutoencoderConfig(StageConfig):
     latent_channels: int = 16
     architecture: dict = field(default_factory=dict)
     loss_root: bool = False
+    loss_eps: float = 1e-2
     batch_size: int = 16
     valid_states: int = 64
     augment: bool = True
@@ -79,6 +85,8 @@ class AutoencoderConfig(StageConfig):
             raise ValueError(f"latent_channels must be a positive integer, got {self.latent_channels!r}")
         if self.loop.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.loop.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        if not self.loss_eps > 0:
+            raise ValueError(f"loss_eps must be positive, got {self.loss_eps!r}")
         if self.batch_size < 1 or self.valid_states < 1:
             raise ValueError("batch_size and valid_states must be >= 1")
         kwargs = self.model_kwargs(info)
@@ -141,7 +149,7 @@ class AutoencoderTask:
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         x = batch["x"][:, :, 0].to(device)  # (B, C, 1, H, W) -> (B, C, H, W)
         x_hat, _ = model(x)
-        return vmse_loss(x_hat.float(), x, root=self.config.loss_root), x.shape[0]
+        return vmse_loss(x_hat.float(), x, eps=self.config.loss_eps, root=self.config.loss_root), x.shape[0]
 
 
 def _worker(cfg: dict) -> dict:

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.trainers.checkpoints import newest_checkpoint, run_folder, run_uri
+from lolaray.trainers.hardware import compile_enabled, process_group_settings, worker_threads
 from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
 
 __all__ = ["ScalingSpec", "fit_stage"]
@@ -31,8 +33,9 @@ class ScalingSpec:
 
     :param workers: Ray Train workers (``0`` runs the loop in this process).
     :param use_gpu: one GPU per worker (``None``: when the cluster has GPUs).
-    :param cpus_per_worker: logical CPUs each worker reserves; on CPU it also sets torch's
-        threads (not in local mode, which keeps the caller's).
+    :param cpus_per_worker: logical CPUs each worker reserves from Ray. A CPU worker runs
+        that many torch threads, or more when fewer trainings than cores run
+        (:func:`~lolaray.trainers.hardware.worker_threads`); local mode keeps the caller's.
     :param max_failures: worker-group restarts from the last checkpoint before giving up.
     """
 
@@ -55,6 +58,18 @@ class ScalingSpec:
         return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _running_trainings() -> int:
+    """Trainings running at once on this Ray: the Tune trial drivers holding the
+    ``train_driver`` resource (each runs one stage at a time), at least 1 (this one)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    total = ray.cluster_resources().get(TRAIN_DRIVER_RESOURCE, 0)
+    free = ray.available_resources().get(TRAIN_DRIVER_RESOURCE, 0)
+    return max(1, round(total - free))
+
+
 def fit_stage(
     worker_fn,
     worker_config: dict[str, Any],
@@ -73,7 +88,7 @@ def fit_stage(
     :raises ray.train.TrainingFailedError: workers kept failing after ``max_failures`` restarts.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     # Rows reach the workers in a fixed order, so that a seeded stage is reproducible.
     ingest = DataConfig.default_ingest_options()
@@ -82,7 +97,17 @@ def fit_stage(
     use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
     # Local mode runs the worker function in this process: it keeps the caller's threads
     # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts).
-    threads = max(1, int(scaling.cpus_per_worker)) if scaling.workers > 0 else torch.get_num_threads()
+    # A worker that trains alone takes every core; several trials side by side share them.
+    threads = (
+        worker_threads(
+            scaling.cpus_per_worker,
+            cores=os.cpu_count() or 1,
+            concurrent_workers=_running_trainings() * scaling.workers,
+        )
+        if scaling.workers > 0
+        else torch.get_num_threads()
+    )
+    group = process_group_settings(use_gpu=use_gpu, compiled=use_gpu and compile_enabled("cuda"))
     # The run's own folder: rank 0 marks its checkpoints complete there, and restarts (and
     # the final state below) take the newest one (trainers/checkpoints.py says why).
     worker_config = {**worker_config, "threads": threads, "run_storage": run_uri(storage_path, name)}
@@ -91,6 +116,7 @@ def fit_stage(
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=worker_config,
+        torch_config=TorchConfig(timeout_s=group.timeout_s),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=ingest),
         scaling_config=ScalingConfig(
@@ -103,6 +129,7 @@ def fit_stage(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": group.env_vars} if group.env_vars else None,
         ),
     )
     result = trainer.fit()

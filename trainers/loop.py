@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +45,13 @@ from lolaray.trainers.checkpoints import (
     newest_checkpoint,
     read_state,
     run_folder,
+)
+from lolaray.trainers.hardware import (
+    autocast_context,
+    compile_backbones,
+    compile_enabled,
+    measure_bf16_speedup,
+    resolve_precision,
 )
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
 
@@ -91,7 +97,8 @@ class LoopConfig:
     :param optimizer: ``psgd``, ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``betas`` as usual.
     :param warmup_steps: linear warm-up before the cosine decay (over all optimizer steps).
     :param grad_clip: max gradient norm; ``max_nonfinite_in_a_row``: stop after this many skips in a row.
-    :param precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on GPU, fp32 on CPU).
+    :param precision: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16 on CUDA and on AMX-BF16 CPUs
+        where a probe measured it faster, else fp32 (:func:`~lolaray.trainers.hardware.resolve_precision`).
     :param seed: base seed; rank ``r`` seeds with ``seed + r``.
     """
 
@@ -321,14 +328,18 @@ def run_training(
     random.seed(loop.seed + rank)
 
     model = task.build_model()
+    if compile_enabled(device.type):  # opt-in ($LOLARAY_TORCH_COMPILE=1), CUDA only
+        compile_backbones(model)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     core = getattr(model, "module", model)
     optimizer = build_optimizer(
         core.parameters(), name=loop.optimizer, lr=loop.lr, weight_decay=loop.weight_decay, betas=loop.betas
     )
     scheduler = cosine_schedule(optimizer, loop.total_steps, loop.warmup_steps)
-    use_bf16 = loop.precision == "bf16" or (loop.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    precision = resolve_precision(
+        loop.precision, device.type, measured_speedup=lambda: measure_bf16_speedup(core)
+    )
+    autocast = autocast_context(precision, device.type)
 
     start_epoch, step, iteration, skipped_total, resumes = 0, 0, 0, 0, []
     state = _state_to_resume(run_storage, world)

@@ -11,7 +11,8 @@ r"""Optimizers and the cosine learning-rate schedule (method.md §2, §5, §10, 
   preconditioner on a deterministic accumulation of these probabilities (its stochastic mode was
   removed).
 * ``"adam"`` / ``"adamw"``: ``torch.optim.Adam`` / ``AdamW`` with the reference's emulator betas
-  ``(0.9, 0.99)`` unless given.
+  ``(0.9, 0.99)`` unless given; ``fused=True`` when every parameter is on CUDA
+  (:func:`~lolaray.trainers.hardware.use_fused_adam`).
 
 heavyball and ``torch.compile``: heavyball compiles parts of its step with ``torch.compile``
 (global ``heavyball.utils.compile_mode``, read at call time). On CPU that fails or takes minutes
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+from lolaray.trainers.hardware import use_fused_adam
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "cosine_schedule", "psgd_update_probability"]
 
@@ -101,6 +104,9 @@ def build_optimizer(
 
     if key in ("adam", "adamw"):
         cls = torch.optim.Adam if key == "adam" else torch.optim.AdamW
+        # One fused kernel per step on CUDA; the default (foreach) implementation elsewhere.
+        if "fused" not in kw and use_fused_adam(t.device.type for t in tensors):
+            kw = {**kw, "fused": True}
         return cls(items, lr=lr, weight_decay=weight_decay, betas=betas or _DEFAULT_ADAM_BETAS, **kw)
 
     import heavyball

@@ -3,12 +3,14 @@ MLflow names and artifacts, solver conventions, artifact reuse."""
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from browser import assert_page_ok
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from wellfiles import make_tiny_dataset
 
 from lolaray.evaluation import evaluate as evaluate_module
@@ -137,8 +139,29 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         mlflow_uri=uri,
     )
     folder = artifact.path
-    for name in ("metrics.csv", "summary.json", "table.txt", "report.html", "snapshots.html", "snapshot.npz"):
+    for name in (
+        "metrics.csv",
+        "per_field_lead.csv",
+        "per_trajectory.csv",
+        "rank_histogram.csv",
+        "summary.json",
+        "table.txt",
+        "report.html",
+        "snapshots.html",
+        "snapshot.npz",
+        "rollout.gif",
+        "coverage_vs_lead.html",
+        "rank_histogram.html",
+    ):
         assert (folder / name).exists(), name
+    # The animation opens and holds one frame per state of the rollout (context included).
+    states = (info.n_steps - 1) // 2 + 1  # stride 2
+    with Image.open(folder / "rollout.gif") as gif:
+        frames = gif.n_frames
+    with np.load(folder / "snapshot.npz") as snap:
+        assert frames == states
+        assert frames == int(snap["leads"][-1]) // 2 + int(snap["context"])  # leads at stride 2
+    assert "data:image/gif;base64," in (folder / "report.html").read_text()
     # A few states of member 0 and the truth, small, for study reports (guided beside unguided).
     with np.load(folder / "snapshot.npz") as snap:
         assert snap["truth"].shape == snap["member0"].shape and snap["truth"].shape[0] == len(snap["leads"])
@@ -175,10 +198,20 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         "relative/vrmse/lead_1-20",
         "recon_vrmse",
         "infer_ms_per_state",
+        "crps/lead_1-20",
+        "coverage_50/lead_1-20",
+        "coverage_90/lead_1-20",
+        "context_1/crps/lead_1-20",
+        "relative/crps/lead_1-20",
     ):
         assert name in run.data.metrics, name
+    assert 0 <= run.data.metrics["coverage_90/lead_1-20"] <= 1
+    assert (
+        run.data.params["vrmse_convention"] == "lola" and run.data.params["trajectory_selection"] == "first"
+    )
+    assert run.data.params["starts"] == "[0]"
     logged = {f.path for f in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.csv", "report.html"} <= logged
+    assert {"metrics.csv", "report.html", "rollout.gif", "per_field_lead.csv", "per_trajectory.csv"} <= logged
 
     def fail(*args, **kwargs):
         raise AssertionError("a complete artifact must be reused")
@@ -197,6 +230,85 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         mlflow_uri=uri,
     )
     assert again.id == artifact.id
+
+
+def _number(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _numeric_rows(path):
+    with open(path) as f:
+        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, tmp_path):
+    info, _, autoencoder, emulators, uri = setup
+    common = {
+        "contexts": (1,),
+        "members": 4,
+        "trajectories": 2,
+        "trajectory_seed": 3,
+        "starts": (0, 1),
+        "vrmse_convention": "well",
+        "steps": 3,
+        "mlflow_uri": uri,
+    }
+    # One block of 4 members (scored in the actor) vs 4 blocks of 1 (joined on the driver).
+    whole = evaluate(
+        emulators["diffusion"], autoencoder, info, max_batch=4, store=ArtifactStore(tmp_path / "a"), **common
+    )
+    split = evaluate(
+        emulators["diffusion"], autoencoder, info, max_batch=1, store=ArtifactStore(tmp_path / "b"), **common
+    )
+    for name in ("metrics.csv", "per_field_lead.csv", "per_trajectory.csv", "rank_histogram.csv"):
+        rows_whole, rows_split = _numeric_rows(whole.path / name), _numeric_rows(split.path / name)
+        assert len(rows_whole) == len(rows_split) > 0
+        for a, b in zip(rows_whole, rows_split, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], float):
+                    # Float32 networks give members equal to ~1e-7 whatever the batch size;
+                    # the scores themselves are combined exactly.
+                    assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9, nan_ok=True), (name, key)
+    trajectories = whole.manifest["trajectories"]
+    assert len(trajectories) == 2 and trajectories == sorted(trajectories)
+    per_trajectory = _numeric_rows(whole.path / "per_trajectory.csv")
+    assert {(r["trajectory"], r["start"]) for r in per_trajectory if r["reference"] == "absolute"} == {
+        (float(t), float(s)) for t in trajectories for s in (0, 1)
+    }
+    fields = {r["field"] for r in _numeric_rows(whole.path / "per_field_lead.csv")}
+    assert fields == set(info.field_names)
+    params = MlflowClient(uri).get_run(whole.manifest["mlflow_run_id"]).data.params
+    assert params["vrmse_convention"] == "well" and params["vrmse_eps"] == "1e-07"
+    assert params["starts"] == "[0, 1]" and params["trajectory_selection"] == "seed 3"
+    # The options are part of the artifact's identity; the defaults leave ids unchanged.
+    assert whole.manifest["vrmse_convention"] == "well" and whole.manifest["starts"] == [0, 1]
+
+
+def test_guided_rollouts_from_a_later_start_state(setup):
+    info, store, autoencoder, emulators, uri = setup
+    artifact = evaluate(
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        contexts=(1,),
+        members=2,
+        trajectories=1,
+        starts=(0, 2),
+        steps=2,
+        guidance={"operator": "subsample", "factor": 2, "sigma_y": 0.1},
+        store=store,
+        mlflow_uri=uri,
+    )
+    rows = _numeric_rows(artifact.path / "per_trajectory.csv")
+    assert sorted(r["start"] for r in rows if r["reference"] == "absolute") == [0.0, 2.0]
+    # The later start has fewer generated states, hence fewer per-lead rows.
+    per_lead = _numeric_rows(artifact.path / "per_lead.csv")
+    leads = {s: {r["lead"] for r in per_lead if r["start"] == s} for s in (0.0, 2.0)}
+    assert leads[2.0] < leads[0.0] and all(math.isfinite(r["crps"]) for r in per_lead)
 
 
 def test_solver_has_zero_spread_skill(setup):

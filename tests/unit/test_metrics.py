@@ -312,3 +312,191 @@ def test_aggregate_by_horizon_hand_example():
     assert result["lead_101-200"].shape == (2,) and torch.all(result["lead_101-200"].isnan())
     with pytest.raises(ValueError):
         aggregate_by_horizon(values, leads[:-1], EULER_HORIZONS)
+
+
+# --------------------------------------------------------------------------- ensemble scores
+
+
+def _gaussian_crps(mu, sigma, y):
+    """Closed-form CRPS of N(mu, sigma²) at y (Gneiting & Raftery 2007)."""
+    z = (y - mu) / sigma
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return sigma * (z * (2 * normal.cdf(z) - 1) + 2 * normal.log_prob(z).exp() - 1 / math.sqrt(math.pi))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_crps_of_one_member_is_the_mae(spatial_dims):
+    truth = _random(2, 3, *[6] * spatial_dims, seed=1)
+    member = _random(1, 2, 3, *[6] * spatial_dims, seed=2)
+    expected = (member[0] - truth).abs().mean(dim=tuple(range(-spatial_dims, 0)))
+    torch.testing.assert_close(metrics.crps(member, truth, spatial_dims=spatial_dims), expected)
+
+
+def test_crps_hand_example():
+    # Members 0 and 2, truth 3: MAE term (3 + 1)/2 = 2; pair term (|0-2| + |2-0|) / (2·2·1) = 1.
+    ensemble = torch.tensor([0.0, 2.0], dtype=torch.float64).reshape(2, 1, 1, 1)
+    truth = torch.full((1, 1, 1), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(metrics.crps(ensemble, truth, spatial_dims=2), torch.tensor([1.0]).double())
+
+
+@pytest.mark.parametrize(("members", "sigma", "offset"), [(2, 1.0, 0.0), (5, 0.5, 1.0), (16, 2.0, -0.5)])
+def test_fair_crps_of_gaussian_ensembles_matches_closed_form(members, sigma, offset):
+    # Unbiasedness: even with 2 members, the mean fair CRPS is the distribution's CRPS.
+    points = 128
+    truth = offset + _random(4, points, points, seed=3)  # C = 4 fields of 128² points
+    ensemble = sigma * _random(members, 4, points, points, seed=4)
+    expected = _gaussian_crps(0.0, sigma, truth).mean(dim=(-2, -1))
+    score = metrics.crps(ensemble, truth, spatial_dims=2)
+    # Standard error of a mean over 16k points of a quantity of order sigma: ~1 % of sigma.
+    torch.testing.assert_close(score, expected, atol=0.03 * sigma, rtol=0)
+    # The plain (biased) ensemble CRPS is off by sigma/(sqrt(pi)·K) on average: the fair one is not.
+    plain = (ensemble - truth).abs().mean(0) - (ensemble[:, None] - ensemble[None]).abs().mean((0, 1)) / 2
+    assert (plain.mean(dim=(-2, -1)) - expected).mean() > 0.5 * sigma / (math.sqrt(math.pi) * members)
+
+
+@pytest.mark.parametrize(
+    ("scale", "calibrated"),
+    [(1.0, True), (0.3, False), (3.0, False)],
+)
+def test_coverage_of_calibrated_and_miscalibrated_ensembles(scale, calibrated):
+    members, points = 99, 64
+    truth = _random(2, points, points, seed=5)
+    ensemble = scale * _random(members, 2, points, points, seed=6)
+    for level in metrics.COVERAGE_LEVELS:
+        covered = metrics.coverage(ensemble, truth, spatial_dims=2, level=level)
+        # Interpolated order statistics of K = 99 cover level·(K-1)/(K+1) in expectation.
+        nominal = level * (members - 1) / (members + 1)
+        if calibrated:
+            torch.testing.assert_close(covered, torch.full_like(covered, nominal), atol=0.03, rtol=0)
+        elif scale < 1:  # over-confident: too narrow, covers far less than nominal
+            assert torch.all(covered < nominal - 0.15)
+        else:  # under-confident: too wide
+            assert torch.all(covered > nominal + 0.05)
+
+
+def test_coverage_hand_example_and_bad_level():
+    ensemble = torch.arange(5, dtype=torch.float64).reshape(5, 1, 1, 1).expand(5, 1, 1, 4).clone()
+    truth = torch.tensor([[[-1.0, 1.0, 2.0, 3.5]]], dtype=torch.float64)
+    # 50 % interval of 0..4: [1, 3]; covers 1 and 2 of the 4 points.
+    covered = metrics.coverage(ensemble, truth, spatial_dims=2, level=0.5)
+    torch.testing.assert_close(covered, torch.tensor([0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="level"):
+        metrics.coverage(ensemble, truth, spatial_dims=2, level=1.0)
+
+
+def test_rank_histogram_is_flat_for_calibrated_and_u_shaped_for_over_confident():
+    members, points = 7, 96
+    truth = _random(1, points, points, seed=7)
+    calibrated = metrics.rank_histogram(_random(members, 1, points, points, seed=8), truth, spatial_dims=2)
+    narrow = metrics.rank_histogram(0.2 * _random(members, 1, points, points, seed=8), truth, spatial_dims=2)
+    assert calibrated.shape == (1, members + 1)
+    assert calibrated.sum() == points * points and narrow.sum() == points * points
+    flat = points * points / (members + 1)
+    torch.testing.assert_close(calibrated, torch.full_like(calibrated, flat), rtol=0.1, atol=0)
+    assert narrow[0, 0] > 2 * flat and narrow[0, -1] > 2 * flat and narrow[0, members // 2] < flat
+
+
+def test_ensemble_scores_of_a_single_member():
+    truth, member = _random(3, 8, 8, seed=9), _random(1, 3, 8, 8, seed=10)
+    scores = metrics.ensemble_scores(member, truth, spatial_dims=2)
+    torch.testing.assert_close(scores["crps"], (member[0] - truth).abs().mean(dim=(-2, -1)))
+    assert torch.isnan(scores["coverage_90"]).all() and scores["rank_histogram"].shape == (3, 2)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("split", [(6,), (2, 4), (1, 2, 3)], ids=["one-block", "two-blocks", "three-blocks"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_streaming_statistics_equal_reference_functions(split, spatial_dims):
+    ensemble = 1.5 + _random(6, 5, 2, *[12] * spatial_dims, seed=11)  # (K, L, C, *spatial)
+    truth = _random(5, 2, *[12] * spatial_dims, seed=12)
+    stats = metrics.EnsembleStatistics(spatial_dims=spatial_dims)
+    start = 0
+    for size in split:
+        block = metrics.EnsembleStatistics(spatial_dims=spatial_dims).add(ensemble[start : start + size])
+        # Through the numpy form the Ray actors return.
+        stats.merge(metrics.EnsembleStatistics.from_dict(block.to_dict()))
+        start += size
+    assert stats.count == 6
+    for got, expected in zip(
+        stats.spread_skill(truth), spread_skill(ensemble, truth, spatial_dims=spatial_dims), strict=True
+    ):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(stats.vrmse(truth), vrmse(ensemble, truth, spatial_dims=spatial_dims))
+    torch.testing.assert_close(stats.nrmse(truth), nrmse(ensemble, truth, spatial_dims=spatial_dims))
+    expected_bands = spectral_rmse(ensemble, truth, spatial_dims=spatial_dims)
+    for band, value in stats.spectral_rmse(truth).items():
+        torch.testing.assert_close(value, expected_bands[band], equal_nan=True)
+
+
+def test_streaming_statistics_reject_mismatched_blocks():
+    stats = metrics.EnsembleStatistics(spatial_dims=2).add(_random(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="does not match"):
+        stats.add(_random(2, 3, 8, 4))
+    with pytest.raises(ValueError, match="truth of shape"):
+        stats.vrmse(_random(3, 4, 4))
+
+
+def test_streaming_vrmse_under_the_well_convention_agrees_with_the_well():
+    from the_well.benchmark.metrics import VRMSE
+
+    ensemble = _random(4, 2, 3, 16, 16, seed=13)  # (K, T, C, H, W)
+    truth = _random(2, 3, 16, 16, seed=14)
+    stats = metrics.EnsembleStatistics(spatial_dims=2).add(ensemble[:1]).add(ensemble[1:])
+    ours = stats.vrmse(truth, eps=metrics.VRMSE_EPS["well"])
+    mean_last, truth_last = ensemble.mean(0).movedim(-3, -1), truth.movedim(-3, -1)
+    theirs = VRMSE.eval(mean_last[None], truth_last[None], types.SimpleNamespace(n_spatial_dims=2))[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    assert metrics.VRMSE_EPS == {"lola": 1e-6, "well": 1e-7}
+
+
+@pytest.mark.parametrize("split", [(5,), (2, 3), (1, 1, 3)], ids=["one-block", "two-blocks", "three-blocks"])
+def test_the_evaluation_stage_aggregation_equals_reference_functions(split):
+    """What the evaluation stage computes from its actors' member blocks (``_combine``,
+    ``_ensemble_scores``, ``_per_field_lead``) equals the reference functions on the whole ensemble."""
+    from lolaray.evaluation import evaluate
+
+    ensemble = 2.0 + _random(5, 4, 2, 16, 16, seed=21)  # (K, L, C, H, W): members by lead
+    truth = 2.0 + _random(4, 2, 16, 16, seed=22)  # (L, C, H, W)
+    blocks, start = [], 0
+    for size in split:
+        members = ensemble[start : start + size]
+        start += size
+        blocks.append(
+            {
+                "count": size,
+                "seconds": 1.0,
+                "warmup": False,
+                "moments": metrics.EnsembleStatistics(spatial_dims=2).add(members).to_dict(),
+                "absolute": {"wasserstein": (wasserstein_1d(members, truth, spatial_dims=2) * size).numpy()},
+                "members": members.float().double().numpy(),
+            }
+        )
+    truths = {"absolute": truth.movedim(1, 0)}  # the stage keeps truths as (C, L, H, W)
+    scores = evaluate._ensemble_scores(blocks, truths, spatial_dims=2)
+    sums = evaluate._combine(blocks, "absolute")
+    got = evaluate._per_field_lead(
+        sums, truths["absolute"], scores["absolute"], kind="diffusion", spatial_dims=2, vrmse_eps=1e-6
+    )
+    spread, skill, ratio = spread_skill(ensemble, truth, spatial_dims=2)
+    expected = {
+        "vrmse": vrmse(ensemble, truth, spatial_dims=2),
+        "nrmse": nrmse(ensemble, truth, spatial_dims=2),
+        "spread": spread,
+        "skill": skill,
+        "spread_skill": ratio,
+        "wasserstein": wasserstein_1d(ensemble, truth, spatial_dims=2),
+        "crps": metrics.crps(ensemble, truth, spatial_dims=2),
+        "coverage_50": metrics.coverage(ensemble, truth, spatial_dims=2, level=0.5),
+        "coverage_90": metrics.coverage(ensemble, truth, spatial_dims=2, level=0.9),
+        **{f"psrmse_{b}": v for b, v in spectral_rmse(ensemble, truth, spatial_dims=2).items()},
+    }
+    assert set(got) == set(expected) and sums["count"] == 5 and sums["timed_seconds"] == len(split)
+    for name, value in expected.items():
+        assert got[name].shape == (4, 2), name
+        torch.testing.assert_close(got[name], value, equal_nan=True, msg=name)
+    torch.testing.assert_close(
+        torch.from_numpy(scores["absolute"]["rank_histogram"]),
+        metrics.rank_histogram(ensemble, truth, spatial_dims=2),
+    )

@@ -332,3 +332,159 @@ def test_missing_chromium_fails_with_install_hint(monkeypatch):
 
 def test_metric_table_type_is_exported():
     assert isinstance(metric_table([]), MetricTable)
+
+
+# ---------------------------------------------------------------- ensemble figures, animation, headline
+
+
+def test_coverage_and_rank_histogram_figures():
+    from lolaray.evaluation.report import coverage_figure, rank_histogram_figure
+
+    rows = [
+        {"method": "diffusion", "compression": 64, "lead": lead, "coverage_50": 0.4, "coverage_90": 0.8}
+        for lead in (2, 4, 6)
+    ]
+    fig = coverage_figure(rows)
+    assert len(fig.data) == 2 and [t.name for t in fig.data] == [
+        "diffusion ÷64 (50 %)",
+        "diffusion ÷64 (90 %)",
+    ]
+    ranks = [
+        {"horizon": h, "rank": r, "count": n}
+        for h, counts in (("lead_1-20", (3, 1, 1, 3)), ("lead_21-60", (2, 2, 2, 2)))
+        for r, n in enumerate(counts)
+    ]
+    bars = rank_histogram_figure(ranks)
+    assert [t.name for t in bars.data] == ["1:20", "21:60"]
+    # Frequency × (K + 1): a flat histogram is 1 everywhere; the U shape is above 1 at the ends.
+    np.testing.assert_allclose(bars.data[1].y, 1.0)
+    np.testing.assert_allclose(bars.data[0].y, [1.5, 0.5, 0.5, 1.5])
+
+
+@pytest.mark.parametrize("shape", [(5, 8, 8), (3, 6, 6, 4)], ids=["2d", "3d"])
+def test_rollout_animation_opens_with_one_frame_per_state(tmp_path, shape):
+    from PIL import Image
+
+    from lolaray.evaluation.animation import animation_html, write_rollout_animation
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=shape)
+    # Two identical consecutive states must still be two frames.
+    truth[1] = truth[0]
+    panels = {"truth": truth, "ensemble mean": 0.5 * truth, "member 0": truth + 0.1}
+    path = write_rollout_animation(tmp_path / "rollout.gif", panels, leads=list(range(-1, shape[0] - 1)))
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames == shape[0]
+        assert gif.size[0] >= 3 * 96  # three panels, small grids enlarged
+    assert animation_html(path, caption="a <caption>").count("data:image/gif;base64,") == 1
+    with pytest.raises(ValueError, match="different shapes"):
+        write_rollout_animation(tmp_path / "bad.gif", {"truth": truth, "member": truth[:2]})
+
+
+def test_headline_metrics_per_method_and_rate_with_the_best_rate():
+    from types import SimpleNamespace
+
+    from lolaray.evaluation.headline import headline_metrics
+
+    def evaluation(method, rate, vrmse):
+        rows = [
+            {
+                "reference": "absolute",
+                "context": "all",
+                "horizon": "lead_1-20",
+                "vrmse": vrmse,
+                "crps": 0.1,
+                "psrmse_high": 0.3,
+                "spread_skill": 0.9,
+                "coverage_90": math.nan,
+            },
+            {"reference": "relative", "context": "all", "horizon": "lead_1-20", "vrmse": 99.0},
+            {"reference": "absolute", "context": 1, "horizon": "lead_1-20", "vrmse": 98.0},
+        ]
+        summary = {"method": method, "compression": rate, "infer_ms_per_state": 2.0, "recon_vrmse": None}
+        return SimpleNamespace(summary=summary, rows=rows)
+
+    metrics = headline_metrics(
+        [
+            evaluation("diffusion", 16.0, 0.5),
+            evaluation("diffusion", 64.0, 0.2),
+            evaluation("pixel solver", 1.0, 0.7),
+        ]
+    )
+    assert metrics["diffusion/x16/vrmse/lead_1-20"] == 0.5 and metrics["diffusion/x64/vrmse/lead_1-20"] == 0.2
+    assert metrics["pixel_solver/x1/psrmse/high/lead_1-20"] == 0.3
+    assert metrics["diffusion/x64/infer_ms_per_state"] == 2.0
+    assert metrics["best_compression/diffusion/vrmse/lead_1-20"] == 64.0
+    assert "best_compression/pixel_solver/vrmse/lead_1-20" not in metrics  # one rate: nothing to pick
+    assert not any("coverage_90" in name or "recon_vrmse" in name for name in metrics)  # NaN / None left out
+    assert all(re.fullmatch(r"[A-Za-z0-9_./-]+", name) for name in metrics)
+
+
+def test_study_report_shows_crps_coverage_and_rollouts(tmp_path):
+    from lolaray.evaluation.animation import write_rollout_animation
+    from lolaray.evaluation.study import Evaluation, write_study_report
+    from lolaray.platform.artifacts import Artifact
+
+    horizons = ["lead_1-20", "lead_21-60"]
+    gif = write_rollout_animation(tmp_path / "r.gif", {"truth": np.zeros((3, 4, 4))}).read_bytes()
+
+    def evaluation(method, crps, coverage):
+        rows = [
+            {
+                "method": method,
+                "compression": 16.0,
+                "context": "all",
+                "horizon": h,
+                "reference": "absolute",
+                "vrmse": 0.5,
+                "spread_skill": 0.8,
+                "psrmse_high": 0.2,
+                "crps": crps,
+                "coverage_90": coverage,
+            }
+            for h in horizons
+        ]
+        per_lead = [
+            {
+                "method": method,
+                "compression": 16.0,
+                "reference": "absolute",
+                "context": 1,
+                "lead": lead,
+                "vrmse": 0.5,
+                "spread_skill": 0.8,
+                "psrmse_high": 0.2,
+                "crps": crps,
+                "coverage_50": 0.4,
+                "coverage_90": coverage,
+            }
+            for lead in (2, 30)
+        ]
+        summary = {
+            "method": method,
+            "kind": method,
+            "compression": 16.0,
+            "horizons": horizons,
+            "config": {"contexts": [1]},
+            "infer_ms_per_state": 1.0,
+        }
+        artifact = Artifact("evaluation", method, str(tmp_path / method))
+        return Evaluation(
+            artifact=artifact,
+            summary=summary,
+            rows=rows,
+            per_lead=per_lead,
+            animation=gif if method == "diffusion" else None,
+        )
+
+    study = write_study_report(
+        [evaluation("diffusion", 0.11, 0.85), evaluation("solver", 0.22, math.nan)], tmp_path / "study"
+    )
+    html = (tmp_path / "study" / "study.html").read_text()
+    assert html.count("data:image/gif;base64,") == 1 and "Coverage of the central intervals" in html
+    crps = study.tables["crps"].to_csv()
+    assert "0.11" in crps and "0.22" in crps
+    assert "0.85" in study.tables["coverage_90"].to_csv()
+    assert (tmp_path / "study" / "study_crps.csv").exists() and (
+        tmp_path / "study" / "study_coverage_90.csv"
+    ).exists()

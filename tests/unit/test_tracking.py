@@ -16,3 +16,19 @@ def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
     assert client.get_experiment_by_name("lolaray") is None  # nothing created elsewhere
     alone = create_run("lolaray", run_name="alone", uri=uri)
     assert client.get_run(alone).info.experiment_id == client.get_experiment_by_name("lolaray").experiment_id
+
+
+def test_experiments_are_model_training_experiments(tmp_path):
+    from lolaray.platform.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    created = ensure_experiment("fresh", uri=uri)
+    assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert EXPERIMENT_KIND == "custom_model_development"
+    # An experiment made without a kind gets one; a chosen kind is respected.
+    bare = client.create_experiment("bare")
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert ensure_experiment("bare", uri=uri) == bare and ensure_experiment("chosen", uri=uri) == chosen
+    assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"

@@ -1,0 +1,797 @@
+r"""What a study will cost, before it runs: ``python sweeps/compression.py --profile paper --plan``.
+
+The plan builds every network of the study on PyTorch's ``meta`` device (shapes, no
+storage: a 860 M-parameter transformer costs nothing to build) and runs one training step
+of each through :class:`torch.utils.flop_counter.FlopCounterMode`, so its figures come
+from the code that trains, not from a formula that could drift from it:
+
+- **parameters** of each network;
+- **FLOPs per training step** (forward + backward, at the configured batch per worker):
+  the matrix products, convolutions and attention the counter knows (elementwise work is
+  not counted, as usual for model FLOPs). Gradient checkpointing's recomputation is
+  counted (it is executed);
+- **activation memory**: bytes of the tensors autograd saves for the backward pass (weights
+  excluded, each tensor once). On the meta device attention runs in its *math* form and
+  saves its :math:`N \times N` scores, so that share is printed apart: flash and
+  memory-efficient attention on a GPU keep only :math:`O(N)` of it;
+- per stage, the **steps**, the **resources** it asks Ray for, and its total FLOPs:
+  training :math:`S \cdot W \cdot F_\text{step}` plus a validation forward pass per epoch;
+  encoding the states of each split; evaluation rollouts of ``trajectories × contexts ×
+  members`` with ``sampler_steps`` denoiser calls per window, decoding included;
+- **device-hours** :math:`= \sum F / (P \cdot u)` for a peak :math:`P` (default 312 TFLOP/s,
+  an A100's dense bf16) at a stated utilisation :math:`u` (default 40 %).
+
+Nothing is run: no Ray, no data read (The Well's geometry comes from
+:data:`WELL_GEOMETRY` when the data is not at hand). A misconfigured profile — attention
+heads that do not divide the width, a patch or an autoencoder factor that does not
+divide the grid — fails here, with the stage's own validation, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lolaray.evaluation.rollout import rollout_steps
+from lolaray.platform.data import DatasetInfo, locate_dataset, read_dataset_info
+from lolaray.platform.embedded import EMBEDDED_PRESETS
+from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
+from lolaray.sweeps.chain import Profile
+from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, latent_geometry
+from lolaray.trainers.emulator_trainer import EmulatorConfig, Objective, build_emulator
+from lolaray.trainers.transformer import count_parameters
+
+__all__ = [
+    "DEFAULT_PEAK_TFLOPS",
+    "DEFAULT_UTILISATION",
+    "WELL_GEOMETRY",
+    "NetworkCost",
+    "StagePlan",
+    "StepCost",
+    "StudyPlan",
+    "add_plan_arguments",
+    "autoencoder_cost",
+    "count_step",
+    "emulator_cost",
+    "format_plan",
+    "plan_context_sweep",
+    "plan_dataset",
+    "plan_study",
+    "print_plan",
+]
+
+#: Dense bf16 peak of an A100 (the paper's GPUs), TFLOP/s.
+DEFAULT_PEAK_TFLOPS = 312.0
+#: Model-FLOPs utilisation assumed for the estimate.
+DEFAULT_UTILISATION = 0.4
+
+_EULER = {
+    "field_names": ("energy", "density", "pressure", "momentum_x", "momentum_y"),
+    "vector_axis": (None, None, None, 0, 1),
+    "spatial_dims": ("x", "y"),
+    "parameter_names": ("gamma",),
+}
+#: The geometry of the paper's datasets of The Well (method.md §1), for plans made
+#: without the data at hand: fields, grid, parameters, trajectory length.
+WELL_GEOMETRY: dict[str, dict] = {
+    "euler_multi_quadrants_openBC": {**_EULER, "resolution": (512, 512), "n_steps": 101},
+    "euler_multi_quadrants_periodicBC": {**_EULER, "resolution": (512, 512), "n_steps": 101},
+    "rayleigh_benard": {
+        "field_names": ("buoyancy", "pressure", "velocity_x", "velocity_y"),
+        "vector_axis": (None, None, 0, 1),
+        "spatial_dims": ("x", "y"),
+        "parameter_names": ("Rayleigh", "Prandtl"),
+        "resolution": (512, 128),
+        "n_steps": 200,
+    },
+    "turbulence_gravity_cooling": {
+        "field_names": ("density", "pressure", "temperature", "velocity_x", "velocity_y", "velocity_z"),
+        "vector_axis": (None, None, None, 0, 1, 2),
+        "spatial_dims": ("x", "y", "z"),
+        "parameter_names": ("rho0", "Z", "T0"),
+        "resolution": (64, 64, 64),
+        "n_steps": 50,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Counting one step on the meta device
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One call of a network at a batch.
+
+    :param batch: samples in the call.
+    :param flops: floating-point operations counted (a multiply-add is 2).
+    :param activation_bytes: tensors saved for backward (0 without backward), attention scores included.
+    :param attention_bytes: the part of ``activation_bytes`` that is :math:`N \\times N` attention scores.
+    """
+
+    batch: int
+    flops: int
+    activation_bytes: int = 0
+    attention_bytes: int = 0
+
+
+def count_step(
+    build: Callable[[], nn.Module],
+    run: Callable[[nn.Module], torch.Tensor],
+    *,
+    batch: int,
+    backward: bool = True,
+    tokens: int | None = None,
+) -> tuple[int, StepCost]:
+    """Build ``build()`` on the meta device and count one call of ``run(module)``.
+
+    :param build: makes the network (called under ``torch.device("meta")``).
+    :param run: returns the loss (``backward=True``: its backward pass is counted too) or the
+        output; it must create its inputs on the module's device (``meta``).
+    :param batch: the batch ``run`` uses (recorded in the cost).
+    :param tokens: the sequence length :math:`N`, to tell saved :math:`N \\times N` attention
+        scores apart.
+    :returns: ``(trainable parameters, cost)``.
+    """
+    with torch.device("meta"):
+        module = build()
+    parameters = count_parameters(module)
+    weights = {id(p) for p in module.parameters()}
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor if tensor._base is None else tensor._base
+        if id(base) not in weights:
+            saved[id(base)] = base  # kept alive, so ids stay unique while counting
+        return tensor
+
+    with FlopCounterMode(display=False) as counter:
+        if backward:
+            module.train()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                loss = run(module)
+            loss.backward()
+        else:
+            module.eval()
+            with torch.no_grad():
+                run(module)
+    nbytes = [(t, t.numel() * t.element_size()) for t in saved.values()]
+    attention = sum(b for t, b in nbytes if tokens and t.ndim >= 2 and t.shape[-1] == t.shape[-2] == tokens)
+    return parameters, StepCost(
+        batch=batch,
+        flops=int(counter.get_total_flops()),
+        activation_bytes=sum(b for _, b in nbytes),
+        attention_bytes=attention,
+    )
+
+
+@dataclass(frozen=True)
+class NetworkCost:
+    """A network of the study and what its calls cost.
+
+    :param name: e.g. ``"autoencoder c64"``, ``"diffusion c64"``, ``"pixel solver"``.
+    :param parameters: trainable parameters.
+    :param train: one training step at the batch per worker (forward + backward of the loss).
+    :param forward: one forward pass per sample, without gradient (validation, sampling).
+    :param encode, decode: autoencoders only: one state through the encoder / decoder.
+    :param tokens: emulators: tokens per window.
+    """
+
+    name: str
+    parameters: int
+    train: StepCost
+    forward: StepCost
+    encode: StepCost | None = None
+    decode: StepCost | None = None
+    tokens: int | None = None
+
+
+def autoencoder_cost(
+    config: AutoencoderConfig, info: DatasetInfo, *, name: str = "autoencoder", batch: int | None = None
+) -> NetworkCost:
+    """Count the autoencoder of ``config`` on states of ``info`` (training step: VMSE loss of
+    ``batch`` states, default the config's batch per worker)."""
+    batch = config.batch_size if batch is None else batch
+    kwargs = config.model_kwargs(info)
+    shape = info.state_shape
+
+    def build():
+        return AutoEncoder(**kwargs)
+
+    def train(model):
+        x = torch.randn(batch, *shape, device="meta")
+        x_hat, _ = model(x)
+        return vmse_loss(x_hat.float(), x, root=config.loss_root)
+
+    parameters, step = count_step(build, train, batch=batch)
+    _, forward = count_step(
+        build, lambda m: m(torch.randn(1, *shape, device="meta")), batch=1, backward=False
+    )
+    _, encode = count_step(
+        build, lambda m: m.encode(torch.randn(1, *shape, device="meta")), batch=1, backward=False
+    )
+    latent, _ = latent_geometry(config, info)
+    _, decode = count_step(
+        build, lambda m: m.decode(torch.randn(1, *latent, device="meta")), batch=1, backward=False
+    )
+    return NetworkCost(name, parameters, step, forward, encode=encode, decode=decode)
+
+
+def emulator_cost(
+    config: EmulatorConfig,
+    state_shape: Sequence[int],
+    theta_dim: int,
+    *,
+    name: str | None = None,
+    batch: int | None = None,
+) -> NetworkCost:
+    """Count the denoiser or solver of ``config`` on windows of states ``state_shape``
+    ``(C, *spatial)`` (training step: the stage's objective on ``batch`` windows, default the
+    config's batch per worker; the context mask's draw does not change the cost)."""
+    batch = config.batch_size if batch is None else batch
+    state_shape = tuple(state_shape)
+    window = (state_shape[0], config.window, *state_shape[1:])
+
+    def build():
+        return Objective(build_emulator(config, state_shape, theta_dim))
+
+    def inputs(n):
+        mask = torch.zeros(n, config.window, dtype=torch.bool, device="meta")
+        return torch.randn(n, *window, device="meta"), torch.randn(n, theta_dim, device="meta"), mask
+
+    def forward(objective, n=1):
+        x, theta, mask = inputs(n)
+        emulator = objective.emulator
+        if config.kind == "diffusion":
+            return emulator(x, torch.rand(n, device="meta"), theta, mask, x)
+        return emulator(x, mask, theta)
+
+    with torch.device("meta"):
+        probe = build_emulator(config, state_shape, theta_dim)
+    tokens = math.prod(probe.backbone.token_grid(window[1:]))
+    parameters, step = count_step(build, lambda m: m(*inputs(batch)), batch=batch, tokens=tokens)
+    _, once = count_step(build, forward, batch=1, backward=False, tokens=tokens)
+    label = name or f"{config.kind} ({config.space})"
+    return NetworkCost(label, parameters, step, once, tokens=tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# The study's stages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage execution of the study.
+
+    :param name: ``c64/autoencoder``, ``c64/latents/train``, ``pixel/evaluation/solver``...
+    :param kind: ``train``, ``encode`` or ``evaluate``.
+    :param network: the network's name (a key of :attr:`StudyPlan.networks`).
+    :param steps: training: optimizer steps; encoding: states; evaluation: network calls.
+    :param batch: training: the global batch (per worker × workers); else the call's batch.
+    :param resources: what the stage asks Ray for, in words.
+    :param flops: total FLOPs, or ``None`` where a figure is unknown (trajectory counts of
+        data not at hand).
+    """
+
+    name: str
+    kind: str
+    network: str
+    steps: int | None
+    batch: int
+    resources: str
+    flops: float | None
+    devices: int = 1
+
+
+@dataclass
+class StudyPlan:
+    """The stage graph, the networks and the estimate (:func:`format_plan` prints it)."""
+
+    title: str
+    dataset: str
+    geometry: str
+    networks: dict[str, NetworkCost] = field(default_factory=dict)
+    stages: list[StagePlan] = field(default_factory=list)
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS
+    utilisation: float = DEFAULT_UTILISATION
+    notes: list[str] = field(default_factory=list)
+    trial: str = "chain"
+
+    def device_hours(self, stage: StagePlan) -> float | None:
+        """Device-hours of a stage at the plan's peak and utilisation."""
+        if stage.flops is None:
+            return None
+        return stage.flops / (self.peak_tflops * 1e12 * self.utilisation) / 3600
+
+    @property
+    def total_device_hours(self) -> float:
+        return sum(h for h in map(self.device_hours, self.stages) if h is not None)
+
+
+def plan_dataset(dataset: str, *, data_root: str | None = None) -> tuple[DatasetInfo, dict[str, int] | None]:
+    """The geometry of ``dataset`` without generating or reading any field data.
+
+    :returns: ``(info, trajectories per split or None when unknown)``. Embedded datasets
+        come from their preset, a local folder from its file headers, The Well's datasets
+        from :data:`WELL_GEOMETRY` (trajectory counts unknown) unless found under ``data_root``.
+    :raises ValueError: an unknown dataset name.
+    """
+    name = str(dataset).partition(":")[0]
+    if name in WELL_GEOMETRY and data_root is None:
+        geometry = WELL_GEOMETRY[name]
+        info = DatasetInfo(name=name, root="(The Well, not read)", splits={}, **geometry)
+        return info, None
+    kind, value = locate_dataset(dataset, data_root=data_root)
+    if kind == "embedded":
+        embedded, preset_name = value
+        preset = EMBEDDED_PRESETS[preset_name]
+        info = DatasetInfo(
+            name=embedded,
+            root=f"(embedded preset {preset_name!r}, not generated)",
+            resolution=(preset.resolution, preset.resolution),
+            n_steps=preset.n_snapshots,
+            splits={},
+            **_EULER,
+        )
+        files = len(preset.gammas) * len(preset.boundaries)
+        return info, {split: files * count for split, count in preset.trajectories}
+    info = read_dataset_info(value if "://" in str(value) else Path(value))
+    return info, {split: sum(layout.n_trajectories) for split, layout in info.splits.items()}
+
+
+def _train_resources(workers: int, gpu: bool) -> str:
+    worker = "{CPU: 1, GPU: 1}" if gpu else "{CPU: 1}"
+    return f"{workers} worker(s) x {worker}" if workers else "in-process (local mode)"
+
+
+def _actor_resources(actors: int, gpu: bool) -> str:
+    return f"{actors} actor(s) x {'{GPU: 1}' if gpu else '{CPU: 0.5}'}"
+
+
+def _train_flops(cost: NetworkCost, loop, workers: int, valid: int) -> float:
+    per_step = cost.train.flops * max(1, workers)
+    validation = loop.epochs * valid * cost.forward.flops
+    return float(per_step * loop.total_steps + validation)
+
+
+def _evaluation_stage(
+    name: str,
+    cost: NetworkCost,
+    ae: NetworkCost | None,
+    *,
+    contexts: Sequence[int],
+    window: int,
+    states: int,
+    rollouts: int,
+    members: int,
+    calls: int,
+    resources: str,
+    actors: int,
+) -> StagePlan:
+    """An evaluation: ``rollouts`` test trajectories of ``states`` states, once per context
+    (context = overlap), ``members`` members and ``calls`` network calls (sampler steps) per
+    generated window; latent emulators decode every member's states and encode + decode the
+    truth once (the relative metrics)."""
+    windows = sum(rollout_steps(window=window, context=c, overlap=c, length=states) for c in contexts)
+    flops = rollouts * windows * calls * members * cost.forward.flops
+    if ae is not None:
+        flops += rollouts * len(contexts) * states * members * ae.decode.flops
+        flops += rollouts * states * (ae.encode.flops + ae.decode.flops)
+    return StagePlan(
+        name=name,
+        kind="evaluate",
+        network=cost.name,
+        steps=rollouts * windows * calls,
+        batch=members,
+        resources=resources,
+        flops=float(flops),
+        devices=actors,
+    )
+
+
+def plan_context_sweep(
+    profile: Profile,
+    info: DatasetInfo,
+    latent_channels: Sequence[int],
+    *,
+    contexts: Sequence[int],
+    steps: Sequence[int],
+    trajectories: dict[str, int] | None = None,
+    pixel: bool = True,
+    gpu: bool = True,
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS,
+    utilisation: float = DEFAULT_UTILISATION,
+    title: str = "context sweep",
+) -> StudyPlan:
+    """The context sweep's plan (``sweeps/context.py``): one evaluation per (emulator, context,
+    sampler steps) of the emulators a compression sweep of ``profile`` trains — nothing is
+    trained. Without a store at hand, the emulators are the profile's, one per rate and kind
+    (and the pixel solver); solvers do not depend on sampler steps.
+
+    :raises ValueError: a context outside ``[1, window − 1]``, or a stage config its stage would reject.
+    """
+    emulator = dataclasses.replace(profile.emulator, space="latent")
+    if not all(1 <= c < emulator.window for c in contexts) or min(steps) < 1:
+        raise ValueError(
+            f"contexts must lie in [1, {emulator.window - 1}] and steps be >= 1: {contexts}, {steps}"
+        )
+    plan = StudyPlan(
+        title=title,
+        dataset=info.name,
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state, {info.n_steps} steps",
+        peak_tflops=peak_tflops,
+        utilisation=utilisation,
+        trial="evaluation",
+    )
+    test = trajectories.get("test") if trajectories else None
+    rollouts = profile.trajectories if test is None else min(profile.trajectories, test)
+    states = (info.n_steps - 1) // emulator.stride + 1
+    common = {
+        "window": emulator.window,
+        "states": states,
+        "rollouts": rollouts,
+        "resources": _actor_resources(profile.actors, gpu),
+        "actors": profile.actors,
+    }
+    for channels in latent_channels:
+        ae_config = dataclasses.replace(profile.autoencoder, latent_channels=int(channels))
+        ae_config.validate(info)
+        latent, rate = latent_geometry(ae_config, info)
+        ae = autoencoder_cost(ae_config, info, name=f"autoencoder c{channels} (/{rate:g})")
+        plan.networks[ae.name] = ae
+        for kind in ("diffusion", "solver"):
+            config = dataclasses.replace(emulator, kind=kind)
+            config.validate(latent, info.n_steps)
+            cost = emulator_cost(config, latent, info.theta_dim, name=f"{kind} c{channels}")
+            plan.networks[cost.name] = cost
+            for context in contexts:
+                for k in steps if kind == "diffusion" else (1,):
+                    members = profile.members if kind == "diffusion" else 1
+                    label = f"c{channels}/{kind}/context {context}" + (
+                        f"/{k} steps" if kind == "diffusion" else ""
+                    )
+                    plan.stages.append(
+                        _evaluation_stage(
+                            label, cost, ae, contexts=(context,), members=members, calls=k, **common
+                        )
+                    )
+    if pixel:
+        config = dataclasses.replace(profile.pixel_emulator, kind="solver", space="pixel")
+        config.validate(info.state_shape, info.n_steps)
+        cost = emulator_cost(config, info.state_shape, info.theta_dim, name="pixel solver")
+        plan.networks[cost.name] = cost
+        for context in contexts:
+            plan.stages.append(
+                _evaluation_stage(
+                    f"pixel/solver/context {context}",
+                    cost,
+                    None,
+                    contexts=(context,),
+                    members=1,
+                    calls=1,
+                    **common,
+                )
+            )
+    return plan
+
+
+def plan_study(
+    profile: Profile,
+    info: DatasetInfo,
+    latent_channels: Sequence[int],
+    *,
+    trajectories: dict[str, int] | None = None,
+    pixel: bool = True,
+    gpu: bool = True,
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS,
+    utilisation: float = DEFAULT_UTILISATION,
+    title: str = "compression sweep",
+) -> StudyPlan:
+    """The compression study's plan: per rate, autoencoder → latent caches → diffusion and
+    solver → their evaluations; and the pixel solver with its evaluation.
+
+    Every stage config is validated first, as the stages do before their workers start.
+
+    :param trajectories: per split, the trajectory count (``None``: unknown; encoding is left
+        out of the estimate and evaluation uses the profile's trajectory count).
+    :param gpu: print the resources of a GPU cluster (one GPU per worker and actor).
+    :raises ValueError: a stage config that its stage would reject.
+    """
+    if not 0 < utilisation <= 1 or peak_tflops <= 0:
+        raise ValueError(f"utilisation must be in (0, 1] and the peak > 0, got {utilisation}, {peak_tflops}")
+    plan = StudyPlan(
+        title=title,
+        dataset=info.name,
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state, {info.n_steps} steps, "
+        f"theta of {info.theta_dim}",
+        peak_tflops=peak_tflops,
+        utilisation=utilisation,
+    )
+    workers = profile.workers
+    emulator = dataclasses.replace(profile.emulator, space="latent")
+    test = trajectories.get("test") if trajectories else None
+    rollouts = profile.trajectories if test is None else min(profile.trajectories, test)
+    states = (info.n_steps - 1) // emulator.stride + 1  # a test trajectory at stride Δ
+    if trajectories is None:
+        plan.notes.append("trajectory counts unknown (data not read): latent encoding is not in the total")
+
+    def evaluation(name: str, cost: NetworkCost, *, members: int, calls: int, ae: NetworkCost | None):
+        plan.stages.append(
+            _evaluation_stage(
+                name,
+                cost,
+                ae,
+                contexts=profile.contexts,
+                window=emulator.window,
+                states=states,
+                rollouts=rollouts,
+                members=members,
+                calls=calls,
+                resources=_actor_resources(profile.actors, gpu),
+                actors=profile.actors,
+            )
+        )
+
+    for channels in latent_channels:
+        ae_config = dataclasses.replace(profile.autoencoder, latent_channels=int(channels))
+        ae_config.validate(info)
+        latent, rate = latent_geometry(ae_config, info)
+        ae = autoencoder_cost(ae_config, info, name=f"autoencoder c{channels} (/{rate:g})")
+        plan.networks[ae.name] = ae
+        plan.stages.append(
+            StagePlan(
+                name=f"c{channels}/autoencoder",
+                kind="train",
+                network=ae.name,
+                steps=ae_config.loop.total_steps,
+                batch=ae_config.batch_size * max(1, workers),
+                resources=_train_resources(workers, gpu),
+                flops=_train_flops(ae, ae_config.loop, workers, ae_config.valid_states),
+                devices=max(1, workers),
+            )
+        )
+        for split in ("train", "valid", "test"):
+            repeat = profile.repeat if split == "train" else 1
+            count = None if trajectories is None else trajectories.get(split, 0) * repeat * info.n_steps
+            plan.stages.append(
+                StagePlan(
+                    name=f"c{channels}/latents/{split}",
+                    kind="encode",
+                    network=ae.name,
+                    steps=count,
+                    batch=info.n_steps,
+                    resources=_actor_resources(profile.actors, gpu),
+                    flops=None if count is None else float(count * ae.encode.flops),
+                    devices=profile.actors,
+                )
+            )
+        for kind in ("diffusion", "solver"):
+            config = dataclasses.replace(emulator, kind=kind)
+            config.validate(latent, info.n_steps)
+            cost = emulator_cost(config, latent, info.theta_dim, name=f"{kind} c{channels}")
+            plan.networks[cost.name] = cost
+            plan.stages.append(
+                StagePlan(
+                    name=f"c{channels}/{kind}",
+                    kind="train",
+                    network=cost.name,
+                    steps=config.loop.total_steps,
+                    batch=config.batch_size * max(1, workers),
+                    resources=_train_resources(workers, gpu),
+                    flops=_train_flops(cost, config.loop, workers, config.valid_windows),
+                    devices=max(1, workers),
+                )
+            )
+            diffusion = kind == "diffusion"
+            evaluation(
+                f"c{channels}/evaluation/{kind}",
+                cost,
+                members=profile.members if diffusion else 1,
+                calls=profile.sampler_steps if diffusion else 1,
+                ae=ae,
+            )
+    if pixel:
+        config = dataclasses.replace(profile.pixel_emulator, kind="solver", space="pixel")
+        config.validate(info.state_shape, info.n_steps)
+        cost = emulator_cost(config, info.state_shape, info.theta_dim, name="pixel solver")
+        plan.networks[cost.name] = cost
+        plan.stages.append(
+            StagePlan(
+                name="pixel/solver",
+                kind="train",
+                network=cost.name,
+                steps=config.loop.total_steps,
+                batch=config.batch_size * max(1, workers),
+                resources=_train_resources(workers, gpu),
+                flops=_train_flops(cost, config.loop, workers, config.valid_windows),
+                devices=max(1, workers),
+            )
+        )
+        evaluation("pixel/evaluation/solver", cost, members=1, calls=1, ae=None)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Printing
+# --------------------------------------------------------------------------------------------
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    for scale, prefix in (
+        (1e21, "Z"),
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+    ):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f}"
+
+
+def format_plan(plan: StudyPlan) -> str:
+    """The plan as text: stage graph, networks, stages with resources and device-hours."""
+    chains: dict[str, list[str]] = {}
+    trains: set[str] = set()
+    for stage in plan.stages:
+        chain, _, rest = stage.name.partition("/")
+        chains.setdefault(chain, []).append(rest)
+        if stage.kind != "evaluate":
+            trains.add(chain)
+    lines = [
+        f"Plan: {plan.title} on {plan.dataset} ({plan.geometry})",
+        "",
+        (
+            f"Stage graph (one Ray Tune trial per {plan.trial}; each trial driver holds "
+            f"{{CPU: 0, {TRAIN_DRIVER_RESOURCE}: 1}}):"
+        ),
+    ]
+    for chain, names in chains.items():
+        # A chain with training runs its stages in order; evaluations alone are independent trials.
+        lines.append(f"  {chain}: " + (" -> " if chain in trains else ", ").join(names))
+    lines += [
+        "",
+        "Networks (built on the meta device; FLOPs and saved activations of one training step per worker):",
+        (
+            f"  {'network':<30} {'parameters':>12} {'batch':>6} {'train FLOP/step':>16} {'fwd FLOP/sample':>16} "
+            f"{'activations GiB':>16} {'of which attn':>14}"
+        ),
+    ]
+    for cost in plan.networks.values():
+        lines.append(
+            f"  {cost.name:<30} {cost.parameters:>12,} {cost.train.batch:>6} {_si(cost.train.flops, 'FLOP'):>16} "
+            f"{_si(cost.forward.flops, 'FLOP'):>16} {_gib(cost.train.activation_bytes):>16} "
+            f"{_gib(cost.train.attention_bytes):>14}"
+        )
+    lines += [
+        "",
+        f"Stages (device-hours at {plan.peak_tflops:g} TFLOP/s x {plan.utilisation:.0%} utilisation):",
+        (
+            f"  {'stage':<34} {'kind':<9} {'steps':>10} {'batch':>6} {'resources':<28} {'FLOPs':>12} {'device-h':>9} "
+            f"{'wall-h':>7}"
+        ),
+    ]
+    for stage in plan.stages:
+        hours = plan.device_hours(stage)
+        lines.append(
+            f"  {stage.name:<34} {stage.kind:<9} {'n/a' if stage.steps is None else f'{stage.steps:,}':>10} "
+            f"{stage.batch:>6} {stage.resources:<28} {_si(stage.flops):>12} "
+            f"{'n/a' if hours is None else f'{hours:.3g}':>9} "
+            f"{'n/a' if hours is None else f'{hours / stage.devices:.3g}':>7}"
+        )
+    lines += [
+        "",
+        (
+            f"Total: {_si(sum(s.flops or 0 for s in plan.stages), 'FLOP')}, "
+            f"{plan.total_device_hours:,.4g} device-hours "
+            f"({plan.total_device_hours / 24:,.3g} device-days) at {plan.peak_tflops:g} TFLOP/s and "
+            f"{plan.utilisation:.0%} utilisation."
+        ),
+        (
+            "  FLOPs: matrix products, convolutions and attention (elementwise work not counted); training"
+            " = steps x workers x step + a validation pass per epoch."
+        ),
+        (
+            "  Activations: tensors saved for backward at the batch per worker; attention counted in its math"
+            " form (flash attention on a GPU keeps O(N) of it)."
+        ),
+        "  wall-h: device-hours / the stage's workers or actors; trials run side by side as the cluster allows.",
+    ]
+    lines += [f"  Note: {note}." for note in plan.notes]
+    return "\n".join(lines)
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--plan`` and the assumptions of its estimate."""
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the study's stage graph, network sizes, FLOPs, memory, resources and device-hours; run nothing",
+    )
+    parser.add_argument(
+        "--plan-peak-tflops",
+        type=float,
+        default=DEFAULT_PEAK_TFLOPS,
+        help=f"device peak for --plan, TFLOP/s (default {DEFAULT_PEAK_TFLOPS:g}: A100 dense bf16)",
+    )
+    parser.add_argument(
+        "--plan-utilisation",
+        type=float,
+        default=DEFAULT_UTILISATION,
+        help=f"model-FLOPs utilisation assumed by --plan (default {DEFAULT_UTILISATION:g})",
+    )
+    parser.add_argument(
+        "--plan-device",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="--plan: the resources of a GPU or a CPU cluster (auto: GPU for the paper profile)",
+    )
+
+
+def print_plan(
+    args: argparse.Namespace,
+    profile: Profile,
+    latent_channels: Sequence[int],
+    *,
+    profile_name: str,
+    pixel: bool = True,
+    contexts: Sequence[int] | None = None,
+    steps: Sequence[int] | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """``--plan`` of a sweep's command line: validate, count, print; returns the exit status
+    (0, or 2 for a configuration a stage would reject -- before any worker starts).
+
+    :param contexts, steps: given, the context sweep's plan (:func:`plan_context_sweep`);
+        else the compression study's (:func:`plan_study`).
+    """
+    gpu = args.plan_device == "gpu" or (args.plan_device == "auto" and profile_name == "paper")
+    assumptions = {"gpu": gpu, "peak_tflops": args.plan_peak_tflops, "utilisation": args.plan_utilisation}
+    try:
+        info, trajectories = plan_dataset(args.dataset or profile.dataset, data_root=args.data_root)
+        if contexts is None:
+            plan = plan_study(
+                profile,
+                info,
+                latent_channels,
+                trajectories=trajectories,
+                pixel=pixel,
+                title=f"compression sweep, profile {profile_name}",
+                **assumptions,
+            )
+        else:
+            plan = plan_context_sweep(
+                profile,
+                info,
+                latent_channels,
+                contexts=contexts,
+                steps=steps or [profile.sampler_steps],
+                trajectories=trajectories,
+                pixel=pixel,
+                title=f"context sweep, profile {profile_name} (the emulators its compression sweep trains)",
+                **assumptions,
+            )
+    except (ValueError, FileNotFoundError) as error:
+        out(f"plan: error: the {profile_name} profile would fail: {error}")
+        return 2
+    out(format_plan(plan))
+    return 0

@@ -33,15 +33,20 @@ class ScalingSpec:
 
     :param workers: Ray Train workers (``0`` runs the loop in this process).
     :param use_gpu: one GPU per worker (``None``: when the cluster has GPUs).
-    :param cpus_per_worker: logical CPUs each worker reserves from Ray. A CPU worker runs
-        that many torch threads, or more when fewer trainings than cores run
-        (:func:`~lolaray.trainers.hardware.worker_threads`); local mode keeps the caller's.
+    :param cpus_per_worker: logical CPUs each worker reserves from Ray; a CPU worker runs
+        that many torch threads (local mode keeps the caller's).
+    :param free_cores: a CPU worker runs more threads than it reserved when fewer trainings
+        than cores run (:func:`~lolaray.trainers.hardware.worker_threads`). Off by default:
+        torch's CPU kernels do not sum in the same order at every thread count, so a seeded
+        stage would then give numbers that depend on how many trials happen to run beside
+        it (measured: metrics differing at 1e-4 between a sweep and the same chain alone).
     :param max_failures: worker-group restarts from the last checkpoint before giving up.
     """
 
     workers: int = 1
     use_gpu: bool | None = None
     cpus_per_worker: float = 1.0
+    free_cores: bool = False
     max_failures: int = 2
 
     def __post_init__(self):
@@ -97,16 +102,16 @@ def fit_stage(
     use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
     # Local mode runs the worker function in this process: it keeps the caller's threads
     # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts).
-    # A worker that trains alone takes every core; several trials side by side share them.
-    threads = (
-        worker_threads(
+    if scaling.workers == 0:
+        threads = torch.get_num_threads()
+    elif scaling.free_cores:  # a worker training alone takes every core; trials side by side share
+        threads = worker_threads(
             scaling.cpus_per_worker,
             cores=os.cpu_count() or 1,
             concurrent_workers=_running_trainings() * scaling.workers,
         )
-        if scaling.workers > 0
-        else torch.get_num_threads()
-    )
+    else:
+        threads = max(1, int(scaling.cpus_per_worker))
     group = process_group_settings(use_gpu=use_gpu, compiled=use_gpu and compile_enabled("cuda"))
     # The run's own folder: rank 0 marks its checkpoints complete there, and restarts (and
     # the final state below) take the newest one (trainers/checkpoints.py says why).

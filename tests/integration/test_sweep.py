@@ -122,9 +122,9 @@ def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
     from browser import assert_page_ok
 
     page = swept["resumed"].study.path / "study.html"
-    # VRMSE vs lead, reconstruction vs compression, spread-skill, high-band spectral error
-    result = chromium.load(page, expected_figures=4)
-    assert_page_ok(result, expected_figures=4)
+    # VRMSE vs lead, reconstruction vs compression, spread-skill, coverage, high-band spectral error
+    result = chromium.load(page, expected_figures=5)
+    assert_page_ok(result, expected_figures=5)
     (tmp_path / "study.png").write_bytes(result.screenshot)
 
 
@@ -276,9 +276,9 @@ def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept
     # ... and the Figure 6 grid: truth, unguided and guided member 0.
     study = Path(client.download_artifacts(parent.info.run_id, "study/study.html", str(tmp_path)))
     assert "Guided vs unguided diffusion" in study.read_text()
-    # VRMSE, reconstruction, spread-skill, high-band spectral error, and the guided grid
-    result = chromium.load(study, expected_figures=5)
-    assert_page_ok(result, expected_figures=5)
+    # VRMSE, reconstruction, spread-skill, coverage, high-band spectral error, and the guided grid
+    result = chromium.load(study, expected_figures=6)
+    assert_page_ok(result, expected_figures=6)
     (tmp_path / "guided.png").write_bytes(result.screenshot)
     guided = store.get("evaluation", guided_run.data.tags["artifact_id"])
     (evaluation,) = load_evaluations(store, [guided])

@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from lolaray.evaluation.findings import findings_text, log_findings
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.sweeps.chain import PROFILES, Profile
@@ -203,7 +204,6 @@ def run_compression_sweep(
     import ray
     import ray.tune
 
-    from lolaray.evaluation.findings import log_findings
     from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
 
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
@@ -303,7 +303,6 @@ class SweepFailed(RuntimeError):
 
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
-    from lolaray.evaluation.findings import findings_text
     from lolaray.sweeps.sweep import elapsed, mlflow_hint
 
     args = parse_args(argv)

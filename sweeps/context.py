@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from lolaray.evaluation.findings import log_findings
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.sweeps.chain import PROFILES, Profile
 from lolaray.sweeps.plan import add_plan_arguments, print_plan
@@ -179,7 +180,6 @@ def run_context_sweep(
     import ray
     import ray.tune
 
-    from lolaray.evaluation.findings import log_findings
     from lolaray.platform.artifacts import Artifact
     from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
 

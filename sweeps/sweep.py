@@ -237,6 +237,8 @@ def publish_study(
 
     :returns: ``(artifact, report)`` (:class:`~lolaray.evaluation.study.StudyReport`).
     """
+    # Here, not at the top: the sweeps' input checks import this module before any work,
+    # and the study's modules bring plotly, torch and the networks with them.
     from lolaray.evaluation.headline import log_headline_metrics
     from lolaray.evaluation.study import load_evaluations, write_study_report
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lolaray.trainers.transformer import SpatioTemporalTransformer
+
 __all__ = [
     "BF16_MIN_SPEEDUP",
     "COMPILE_ENV",
@@ -196,7 +198,6 @@ def compile_backbones(model: nn.Module, **compile_kwargs) -> int:
     what they are (checkpoints load either way), and before DDP wraps it (as the reference
     does: compile, then DDP). Returns how many backbones were compiled (0 for autoencoders).
     """
-    from lolaray.trainers.transformer import SpatioTemporalTransformer
 
     backbones = [m for m in model.modules() if isinstance(m, SpatioTemporalTransformer)]
     for backbone in backbones:

@@ -7,6 +7,9 @@
   scatter artifacts into trial folders (ray.md §4).
 - Nesting is the tag ``mlflow.parentRunId``; child runs are created by the process that
   owns the parent and logged to by id from Ray workers.
+- A local SQLite store is created (or migrated) under an exclusive lock on
+  ``mlflow.db.lock``: two processes opening a fresh database at once would otherwise both
+  run MLflow's schema migration, and the second fails (``duplicate column name``).
 - Experiments are *model-training* experiments: MLflow 3 opens an experiment without the
   tag ``mlflow.experimentKind`` on its GenAI overview (traces, prompts); with
   ``custom_model_development`` the UI lands on the runs table with their metrics.
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -29,6 +33,7 @@ __all__ = [
     "create_run",
     "ensure_experiment",
     "flatten_params",
+    "open_client",
     "stage_run",
     "tracking_uri",
 ]
@@ -48,6 +53,23 @@ def tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def open_client(uri: str | None = None):
+    """An ``MlflowClient`` on ``uri`` (:func:`tracking_uri`) whose store is ready: a local SQLite
+    database is created or migrated by one process at a time (an exclusive ``flock`` on
+    ``<database>.lock`` beside it), so studies started together on a fresh folder both work."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    database = Path(uri[len("sqlite:///") :])
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the first query creates / migrates the schema
+    return client
+
+
 def _default_artifact_root(uri: str) -> str | None:
     """Local stores keep artifacts beside the database (``mlruns/`` next to ``mlflow.db``)."""
     if uri.startswith("sqlite:///"):
@@ -62,10 +84,8 @@ def ensure_experiment(name: str, *, uri: str | None = None) -> str:
     (:data:`EXPERIMENT_KIND`) with an absolute artifact location. An existing experiment
     without a kind (made by an older lolaray or by hand) is marked model-training too; one
     whose kind was chosen is left as it is."""
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if EXPERIMENT_KIND_TAG not in experiment.tags:

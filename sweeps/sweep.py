@@ -30,7 +30,7 @@ from typing import Any
 
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
-from lolaray.platform.tracking import ensure_experiment, stage_run, tracking_uri
+from lolaray.platform.tracking import ensure_experiment, open_client, stage_run, tracking_uri
 
 __all__ = [
     "SweepInputError",
@@ -101,9 +101,7 @@ def check_mlflow(uri: str, *, timeout: float = 10.0) -> None:
         if not folder.is_dir():
             raise SweepInputError(f"MLflow store {uri}: the folder {folder} does not exist")
     try:
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(uri).search_experiments(max_results=1)
+        open_client(uri)
     except Exception as error:
         raise SweepInputError(f"cannot open the MLflow store {uri}: {error}") from error
 

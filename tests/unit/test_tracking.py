@@ -32,3 +32,33 @@ def test_experiments_are_model_training_experiments(tmp_path):
     assert ensure_experiment("bare", uri=uri) == bare and ensure_experiment("chosen", uri=uri) == chosen
     assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def _open_fresh_store_at(uri: str, start: float, name: str) -> str:
+    """In a fresh process: wait for the shared start time, then open the store as a study does."""
+    import time
+
+    from lolaray.platform.tracking import ensure_experiment
+
+    time.sleep(max(0.0, start - time.time()))
+    return ensure_experiment(name, uri=uri)
+
+
+def test_studies_started_together_on_a_fresh_database_both_open_it(tmp_path):
+    """Issue 17: two processes creating the default SQLite store at once both ran MLflow's
+    schema migration and the second failed (``duplicate column name: step``)."""
+    import multiprocessing
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 8.0  # after every process has imported MLflow
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        ids = pool.starmap(_open_fresh_store_at, [(uri, start, f"study-{k}") for k in range(3)])
+    client = MlflowClient(uri)
+    assert sorted(e.name for e in client.search_experiments() if e.name.startswith("study-")) == [
+        "study-0",
+        "study-1",
+        "study-2",
+    ]
+    assert len(set(ids)) == 3

@@ -4,9 +4,9 @@ r"""Model-FLOPs utilisation of the training steps on this machine's CPU (or GPU)
 
 1. The GEMM peak, measured: the best of a few ``n × n`` matrix products in fp32 and in
    bf16 (``2 n^3`` FLOPs each), the ceiling any network step can reach in that dtype.
-2. Training steps of the demo profile's networks — the autoencoder (``small_r16`` at 64²,
-   batch 8) and the latent diffusion emulator (``demo`` preset on 16 × 4 × 4 latents,
-   batch 16) — and, with ``--wide``, of a paper-width emulator (``paper`` preset, 1024
+2. Training steps of the demo profile's networks — the autoencoder (``small_r16`` on the demo
+   dataset's 32² states, batch 8) and the latent diffusion emulator (``demo`` preset on its
+   16 × 2 × 2 latents, batch 16) — and, with ``--wide``, of a paper-width emulator (``paper`` preset, 1024
    wide, on 64 × 8 × 8 latents, batch 1), in fp32 and under bf16 autocast: forward,
    backward, clipping and the AdamW step, as :func:`~lolaray.trainers.loop.run_training`
    takes them.
@@ -140,7 +140,8 @@ def main(argv=None) -> None:
 
         return model, loss, autoencoder_cost(ae_config, info).train.flops
 
-    cases.append(("autoencoder small_r16 64^2, batch 8", autoencoder_case))
+    grid = "x".join(str(n) for n in info.state_shape[1:])
+    cases.append((f"autoencoder small_r16 {grid}, batch 8", autoencoder_case))
 
     def emulator_case(config: EmulatorConfig, latent: tuple[int, ...]):
         def build():
@@ -157,7 +158,9 @@ def main(argv=None) -> None:
         return build
 
     demo = EmulatorConfig(kind="diffusion", preset="demo", batch_size=16)
-    cases.append(("latent diffusion demo 16x4x4, batch 16", emulator_case(demo, (16, 4, 4))))
+    latent = (16, *(n // 16 for n in info.state_shape[1:]))  # small_r16: r = 16
+    label = "x".join(str(n) for n in latent)
+    cases.append((f"latent diffusion demo {label}, batch 16", emulator_case(demo, latent)))
     if args.wide:
         wide = dataclasses.replace(demo, preset="paper", batch_size=1)
         cases.append(("latent diffusion paper 64x8x8, batch 1", emulator_case(wide, (64, 8, 8))))

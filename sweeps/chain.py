@@ -100,10 +100,11 @@ PROFILES: dict[str, Profile] = {
     # measurements (one process, one thread, batch 8; reconstruction VRMSE of valid states 1-20
     # in physical units): at 64² the autoencoder costs 4× more per state and reached 0.48 after
     # 600 steps; at 32² 1500 steps took 170 s and reached 0.49, and encoding, the pixel solver
-    # and every decoded rollout are 4× cheaper, which buys the autoencoders 8× the old steps.
+    # and every decoded rollout are 4× cheaper, which buys the autoencoders 12× the old steps.
     # Adam at lr 1e-3 with 100 warm-up steps and the cosine decay beat a flat 3e-4 (0.49 vs
     # 0.56 at 1500 steps); PSGD cost 4.5× more per step on one CPU thread. No dropout: with a
-    # few thousand steps the networks underfit, they do not overfit.
+    # few thousand steps the networks underfit (train and valid losses within 10 %), they do not
+    # overfit.
     "demo": Profile(
         dataset="euler_quadrants:demo",
         latent_channels=(16, 4, 1),

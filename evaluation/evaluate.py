@@ -17,9 +17,11 @@ Reads top to bottom (method.md §7, §8, §11):
    :math:`u_{ae} = D(E(x))`), the block size and the rollout wall time (decoding included,
    device synchronized, the actor's first rollout flagged as warm-up). When the block is
    the whole ensemble the actor also scores it (fair CRPS, coverage, rank histogram:
-   :func:`~lolaray.evaluation.metrics.ensemble_scores`); otherwise it returns the block's
-   members (float32), which the driver joins and scores — those scores need all members
-   at once, so a split ensemble costs driver memory (raise ``max_batch`` to avoid it). The
+   :func:`~lolaray.evaluation.metrics.ensemble_scores`); otherwise it writes the block's
+   members to a scratch folder on the store, and a second Ray Data pass scores the joined
+   blocks one chunk of lead times at a time (:mod:`~lolaray.evaluation.split_ensemble`:
+   those scores need all members at a point at once, but no process holds more than a
+   chunk). The
    "primary" item of each trajectory (first start, first context, block of member 0) also
    returns the truth, :math:`u_{ae}`, the autoencoder reconstruction error of every state
    of the trajectory (computed in the actor) and, for the first trajectory, member 0's
@@ -93,6 +95,12 @@ from lolaray.evaluation.rollout import (
     split_members,
 )
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
+from lolaray.evaluation.split_ensemble import (
+    remove_scratch,
+    score_split_ensembles,
+    scratch_folder,
+    write_block,
+)
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.tracking import stage_run, tracking_uri
@@ -164,6 +172,7 @@ class RolloutActor:
         chunk: int = 4,
         guidance: dict | None = None,
         vrmse_eps: float = VRMSE_EPS["lola"],
+        scratch: str | None = None,
     ):
         from lolaray.platform.preprocessing import Standardizer
         from lolaray.trainers.autoencoder_trainer import load_autoencoder
@@ -183,6 +192,7 @@ class RolloutActor:
         self.seed, self.chunk = seed, chunk
         self.vrmse_eps = vrmse_eps
         self.guidance = guidance
+        self.scratch = scratch  # where the blocks of a split ensemble go to be scored
         # The first rollout of an actor pays for lazy initialisation (kernels, allocator,
         # compilation): its time is flagged as warm-up and left out of the time per state.
         self._warm = False
@@ -321,7 +331,7 @@ class RolloutActor:
                 for ref, truth in truths.items()
             }
         else:
-            result["members"] = by_lead.float().numpy()
+            write_block(self.scratch, (trajectory, origin, context), start, by_lead.numpy())
         if item["primary"]:
             result["truth"] = data["truth"].numpy()
             if self.autoencoder is not None:
@@ -348,20 +358,6 @@ def _numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def _item_key(item: dict) -> str:
     """``"trajectory/origin/context/start"`` of a work item (``start``: its first member)."""
     return "/".join(str(int(item[k])) for k in ("trajectory", "origin", "context", "start"))
-
-
-def _ensemble_scores(blocks: list[dict], truths: dict[str, torch.Tensor], *, spatial_dims: int) -> dict:
-    """The probabilistic scores of one (trajectory, origin, context) per reference: those the
-    actor computed when the ensemble came in one block, else computed here from the blocks'
-    members joined in member order (CRPS and coverage need all members at once); the member
-    fields are dropped once scored. Truths ``(L, C, *spatial)``."""
-    if "scores" in blocks[0]:
-        return blocks[0]["scores"]
-    ensemble = torch.from_numpy(np.concatenate([b.pop("members") for b in blocks]))
-    return {
-        ref: _numpy(ensemble_scores(ensemble, truth.movedim(1, 0), spatial_dims=spatial_dims))
-        for ref, truth in truths.items()
-    }
 
 
 def _run_pipeline(
@@ -669,25 +665,42 @@ def evaluate(
         },
     ) as run:
         run_id, client = run.run_id, run.client
-        results = _run_pipeline(
-            items,
-            {
-                "emulator_dir": str(emulator.uri),
-                "autoencoder_dir": str(autoencoder.uri) if autoencoder is not None else None,
-                "info": info,
-                "standardizer": standardizer.to_dict(),
-                "seed": seed,
-                "sampler": sampler,
-                "steps": steps,
-                "guidance": guidance,
-                "vrmse_eps": VRMSE_EPS[vrmse_convention],
-            },
-            actors=actors,
-            actor_gpus=actor_gpus,
-        )
+        # A split ensemble's blocks wait on the store to be scored together (module docstring, 2.).
+        scratch = scratch_folder(store.root, STAGE, aid) if len(blocks) > 1 else None
+        try:
+            results = _run_pipeline(
+                items,
+                {
+                    "emulator_dir": str(emulator.uri),
+                    "autoencoder_dir": str(autoencoder.uri) if autoencoder is not None else None,
+                    "info": info,
+                    "standardizer": standardizer.to_dict(),
+                    "seed": seed,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "guidance": guidance,
+                    "vrmse_eps": VRMSE_EPS[vrmse_convention],
+                    "scratch": scratch,
+                },
+                actors=actors,
+                actor_gpus=actor_gpus,
+            )
+            split_scores = {}
+            if scratch is not None:
+                split_scores = score_split_ensembles(
+                    scratch,
+                    _rollout_truths(results, indices=indices, starts=starts, contexts=contexts),
+                    starts=[b.start for b in blocks],
+                    members=members,
+                    spatial_dims=info.n_spatial_dims,
+                )
+        finally:
+            if scratch is not None:
+                remove_scratch(scratch)
         # 3. combine in a fixed order
         summary, rows, per_lead_rows, figures_data = _analyse(
             results,
+            split_scores,
             indices=indices,
             contexts=contexts,
             starts=starts,
@@ -724,6 +737,24 @@ def evaluate(
     return store.get(STAGE, aid)
 
 
+def _rollout_truths(
+    results: dict, *, indices: list[int], starts: list[int], contexts: list[int]
+) -> dict[tuple[int, int, int], dict[str, np.ndarray]]:
+    """``(trajectory, start, context) → reference → (L, C, *spatial)`` physical truth from
+    each rollout's first state on, from the trajectories' primary results."""
+    truths = {}
+    for t in indices:
+        primary = results[(t, starts[0], contexts[0], 0)]
+        full = {"absolute": primary["truth"]}
+        if "truth_ae" in primary:
+            full["relative"] = primary["truth_ae"]
+        for origin in starts:
+            by_reference = {ref: np.moveaxis(u[:, origin:], 1, 0) for ref, u in full.items()}
+            for c in contexts:
+                truths[(t, origin, c)] = by_reference
+    return truths
+
+
 def _actor_gpus(actor_gpus: float | None) -> float:
     if actor_gpus is not None:
         return float(actor_gpus)
@@ -736,6 +767,7 @@ def _actor_gpus(actor_gpus: float | None) -> float:
 
 def _analyse(
     results: dict,
+    split_scores: dict,
     *,
     indices: list[int],
     contexts: list[int],
@@ -753,7 +785,8 @@ def _analyse(
 ) -> tuple[dict, list[dict], list[dict], dict]:
     """Combines the actors' statistics in a fixed order (trajectory, start, context, block)
     into the summary, the per-horizon rows, the per-lead rows and the figures' data (which
-    also holds the per-(field, lead) and per-trajectory tables and the rank histograms)."""
+    also holds the per-(field, lead) and per-trajectory tables and the rank histograms).
+    ``split_scores``: the ensemble scores of split ensembles, by (trajectory, start, context)."""
     spatial_dims = info.n_spatial_dims
     field_names = list(info.field_names)
     references = REFERENCES if latent else REFERENCES[:1]
@@ -789,7 +822,7 @@ def _analyse(
             length = truths["absolute"].shape[1]
             for c in contexts:
                 group = [results[(t, origin, c, b.start)] for b in blocks]
-                scores = _ensemble_scores(group, truths, spatial_dims=spatial_dims)
+                scores = group[0]["scores"] if len(blocks) == 1 else split_scores[(t, origin, c)]
                 leads = lead_times(length, c, stride)
                 generated = leads > 0
                 for ref in references:

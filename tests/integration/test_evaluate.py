@@ -14,6 +14,7 @@ from PIL import Image
 from wellfiles import make_tiny_dataset
 
 from lolaray.evaluation import evaluate as evaluate_module
+from lolaray.evaluation import split_ensemble
 from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, standardizer_for
@@ -244,7 +245,7 @@ def _numeric_rows(path):
         return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, tmp_path):
+def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, tmp_path, monkeypatch):
     info, _, autoencoder, emulators, uri = setup
     common = {
         "contexts": (1,),
@@ -256,13 +257,22 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         "steps": 3,
         "mlflow_uri": uri,
     }
-    # One block of 4 members (scored in the actor) vs 4 blocks of 1 (joined on the driver).
+    # One block of 4 members (scored in the actor) vs 4 blocks of 1, spilled to the store
+    # and scored by a second pass one lead time at a time (a chunk budget of 1 byte).
     whole = evaluate(
         emulators["diffusion"], autoencoder, info, max_batch=4, store=ArtifactStore(tmp_path / "a"), **common
+    )
+    monkeypatch.setattr(split_ensemble, "DEFAULT_CHUNK_BYTES", 1)
+    passes = []
+    score_split = evaluate_module.score_split_ensembles
+    monkeypatch.setattr(
+        evaluate_module, "score_split_ensembles", lambda *a, **k: passes.append(a[0]) or score_split(*a, **k)
     )
     split = evaluate(
         emulators["diffusion"], autoencoder, info, max_batch=1, store=ArtifactStore(tmp_path / "b"), **common
     )
+    assert len(passes) == 1 and passes[0].startswith(str(tmp_path / "b"))  # scored from the store
+    assert not list((tmp_path / "b" / "evaluation").glob(".members-*"))  # and the scratch is gone
     for name in ("metrics.csv", "per_field_lead.csv", "per_trajectory.csv", "rank_histogram.csv"):
         rows_whole, rows_split = _numeric_rows(whole.path / name), _numeric_rows(split.path / name)
         assert len(rows_whole) == len(rows_split) > 0

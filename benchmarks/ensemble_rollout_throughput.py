@@ -38,10 +38,11 @@ def main(argv=None) -> None:
     from lolaray.platform.artifacts import ArtifactStore
     from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
     from lolaray.platform.session import start_ray
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
-    from lolaray.trainers.emulator_trainer import EmulatorConfig, build_emulator
+    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
+    from lolaray.trainers.emulators import EmulatorConfig, build_emulator
     from lolaray.trainers.launch import ScalingSpec
     from lolaray.trainers.loop import LoopConfig
+    from lolaray.trainers.snapshots import load_autoencoder, save_emulator
 
     start_ray(None)
     info = open_dataset(args.dataset)
@@ -116,15 +117,7 @@ def main(argv=None) -> None:
         "autoencoder": autoencoder.id,
     }
     with store.build("emulator", "emulator-bench", manifest) as folder:
-        torch.save(
-            {
-                "config": config.to_dict(),
-                "state_shape": list(latent_shape),
-                "theta_dim": info.theta_dim,
-                "state_dict": denoiser.state_dict(),
-            },
-            folder / "emulator.pt",
-        )
+        save_emulator(folder, denoiser, config, tuple(latent_shape), info.theta_dim)
     emulator = store.get("emulator", "emulator-bench")
     for actors in (1, 2):
         began = time.perf_counter()

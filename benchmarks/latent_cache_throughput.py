@@ -35,10 +35,11 @@ def main(argv=None) -> None:
     from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
     from lolaray.platform.latent_cache import window_dataset
     from lolaray.platform.session import start_ray
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
     from lolaray.trainers.encoding import cache_latents, open_cache
     from lolaray.trainers.launch import ScalingSpec
     from lolaray.trainers.loop import LoopConfig
+    from lolaray.trainers.snapshots import load_autoencoder
 
     start_ray(None)
     import ray.data

@@ -31,7 +31,8 @@ import torch
 from lolaray.sweeps.plan import autoencoder_cost, emulator_cost, plan_dataset
 from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
-from lolaray.trainers.emulator_trainer import EmulatorConfig, Objective, build_emulator, draw_masks
+from lolaray.trainers.emulator_trainer import Objective, draw_masks
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.hardware import autocast_context, cpu_flags, measure_bf16_speedup, resolve_precision
 from lolaray.trainers.optim import build_optimizer
 

@@ -34,6 +34,7 @@ import pyarrow.fs
 import torch
 
 from lolaray.evaluation.metrics import ensemble_scores
+from lolaray.platform.artifacts import filesystem_for
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -68,7 +69,7 @@ def scratch_folder(store_root: str, stage: str, artifact: str) -> str:
 
 def remove_scratch(folder: str) -> None:
     """Deletes a scratch folder and everything in it (nothing if it is absent)."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(folder)
+    fs, path = filesystem_for(folder)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
         fs.delete_dir(path)
 
@@ -84,7 +85,7 @@ def write_block(folder: str, key: RolloutKey, start: int, members: np.ndarray) -
     :param folder: the scratch folder URI (:func:`scratch_folder`).
     :param members: ``(k, L, C, *spatial)``, stored float32 as ``(L, k, C, *spatial)``.
     """
-    fs, path = pyarrow.fs.FileSystem.from_uri(folder)
+    fs, path = filesystem_for(folder)
     fs.create_dir(path, recursive=True)
     lead_major = np.ascontiguousarray(np.swapaxes(np.asarray(members, dtype=np.float32), 0, 1))
     with fs.open_output_stream(_block_path(path, key, start)) as f:
@@ -96,7 +97,7 @@ def read_chunk(folder: str, key: RolloutKey, starts: Sequence[int], leads: range
     (given by their first members ``starts``, in member order): ``(K, len(leads), C, *spatial)``."""
     if not starts:
         raise ValueError(f"no member blocks given for rollout {key}")
-    fs, path = pyarrow.fs.FileSystem.from_uri(folder)
+    fs, path = filesystem_for(folder)
     blocks = []
     for start in starts:
         with fs.open_input_file(_block_path(path, key, start)) as f:

@@ -4,7 +4,7 @@ Writing (:func:`build_latent_cache`) is a Ray Data pipeline::
 
     trajectory ids ──map──► read + augment + standardize (tasks)
                   ──map_batches──► encoder actor pool (a GPU each on a cluster)
-                  ──write_parquet──► shards
+                  ──write_parquet──► shards (on the store's file system, from any node)
 
 Each row holds one (augmented copy of a) trajectory: ``trajectory_id``, ``file``,
 ``trajectory``, ``copy``, ``theta`` and the latent trajectory ``(L, C, h[, w, z])`` as raw
@@ -32,7 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs
+import pyarrow.parquet as pq
 import torch
+
+from lolaray.platform.artifacts import filesystem_for
 
 __all__ = [
     "CorruptCacheError",
@@ -68,9 +72,9 @@ def decode_latents(blob: bytes, dtype: str, shape: Sequence[int]) -> torch.Tenso
     return torch.from_numpy(np.frombuffer(blob, dtype=np.dtype(dtype)).reshape(shape).copy()).float()
 
 
-def _sha256(path: str) -> str:
+def _sha256(fs: pyarrow.fs.FileSystem, path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open_input_stream(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -135,7 +139,9 @@ def build_latent_cache(
     trajectories_per_batch: int = 2,
     rows_per_shard: int = 64,
 ) -> dict:
-    """Encode every trajectory of ``split`` (``repeat`` copies each) into Parquet shards in ``folder``.
+    """Encode every trajectory of ``split`` (``repeat`` copies each) into Parquet shards in
+    ``folder`` (a path or URI every Ray worker can write: a staging folder on the store,
+    :meth:`~lolaray.platform.artifacts.ArtifactStore.build_on_store`).
 
     :param encoder_cls: a callable class for ``map_batches``: built once per actor with
         ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``;
@@ -167,23 +173,26 @@ def build_latent_cache(
         num_gpus=actor_gpus or None,
         num_cpus=None if actor_gpus else actor_cpus,
     )
-    shards = Path(folder) / "shards"
+    fs, base = filesystem_for(folder)
+    shards = f"{base.rstrip('/')}/shards"
     # Rows land in the order the actors finish; readers that need a fixed order (the
     # emulator workers) sort by trajectory id. (A Ray Data sort here is a shuffle, whose
     # tasks cannot be scheduled inside a Tune trial's placement group.)
-    ds.write_parquet(str(shards), min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard)
-    return describe_shards(shards)
+    ds.write_parquet(
+        shards, filesystem=fs, min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard
+    )
+    return describe_shards(fs, shards)
 
 
-def describe_shards(shards: Path) -> dict:
-    """Row counts, checksums and the latent geometry of the shards in ``shards``."""
-    import pyarrow.parquet as pq
-
+def describe_shards(fs: pyarrow.fs.FileSystem, shards: str) -> dict:
+    """Row counts, checksums and the latent geometry of the shards in folder ``shards`` of ``fs``."""
+    found = fs.get_file_info(pyarrow.fs.FileSelector(shards, allow_not_found=True))
     entries, lengths = [], []
-    for path in sorted(shards.glob("*.parquet")):
-        meta = pq.read_metadata(path)
-        entries.append({"file": path.name, "rows": meta.num_rows, "sha256": _sha256(str(path))})
-        lengths.extend(pq.read_table(path, columns=["length"]).column("length").to_pylist())
+    for path in sorted(i.path for i in found if i.path.endswith(".parquet")):
+        meta = pq.read_metadata(path, filesystem=fs)
+        name = path.rsplit("/", 1)[-1]
+        entries.append({"file": name, "rows": meta.num_rows, "sha256": _sha256(fs, path)})
+        lengths.extend(pq.read_table(path, columns=["length"], filesystem=fs).column("length").to_pylist())
     return {
         "shards": entries,
         "rows": sum(e["rows"] for e in entries),
@@ -195,13 +204,15 @@ def describe_shards(shards: Path) -> dict:
 class LatentCache:
     """A complete latent cache, read with pyarrow (no Ray): trajectories and windows.
 
-    :param folder: the cache artifact's folder (``manifest.json`` + ``shards/``).
+    :param folder: the cache artifact's folder (``manifest.json`` + ``shards/``): a local
+        path or a ``pyarrow.fs`` URI (``s3://…``).
     :param manifest: its manifest.
     :param verify: check every shard's checksum first (raises :class:`CorruptCacheError`).
     """
 
     def __init__(self, folder: str | os.PathLike, manifest: dict, *, verify: bool = True):
-        self.folder = Path(folder)
+        self.folder = str(folder)
+        self.filesystem, self._base = filesystem_for(folder)
         self.manifest = manifest
         self.latent_shape = tuple(manifest["latent_shape"])
         self.dtype = manifest["latent_dtype"]
@@ -210,13 +221,14 @@ class LatentCache:
 
     @property
     def shard_paths(self) -> list[str]:
-        return [str(self.folder / "shards" / s["file"]) for s in self.manifest["shards"]]
+        """The shards' paths on :attr:`filesystem`."""
+        return [f"{self._base.rstrip('/')}/shards/{s['file']}" for s in self.manifest["shards"]]
 
     def verify(self) -> None:
         for shard, path in zip(self.manifest["shards"], self.shard_paths):
-            if not os.path.exists(path):
+            if self.filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
                 raise CorruptCacheError(f"latent cache {self.folder}: shard {shard['file']} is missing")
-            if _sha256(path) != shard["sha256"]:
+            if _sha256(self.filesystem, path) != shard["sha256"]:
                 raise CorruptCacheError(
                     f"latent cache {self.folder}: shard {shard['file']} does not match its checksum "
                     "(corrupted or modified after writing); delete the cache folder to rebuild it"
@@ -224,10 +236,8 @@ class LatentCache:
 
     def trajectories(self) -> Iterator[dict]:
         """Each row: ``trajectory_id``, ``file``, ``trajectory``, ``copy``, ``theta`` (D,), ``z`` (L, C, *spatial)."""
-        import pyarrow.parquet as pq
-
         for path in self.shard_paths:
-            for row in pq.read_table(path).to_pylist():
+            for row in pq.read_table(path, filesystem=self.filesystem).to_pylist():
                 shape = (row["length"], *self.latent_shape)
                 yield {
                     "trajectory_id": row["trajectory_id"],
@@ -306,7 +316,9 @@ def trajectory_dataset(cache: LatentCache, *, materialize: bool = True):
     :func:`draw_windows`."""
     import ray.data
 
-    ds = ray.data.read_parquet(cache.shard_paths, override_num_blocks=max(1, len(cache.shard_paths)))
+    ds = ray.data.read_parquet(
+        cache.shard_paths, filesystem=cache.filesystem, override_num_blocks=max(1, len(cache.shard_paths))
+    )
     return ds.materialize() if materialize else ds
 
 

@@ -28,12 +28,8 @@ from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import DatasetInfo
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-from lolaray.trainers.emulator_trainer import (
-    EmulatorConfig,
-    train_diffusion,
-    train_pixel_solver,
-    train_solver,
-)
+from lolaray.trainers.emulator_trainer import train_diffusion, train_pixel_solver, train_solver
+from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig

@@ -47,7 +47,8 @@ from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.sweeps.chain import Profile
 from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, latent_geometry
-from lolaray.trainers.emulator_trainer import EmulatorConfig, Objective, build_emulator
+from lolaray.trainers.emulator_trainer import Objective
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.transformer import count_parameters
 
 __all__ = [

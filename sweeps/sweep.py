@@ -121,6 +121,8 @@ def check_inputs(args: argparse.Namespace, *, default_dataset: str) -> tuple[Art
     try:
         store = ArtifactStore(args.store)
         store.check_writable()
+    except PermissionError as error:  # names the store and what to fix
+        raise SweepInputError(str(error)) from error
     except (OSError, ValueError) as error:
         raise SweepInputError(f"artifact store {args.store}: {error}") from error
     uri = tracking_uri(args.mlflow_uri)

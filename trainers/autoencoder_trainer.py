@@ -21,7 +21,6 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -33,8 +32,9 @@ from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_
 from lolaray.trainers.launch import ScalingSpec, fit_stage
 from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
 from lolaray.trainers.optim import OPTIMIZERS
+from lolaray.trainers.snapshots import save_autoencoder
 
-__all__ = ["AutoencoderConfig", "load_autoencoder", "train_autoencoder"]
+__all__ = ["AutoencoderConfig", "train_autoencoder"]
 
 STAGE = "autoencoder"
 
@@ -241,11 +241,7 @@ def train_autoencoder(
             "mlflow_run_id": run_id,
         }
         with store.build(STAGE, aid, manifest) as folder:
-            torch.save(
-                {"kwargs": config.model_kwargs(info), "state_dict": model.state_dict()},
-                folder / "autoencoder.pt",
-            )
-            (folder / "standardizer.json").write_text(json.dumps(standardizer.to_dict(), indent=2))
+            save_autoencoder(folder, model, config.model_kwargs(info), standardizer)
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
             if log_model:
                 manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run_id, uri)
@@ -272,17 +268,6 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
             serialization_format="pickle",
         )
     return info_.model_uri
-
-
-def load_autoencoder(artifact: Artifact | str | Path) -> tuple[AutoEncoder, Standardizer]:
-    """The trained network (eval mode, CPU) and the standardization it was trained with."""
-    folder = Path(artifact.uri if isinstance(artifact, Artifact) else artifact)
-    snapshot = torch.load(folder / "autoencoder.pt", map_location="cpu", weights_only=False)
-    model = AutoEncoder(**snapshot["kwargs"])
-    model.load_state_dict(snapshot["state_dict"])
-    model.eval()
-    standardizer = Standardizer.from_dict(json.loads((folder / "standardizer.json").read_text()))
-    return model, standardizer
 
 
 def main(argv: list[str] | None = None) -> Artifact:

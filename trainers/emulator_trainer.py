@@ -23,129 +23,33 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
 from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.tracking import stage_run, tracking_uri
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.launch import ScalingSpec, fit_stage
-from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
-from lolaray.trainers.optim import OPTIMIZERS
-from lolaray.trainers.solver import NeuralSolver, solver_loss
-from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
+from lolaray.trainers.loop import LoopConfig, endless_batches, run_training
+from lolaray.trainers.snapshots import save_emulator
+from lolaray.trainers.solver import solver_loss
+from lolaray.trainers.transformer import EMULATOR_PRESETS
 
 __all__ = [
-    "EmulatorConfig",
-    "build_emulator",
-    "load_emulator",
+    "Objective",
+    "draw_masks",
     "train_diffusion",
     "train_pixel_solver",
     "train_solver",
 ]
 
 STAGE = "emulator"
-KINDS = ("diffusion", "solver")
-
-
-@dataclass(frozen=True)
-class EmulatorConfig(StageConfig):
-    """Everything that defines an emulator training (its artifact id hashes all of it).
-
-    :param kind: ``diffusion`` or ``solver``. ``space``: ``latent`` or ``pixel``.
-    :param preset: a key of :data:`~lolaray.trainers.transformer.EMULATOR_PRESETS`;
-        ``architecture`` overrides its keywords (e.g. ``{"patch_size": 4}`` for pixels).
-    :param window: states per window, ``n + 1`` (5 in the paper); ``stride``: Δ between them.
-    :param max_context: largest context length the masks draw (default ``window − 1``).
-    :param mask_distribution: ``paper`` (c ~ Poisson(2) truncated to [1, n], forward) or
-        ``reference`` (1 + Poisson(1) mod n, 34 % backward).
-    :param windows_per_trajectory: random windows drawn per cached trajectory per pass.
-    :param loop: the optimization (the paper: AdamW, lr 1e-4, betas (0.9, 0.99), cosine, clip 1).
-    """
-
-    kind: str = "diffusion"
-    space: str = "latent"
-    preset: str = "demo"
-    architecture: dict = field(default_factory=dict)
-    window: int = 5
-    stride: int = 4
-    max_context: int | None = None
-    mask_distribution: str = "paper"
-    batch_size: int = 16
-    windows_per_trajectory: int = 4
-    valid_windows: int = 64
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="adamw", lr=1e-4))
-
-    def backbone_kwargs(self) -> dict:
-        return {**EMULATOR_PRESETS.get(self.preset, {}), **self.architecture}
-
-    def validate(self, state_shape: tuple[int, ...], n_steps: int) -> None:
-        """Clear errors for a bad config, before any worker starts.
-
-        :param state_shape: ``(C, *spatial)`` of one state in the emulator's space.
-        :param n_steps: the shortest trajectory length available.
-        """
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown emulator kind {self.kind!r}; choose one of {KINDS}")
-        if self.space not in ("latent", "pixel"):
-            raise ValueError(f"space must be 'latent' or 'pixel', got {self.space!r}")
-        if self.preset not in EMULATOR_PRESETS:
-            raise ValueError(
-                f"unknown emulator preset {self.preset!r}; choose one of {sorted(EMULATOR_PRESETS)}"
-            )
-        if self.loop.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.loop.optimizer!r}; choose one of {list(OPTIMIZERS)}")
-        if self.window < 2:
-            raise ValueError(
-                f"window length must be >= 2 (context + at least one new state), got {self.window}"
-            )
-        context = self.window - 1 if self.max_context is None else self.max_context
-        if not 1 <= context < self.window:
-            raise ValueError(
-                f"context length {context} must be in [1, window length - 1] = [1, {self.window - 1}]"
-            )
-        if self.mask_distribution not in ("paper", "reference"):
-            raise ValueError(
-                f"mask_distribution must be 'paper' or 'reference', got {self.mask_distribution!r}"
-            )
-        span = (self.window - 1) * self.stride + 1
-        if span > n_steps:
-            raise ValueError(
-                f"a window of {self.window} states at stride {self.stride} spans {span} steps, "
-                f"longer than the trajectories ({n_steps} steps)"
-            )
-        kwargs = self.backbone_kwargs()
-        width, heads = kwargs["hid_channels"], kwargs["attention_heads"]
-        if width % heads:
-            raise ValueError(f"attention heads ({heads}) must divide the width ({width})")
-        patch = kwargs.get("patch_size", 1)
-        patch = (
-            (patch,) * (len(state_shape) - 1)
-            if isinstance(patch, int)
-            else tuple(patch)[-(len(state_shape) - 1) :]
-        )
-        for axis, (size, p) in enumerate(zip(state_shape[1:], patch)):
-            if size % p:
-                raise ValueError(
-                    f"patch size {p} does not divide the grid: spatial axis {axis} has {size} cells"
-                )
-
-
-def build_emulator(config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int) -> nn.Module:
-    """The denoiser or solver for states of ``state_shape`` ``(C, *spatial)``."""
-    backbone = build_backbone(
-        config.preset, in_channels=state_shape[0], spatial_dims=len(state_shape) - 1, **config.architecture
-    )
-    if config.kind == "diffusion":
-        return ElucidatedDenoiser(backbone, label_features=theta_dim)
-    return NeuralSolver(backbone, label_features=theta_dim)
 
 
 class Objective(nn.Module):
@@ -391,15 +295,7 @@ def _train(
             mlflow_run_id=run_id,
         )
         with store.build(STAGE, aid, manifest) as folder:
-            torch.save(
-                {
-                    "config": config.to_dict(),
-                    "state_shape": list(state_shape),
-                    "theta_dim": theta_dim,
-                    "state_dict": emulator.state_dict(),
-                },
-                folder / "emulator.pt",
-            )
+            save_emulator(folder, emulator, config, state_shape, theta_dim)
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
             if log_model:
                 manifest["mlflow_model_uri"] = _log_mlflow_model(
@@ -539,23 +435,6 @@ def _store(store: ArtifactStore | str) -> ArtifactStore:
     return store if isinstance(store, ArtifactStore) else ArtifactStore(store)
 
 
-def load_emulator(artifact: Artifact | str | Path) -> tuple[nn.Module, EmulatorConfig]:
-    """The trained denoiser or solver (eval mode, CPU) and its config."""
-    folder = Path(artifact.uri if isinstance(artifact, Artifact) else artifact)
-    snapshot = torch.load(folder / "emulator.pt", map_location="cpu", weights_only=False)
-    config = EmulatorConfig.from_dict(snapshot["config"])
-    emulator = build_emulator(config, tuple(snapshot["state_shape"]), snapshot["theta_dim"])
-    emulator.load_state_dict(snapshot["state_dict"])
-    return emulator.eval(), config
-
-
-def _artifact_from_folder(folder: str) -> Artifact:
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    return Artifact(
-        stage=manifest["stage"], id=manifest["id"], uri=str(Path(folder).resolve()), manifest=manifest
-    )
-
-
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(
         description="Train an emulator (latent diffusion / solver, pixel solver)."
@@ -606,7 +485,7 @@ def main(argv=None) -> Artifact:
     else:
         if not args.autoencoder:
             parser.error("--autoencoder is required for latent emulators")
-        autoencoder = _artifact_from_folder(args.autoencoder)
+        autoencoder = open_artifact(args.autoencoder)
         caches = {
             s: cache_latents(autoencoder, info, s, store=args.store, mlflow_uri=args.mlflow_uri)
             for s in ("train", "valid")

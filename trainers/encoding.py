@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id, open_artifact
 from lolaray.platform.data import DatasetInfo, open_dataset
 from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
 from lolaray.platform.tracking import stage_run, tracking_uri
-from lolaray.trainers.autoencoder_trainer import load_autoencoder
+from lolaray.trainers.snapshots import load_autoencoder
 
 __all__ = ["AutoencoderEncoder", "cache_latents", "open_cache"]
 
@@ -133,7 +132,8 @@ def cache_latents(
             "mlflow_run_id": run_id,
         }
         began = time.perf_counter()
-        with store.build(STAGE, aid, manifest) as folder:
+        # Staged on the store: the encoder actors write shards from whichever node they run on.
+        with store.build_on_store(STAGE, aid, manifest) as folder:
             manifest.update(
                 latent_shape=list(autoencoder.manifest["latent_shape"]),
                 latent_dtype=dtype,
@@ -162,12 +162,12 @@ def cache_latents(
 
 def open_cache(artifact: Artifact, *, verify: bool = True) -> LatentCache:
     """A plain reader of a latent cache artifact (checksums verified unless ``verify=False``)."""
-    return LatentCache(Path(artifact.uri), artifact.manifest, verify=verify)
+    return LatentCache(artifact.uri, artifact.manifest, verify=verify)
 
 
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(description="Encode a dataset split into a latent cache (Ray Data).")
-    parser.add_argument("--autoencoder", required=True, help="folder of an autoencoder artifact")
+    parser.add_argument("--autoencoder", required=True, help="an autoencoder artifact: its folder or URI")
     parser.add_argument("--dataset", default="euler_quadrants:demo")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--split", default="train", choices=("train", "valid", "test"))
@@ -179,15 +179,9 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--address", default=None)
     args = parser.parse_args(argv)
 
-    import json
-
     from lolaray.platform.session import start_ray
 
-    folder = Path(args.autoencoder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    autoencoder = Artifact(
-        stage="autoencoder", id=manifest["id"], uri=str(folder.resolve()), manifest=manifest
-    )
+    autoencoder = open_artifact(args.autoencoder)
     start_ray(args.address)
     info = open_dataset(args.dataset, data_root=args.data_root)
     artifact = cache_latents(

@@ -5,9 +5,10 @@ import torch
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
-from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import FaultInjection, LoopConfig
+from lolaray.trainers.snapshots import load_autoencoder
 
 TWO_WORKERS = ScalingSpec(workers=2, cpus_per_worker=1, max_failures=2)
 

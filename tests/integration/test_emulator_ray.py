@@ -10,10 +10,12 @@ from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.diffusion import ElucidatedDenoiser
-from lolaray.trainers.emulator_trainer import EmulatorConfig, load_emulator, train_diffusion, train_solver
+from lolaray.trainers.emulator_trainer import train_diffusion, train_solver
+from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.snapshots import load_emulator
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, standardizer_for
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
-from lolaray.trainers.emulator_trainer import EmulatorConfig, build_emulator
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
+from lolaray.trainers.snapshots import save_autoencoder, save_emulator
 
 
 def _save_autoencoder(store, info):
@@ -31,8 +32,7 @@ def _save_autoencoder(store, info):
     rate = torch.Size(info.state_shape).numel() / torch.Size(latent_shape).numel()
     manifest = {"latent_shape": latent_shape, "compression": rate, "pixel_shape": list(info.state_shape)}
     with store.build("autoencoder", "autoencoder-test", manifest) as folder:
-        torch.save({"kwargs": kwargs, "state_dict": model.state_dict()}, folder / "autoencoder.pt")
-        (folder / "standardizer.json").write_text(json.dumps(standardizer_for(info).to_dict()))
+        save_autoencoder(folder, model, kwargs, standardizer_for(info))
     return store.get("autoencoder", "autoencoder-test")
 
 
@@ -51,15 +51,7 @@ def _save_emulator(store, name, kind, state_shape, theta_dim, *, space="latent",
         "autoencoder": "autoencoder-test",
     }
     with store.build("emulator", name, manifest) as folder:
-        torch.save(
-            {
-                "config": config.to_dict(),
-                "state_shape": list(state_shape),
-                "theta_dim": theta_dim,
-                "state_dict": model.state_dict(),
-            },
-            folder / "emulator.pt",
-        )
+        save_emulator(folder, model, config, tuple(state_shape), theta_dim)
     return store.get("emulator", name)
 
 
@@ -112,7 +104,7 @@ def test_mismatched_latent_shapes_fail_before_any_ray_work(setup, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("the pipeline must not run")
 
-    monkeypatch.setattr(evaluate_module, "_run_pipeline", no_ray)
+    monkeypatch.setattr(evaluate_module, "run_rollouts", no_ray)
     with pytest.raises(ValueError, match="different latent shapes"):
         evaluate(wrong, autoencoder, info, store=store, mlflow_uri=uri)
     with pytest.raises(ValueError, match="autoencoder"):
@@ -217,7 +209,7 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
     def fail(*args, **kwargs):
         raise AssertionError("a complete artifact must be reused")
 
-    monkeypatch.setattr(evaluate_module, "_run_pipeline", fail)
+    monkeypatch.setattr(evaluate_module, "run_rollouts", fail)
     again = evaluate(
         emulators["diffusion"],
         autoencoder,

@@ -10,10 +10,11 @@ from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import CorruptCacheError, window_dataset
 from lolaray.trainers import encoding
-from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.encoding import cache_latents, open_cache
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.snapshots import load_autoencoder
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
 from lolaray.trainers import autoencoder_trainer
-from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, load_autoencoder, train_autoencoder
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import FaultInjection, LoopConfig, NonFiniteTrainingError
+from lolaray.trainers.snapshots import load_autoencoder
 
 LOCAL = ScalingSpec(workers=0)
 

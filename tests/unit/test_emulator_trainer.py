@@ -6,9 +6,11 @@ from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
 from lolaray.trainers import emulator_trainer
-from lolaray.trainers.emulator_trainer import EmulatorConfig, load_emulator, train_pixel_solver
+from lolaray.trainers.emulator_trainer import train_pixel_solver
+from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.snapshots import load_emulator
 from lolaray.trainers.solver import NeuralSolver
 
 

@@ -452,10 +452,12 @@ def test_streaming_vrmse_under_the_well_convention_agrees_with_the_well():
 
 
 @pytest.mark.parametrize("split", [(5,), (2, 3), (1, 1, 3)], ids=["one-block", "two-blocks", "three-blocks"])
-def test_the_evaluation_stage_aggregation_equals_reference_functions(split):
-    """What the evaluation stage computes from its actors' member blocks (``_combine``,
-    ``_ensemble_scores``, ``_per_field_lead``) equals the reference functions on the whole ensemble."""
-    from lolaray.evaluation import evaluate
+def test_the_evaluation_stage_aggregation_equals_reference_functions(split, tmp_path):
+    """What the evaluation stage computes from its actors' member blocks (``_combine``; the
+    blocks written to a scratch folder and scored one lead time at a time, as
+    :mod:`~lolaray.evaluation.split_ensemble` does; ``_per_field_lead``) equals the
+    reference functions on the whole ensemble."""
+    from lolaray.evaluation import aggregation, split_ensemble
 
     ensemble = 2.0 + _random(5, 4, 2, 16, 16, seed=21)  # (K, L, C, H, W): members by lead
     truth = 2.0 + _random(4, 2, 16, 16, seed=22)  # (L, C, H, W)
@@ -470,13 +472,24 @@ def test_the_evaluation_stage_aggregation_equals_reference_functions(split):
                 "warmup": False,
                 "moments": metrics.EnsembleStatistics(spatial_dims=2).add(members).to_dict(),
                 "absolute": {"wasserstein": (wasserstein_1d(members, truth, spatial_dims=2) * size).numpy()},
-                "members": members.float().double().numpy(),
             }
         )
+        split_ensemble.write_block(str(tmp_path), (0, 0, 1), start - size, members.numpy())
     truths = {"absolute": truth.movedim(1, 0)}  # the stage keeps truths as (C, L, H, W)
-    scores = evaluate._ensemble_scores(blocks, truths, spatial_dims=2)
-    sums = evaluate._combine(blocks, "absolute")
-    got = evaluate._per_field_lead(
+    starts = [sum(split[:i]) for i in range(len(split))]
+    chunks = split_ensemble.lead_chunks(4, members=5, state_size=2 * 16 * 16, chunk_bytes=1)  # a lead each
+    scores = split_ensemble.join_chunks(
+        [
+            split_ensemble.score_chunk(
+                split_ensemble.read_chunk(str(tmp_path), (0, 0, 1), starts, leads),
+                {"absolute": truth[leads.start : leads.stop].numpy()},
+                spatial_dims=2,
+            )
+            for leads in chunks
+        ]
+    )
+    sums = aggregation._combine(blocks, "absolute")
+    got = aggregation._per_field_lead(
         sums, truths["absolute"], scores["absolute"], kind="diffusion", spatial_dims=2, vrmse_eps=1e-6
     )
     spread, skill, ratio = spread_skill(ensemble, truth, spatial_dims=2)

@@ -3,7 +3,7 @@
 An autoencoder is overfit on the 13 states of one test trajectory of a tiny embedded Euler
 dataset and a latent neural solver on that trajectory's latent windows; both are saved in
 the artifact layout the stages write, loaded back by
-:class:`~lolaray.evaluation.evaluate.RolloutActor` (which reads the test split, standardizes,
+:class:`~lolaray.evaluation.rollout_actor.RolloutActor` (which reads the test split, standardizes,
 encodes, rolls out, decodes and returns to physical units exactly as in a study), and its
 outputs are checked:
 
@@ -19,21 +19,19 @@ windowing or the metric), a network trained to near-zero loss would still score 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from lolaray.evaluation.evaluate import RolloutActor
 from lolaray.evaluation.metrics import EnsembleStatistics, vrmse
+from lolaray.evaluation.rollout_actor import RolloutActor
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.embedded import EmbeddedPreset, generate_dataset
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
-from lolaray.trainers.autoencoder_trainer import load_autoencoder
 from lolaray.trainers.diffusion import context_mask
-from lolaray.trainers.emulator_trainer import EmulatorConfig, build_emulator
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
+from lolaray.trainers.snapshots import load_autoencoder, save_autoencoder, save_emulator
 from lolaray.trainers.solver import solver_loss
 
 # 16² states, 13 snapshots: the whole chain trains in well under a minute on 2 cores.
@@ -92,8 +90,7 @@ def chain(tmp_path_factory):
     )
     ae_dir = root.parent / "autoencoder"
     ae_dir.mkdir()
-    torch.save({"kwargs": AE_KWARGS, "state_dict": autoencoder.state_dict()}, ae_dir / "autoencoder.pt")
-    (ae_dir / "standardizer.json").write_text(json.dumps(standardizer.to_dict()))
+    save_autoencoder(ae_dir, autoencoder, AE_KWARGS, standardizer)
 
     # The latent solver on every window of the trajectory's latents, context 1 as rolled out.
     loaded, _ = load_autoencoder(ae_dir)
@@ -110,15 +107,7 @@ def chain(tmp_path_factory):
     )
     solver_dir = root.parent / "solver"
     solver_dir.mkdir()
-    torch.save(
-        {
-            "config": config.to_dict(),
-            "state_shape": list(state_shape),
-            "theta_dim": theta.shape[1],
-            "state_dict": solver.state_dict(),
-        },
-        solver_dir / "emulator.pt",
-    )
+    save_emulator(solver_dir, solver, config, state_shape, theta.shape[1])
 
     actor = RolloutActor(
         emulator_dir=str(solver_dir),

@@ -19,7 +19,7 @@ from lolaray.sweeps.plan import (
     plan_study,
 )
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
-from lolaray.trainers.emulator_trainer import EmulatorConfig
+from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.transformer import EMULATOR_PRESETS
 

@@ -1,0 +1,355 @@
+r"""Combining the rollout actors' statistics into the evaluation's metrics (the driver side).
+
+The member blocks of each (trajectory, start, context) are combined in float64 in a fixed
+order (:func:`_combine`), so the numbers do not depend on the number of actors; every metric
+comes from :mod:`~lolaray.evaluation.metrics` per field and lead time
+(:func:`_per_field_lead`), is averaged over fields (:func:`_field_mean`) and aggregated by
+horizons, per context and over contexts (:func:`analyse`). :func:`rollout_truths` gives the
+truths the split ensembles are scored against. Also the metric names (:data:`METRICS`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lolaray.evaluation.metrics import (
+    VRMSE_EPS,
+    EnsembleStatistics,
+    aggregate_by_horizon,
+    horizon_slices,
+    isotropic_power_spectrum,
+)
+from lolaray.evaluation.rollout import lead_times
+from lolaray.platform.data import DatasetInfo
+
+__all__ = ["ENSEMBLE_METRICS", "METRICS", "REFERENCES", "SEMD_FIELD", "analyse", "rollout_truths"]
+
+#: The per-lead metrics (averaged over fields), in CSV column order.
+METRICS = (
+    "vrmse",
+    "nrmse",
+    "spread",
+    "skill",
+    "spread_skill",
+    "psrmse_low",
+    "psrmse_mid",
+    "psrmse_high",
+    "semd",
+    "wasserstein",
+    "crps",
+    "coverage_50",
+    "coverage_90",
+)
+#: The probabilistic scores (:func:`~lolaray.evaluation.metrics.ensemble_scores`) among :data:`METRICS`.
+ENSEMBLE_METRICS = ("crps", "coverage_50", "coverage_90")
+#: The references the metrics are taken against: the truth :math:`x` and, for latent
+#: emulators, the auto-encoded truth :math:`D(E(x))`.
+REFERENCES = ("absolute", "relative")
+#: The field whose sliced EMD is reported (paper Table 11: Euler density).
+SEMD_FIELD = "density"
+
+
+def _per_field_lead(
+    sums: dict, truth: torch.Tensor, scores: dict, *, kind: str, spatial_dims: int, vrmse_eps: float
+) -> dict[str, torch.Tensor]:
+    """Metrics per lead time and field, ``metric → (L, C)`` (``semd`` → ``(L,)``, its one
+    field), of one (trajectory, origin, context) against one reference.
+
+    :param sums: :func:`_combine`'s statistics, the ``reference``'s distribution sums under
+        ``"distances"``.
+    :param truth: ``(C, L, *spatial)`` physical truth from the rollout's first state on.
+    :param scores: that reference's :func:`~lolaray.evaluation.metrics.ensemble_scores`.
+    """
+    moments: EnsembleStatistics = sums["moments"]
+    k = moments.count
+    u = truth.movedim(1, 0)  # (L, C, ...)
+    spread, skill, ratio = moments.spread_skill(u)
+    if kind == "solver":  # deterministic: no spread, ratio 0 by convention
+        ratio = torch.zeros_like(skill)
+    out = {
+        "vrmse": moments.vrmse(u, eps=vrmse_eps),
+        "nrmse": moments.nrmse(u, eps=vrmse_eps),
+        "spread": spread,
+        "skill": skill,
+        "spread_skill": ratio,
+        **{f"psrmse_{band}": value for band, value in moments.spectral_rmse(u).items()},
+        "wasserstein": torch.from_numpy(sums["distances"]["wasserstein"]) / k,
+    }
+    out.update({name: torch.from_numpy(scores[name]) for name in ENSEMBLE_METRICS})
+    if "semd" in sums["distances"]:
+        out["semd"] = torch.from_numpy(sums["distances"]["semd"]) / k
+    return out
+
+
+def _field_mean(per_field: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Mean over fields of :func:`_per_field_lead`: ``metric → (L,)`` (the paper's convention)."""
+    return {name: (v if name == "semd" else v.mean(dim=-1)).numpy() for name, v in per_field.items()}
+
+
+def _combine(blocks: list[dict], reference: str) -> dict:
+    """Sums the statistics of the member blocks of one (trajectory, origin, context), in the
+    given order (float64): ``count``, ``seconds`` (and ``timed_seconds``, ``timed_count``
+    without the actors' warm-up rollouts), ``moments`` and ``distances`` of ``reference``."""
+    moments = None
+    total: dict[str, Any] = {"count": 0, "seconds": 0.0, "timed_seconds": 0.0, "timed_count": 0}
+    distances: dict[str, np.ndarray] = {}
+    for b in blocks:
+        total["count"] += b["count"]
+        total["seconds"] += b["seconds"]
+        if not b.get("warmup", False):
+            total["timed_seconds"] += b["seconds"]
+            total["timed_count"] += b["count"]
+        block = EnsembleStatistics.from_dict(b["moments"])
+        moments = block if moments is None else moments.merge(block)
+        for name, value in b[reference].items():
+            distances[name] = distances[name] + value if name in distances else value.astype(np.float64)
+    total.update(moments=moments, distances=distances)
+    return total
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def rollout_truths(
+    results: dict, *, indices: list[int], starts: list[int], contexts: list[int]
+) -> dict[tuple[int, int, int], dict[str, np.ndarray]]:
+    """``(trajectory, start, context) → reference → (L, C, *spatial)`` physical truth from
+    each rollout's first state on, from the trajectories' primary results."""
+    truths = {}
+    for t in indices:
+        primary = results[(t, starts[0], contexts[0], 0)]
+        full = {"absolute": primary["truth"]}
+        if "truth_ae" in primary:
+            full["relative"] = primary["truth_ae"]
+        for origin in starts:
+            by_reference = {ref: np.moveaxis(u[:, origin:], 1, 0) for ref, u in full.items()}
+            for c in contexts:
+                truths[(t, origin, c)] = by_reference
+    return truths
+
+
+def analyse(
+    results: dict,
+    split_scores: dict,
+    *,
+    indices: list[int],
+    contexts: list[int],
+    starts: list[int],
+    blocks: list[range],
+    kind: str,
+    method: str,
+    rate: float,
+    stride: int,
+    horizons: tuple,
+    info: DatasetInfo,
+    latent: bool,
+    vrmse_eps: float = VRMSE_EPS["lola"],
+    steps: int | None = None,
+) -> tuple[dict, list[dict], list[dict], dict]:
+    """Combines the actors' statistics in a fixed order (trajectory, start, context, block)
+    into the summary, the per-horizon rows, the per-lead rows and the figures' data (which
+    also holds the per-(field, lead) and per-trajectory tables and the rank histograms).
+    ``split_scores``: the ensemble scores of split ensembles, by (trajectory, start, context)."""
+    spatial_dims = info.n_spatial_dims
+    field_names = list(info.field_names)
+    references = REFERENCES if latent else REFERENCES[:1]
+    # (reference, context) -> metric -> horizon -> [value per trajectory and start]
+    by_horizon: dict[tuple[str, int], dict[str, dict[str, list]]] = {}
+    per_lead_rows: list[dict] = []
+    per_trajectory_rows: list[dict] = []
+    # (reference, context, lead, field) -> metric -> [value per trajectory and start]
+    per_field: dict[tuple, dict[str, list]] = {}
+    # (reference, context, horizon) -> (C, K + 1) rank counts
+    ranks: dict[tuple, np.ndarray] = {}
+    spectra: dict[str, list] = {"truth": [], "emulated": [], "truth_ae": []}
+    seconds, states, timed_seconds, timed_states = 0.0, 0, 0.0, 0
+    recon: list[float] = []
+    recon_by_horizon: dict[str, list[float]] = {}
+    snapshot = None
+    for t in indices:
+        primary = results[(t, starts[0], contexts[0], 0)]
+        truth = torch.from_numpy(primary["truth"])
+        full_truths = {"absolute": truth}
+        if latent:
+            full_truths["relative"] = torch.from_numpy(primary["truth_ae"])
+            per_state = torch.from_numpy(np.asarray(primary["recon_vrmse"])).double().mean(-1)  # (T,)
+            recon.append(float(per_state.mean()))
+            # The paper's Table 6 "autoencoder" rows: reconstruction error by the state's
+            # lead time from the initial state (state i of the trajectory has lead i).
+            for label, value in aggregate_by_horizon(
+                per_state, torch.arange(per_state.numel()), horizons
+            ).items():
+                recon_by_horizon.setdefault(label, []).append(float(value))
+        for origin in starts:
+            truths = {ref: u[:, origin:] for ref, u in full_truths.items()}
+            length = truths["absolute"].shape[1]
+            for c in contexts:
+                group = [results[(t, origin, c, b.start)] for b in blocks]
+                scores = group[0]["scores"] if len(blocks) == 1 else split_scores[(t, origin, c)]
+                leads = lead_times(length, c, stride)
+                generated = leads > 0
+                for ref in references:
+                    sums = _combine(group, ref)
+                    if ref == "absolute":
+                        seconds += sums["seconds"]
+                        timed_seconds += sums["timed_seconds"]
+                        # Time per state: per member and per *generated* state.
+                        states += sums["count"] * int(generated.sum())
+                        timed_states += sums["timed_count"] * int(generated.sum())
+                    if ref == "absolute" and c == contexts[0] and origin == starts[0]:
+                        k, p_u = isotropic_power_spectrum(truths[ref], spatial_dims=spatial_dims)
+                        spectra["k"] = k.numpy()
+                        spectra["truth"].append(p_u[:, generated].mean(1).numpy())
+                        emulated = sums["moments"].sum_spectra / sums["count"]  # (L, C, B)
+                        spectra["emulated"].append(emulated[generated].mean(0).numpy())
+                        if latent:
+                            _, p_ae = isotropic_power_spectrum(truths["relative"], spatial_dims=spatial_dims)
+                            spectra["truth_ae"].append(p_ae[:, generated].mean(1).numpy())
+                    fields = _per_field_lead(
+                        sums,
+                        truths[ref],
+                        scores[ref],
+                        kind=kind,
+                        spatial_dims=spatial_dims,
+                        vrmse_eps=vrmse_eps,
+                    )
+                    metrics = _field_mean(fields)
+                    slot = by_horizon.setdefault((ref, c), {})
+                    trajectory_row = {
+                        "method": method,
+                        "compression": rate,
+                        "reference": ref,
+                        "context": c,
+                        "trajectory": t,
+                        "start": origin,
+                    }
+                    for name, values in metrics.items():
+                        for label, value in aggregate_by_horizon(
+                            torch.from_numpy(values), leads, horizons
+                        ).items():
+                            slot.setdefault(name, {}).setdefault(label, []).append(float(value))
+                            trajectory_row[f"{name}/{label}"] = float(value)
+                    per_trajectory_rows.append(trajectory_row)
+                    rank_counts = torch.from_numpy(scores[ref]["rank_histogram"])  # (L, C, K + 1)
+                    for label, positions in horizon_slices(leads, horizons).items():
+                        counts = rank_counts[positions].sum(0).numpy()
+                        key = (ref, c, label)
+                        ranks[key] = counts if key not in ranks else ranks[key] + counts
+                    for i, lead in enumerate(leads.tolist()):
+                        if lead <= 0:
+                            continue
+                        per_lead_rows.append(
+                            {
+                                **{k: v for k, v in trajectory_row.items() if "/" not in k},
+                                "lead": lead,
+                                **{name: float(v[i]) for name, v in metrics.items()},
+                            }
+                        )
+                        for f, field in enumerate(field_names):
+                            cell = per_field.setdefault((ref, c, lead, field), {})
+                            for name, value in fields.items():
+                                if name != "semd":
+                                    cell.setdefault(name, []).append(float(value[i, f]))
+        snapshot_item = results.get((t, starts[0], contexts[0], 0), {})
+        if "member0" in snapshot_item and snapshot is None:
+            snapshot = {
+                "truth": primary["truth"][:, starts[0] :],
+                "member0": snapshot_item["member0"],
+                "animated": snapshot_item["animated"],
+                "mean": _combine([results[(t, starts[0], contexts[0], b.start)] for b in blocks], "absolute")[
+                    "moments"
+                ]
+                .mean()
+                .movedim(1, 0)
+                .float()
+                .numpy(),  # (C, L, *spatial), like the truth
+                "context": contexts[0],
+                "start": starts[0],
+                "trajectory": t,
+            }
+
+    labels = [f"lead_{a}-{b}" for a, b in horizons]
+    rows: list[dict] = []
+    for ref in references:
+        for c in [*contexts, "all"]:
+            for label in labels:
+                row = {
+                    "method": method,
+                    "compression": rate,
+                    "context": c,
+                    "horizon": label,
+                    "reference": ref,
+                }
+                for name in METRICS:
+                    if c == "all":
+                        per_context = [
+                            _nanmean(by_horizon[(ref, cc)].get(name, {}).get(label, [])) for cc in contexts
+                        ]
+                        row[name] = _nanmean(per_context)
+                    else:
+                        row[name] = _nanmean(by_horizon[(ref, c)].get(name, {}).get(label, []))
+                rows.append(row)
+
+    summary = {
+        "method": method,
+        "kind": kind,
+        "compression": rate,
+        "horizons": labels,
+        "recon_vrmse": _nanmean(recon) if latent else None,
+        "recon_vrmse_by_horizon": {k: _nanmean(v) for k, v in recon_by_horizon.items()} if latent else None,
+        "infer_seconds": seconds,
+        # Per member and generated state, device synchronized, each actor's first (warm-up)
+        # rollout left out unless it was the only one.
+        "infer_ms_per_state": 1e3
+        * (timed_seconds / timed_states if timed_states else seconds / max(states, 1)),
+        "infer_warmup_excluded": bool(timed_states),
+        "sampler_steps": steps,
+        "states_generated": states,
+        "metrics": {
+            f"{r['reference']}/context_{r['context']}/{name}/{r['horizon']}": r[name]
+            for r in rows
+            for name in METRICS
+        },
+    }
+    per_field_rows = [
+        {
+            "method": method,
+            "compression": rate,
+            "reference": ref,
+            "context": c,
+            "lead": lead,
+            "field": field,
+            **{name: _nanmean(values) for name, values in cell.items()},
+        }
+        for (ref, c, lead, field), cell in per_field.items()
+    ]
+    rank_rows = [
+        {
+            "reference": ref,
+            "context": c,
+            "horizon": label,
+            "field": field_names[f],
+            "rank": r,
+            "count": float(n),
+        }
+        for (ref, c, label), counts in ranks.items()
+        for f in range(counts.shape[0])
+        for r, n in enumerate(counts[f])
+    ]
+    figures_data = {
+        "per_field": per_field_rows,
+        "per_trajectory": per_trajectory_rows,
+        "rank_histogram": rank_rows,
+        "spectra": spectra,
+        "snapshot": snapshot,
+        "stride": stride,
+        "field_names": info.field_names,
+    }
+    return summary, rows, per_lead_rows, figures_data

@@ -1,0 +1,312 @@
+r"""The Ray Data rollout actor of the evaluation stage and the pipeline that runs it.
+
+:func:`run_rollouts` sends the work items ``(trajectory, start state s, context c, member
+block)`` through ``ray.data.from_items → map_batches(RolloutActor, ActorPoolStrategy)``. A
+:class:`RolloutActor` loads the autoencoder, the emulator and the standardizer once; per
+item it rolls out its block of members from the true states ``s .. s+c-1`` (encoded for
+latent emulators), member ``k`` seeded by (seed, trajectory, s, k) whatever the split,
+decodes in chunks, returns to physical units, and returns **sufficient statistics** of the
+block (:class:`~lolaray.evaluation.metrics.EnsembleStatistics`: :math:`K`,
+:math:`\sum_k v_k`, :math:`\sum_k v_k^2`, :math:`\sum_k` member power spectra; and the
+per-member SEMD / Wasserstein sums against the truth :math:`u = x` and the auto-encoded
+truth :math:`u_{ae} = D(E(x))`), the block size and the rollout wall time (decoding
+included, device synchronized, the actor's first rollout flagged as warm-up). When the
+block is the whole ensemble the actor also scores it (fair CRPS, coverage, rank histogram:
+:func:`~lolaray.evaluation.metrics.ensemble_scores`); otherwise it writes the block's
+members to a scratch folder on the store, to be scored by a second pass
+(:mod:`~lolaray.evaluation.split_ensemble`: those scores need all members at a point at
+once, but no process holds more than a chunk). The "primary" item of each trajectory
+(first start, first context, block of member 0) also returns the truth, :math:`u_{ae}`,
+the autoencoder reconstruction error of every state of the trajectory (computed in the
+actor) and, for the first trajectory, member 0's trajectory (snapshot figure) and the
+first members (animation).
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from lolaray.evaluation.aggregation import SEMD_FIELD
+from lolaray.evaluation.metrics import (
+    VRMSE_EPS,
+    EnsembleStatistics,
+    ensemble_scores,
+    sliced_emd,
+    vrmse,
+    wasserstein_1d,
+)
+from lolaray.evaluation.rollout import (
+    decode_in_chunks,
+    diffusion_step,
+    guided_diffusion_step,
+    member_generators,
+    member_seed,
+    observe_states,
+    rollout,
+    solver_step,
+)
+from lolaray.evaluation.split_ensemble import write_block
+from lolaray.platform.data import DatasetInfo, WellWindows
+from lolaray.platform.preprocessing import Standardizer
+from lolaray.trainers.guidance import build_operator
+from lolaray.trainers.snapshots import load_autoencoder, load_emulator
+
+__all__ = ["ANIMATED_MEMBERS", "RolloutActor", "gpus_per_actor", "run_rollouts"]
+
+#: Members shown in the animation (and returned by the actor for it).
+ANIMATED_MEMBERS = 3
+
+
+def _encode_states(model, states: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``(C, L, *spatial)`` standardized states → latents ``(C_lat, L, *latent)``."""
+    rows = states.movedim(1, 0)  # (L, C, ...)
+    with torch.no_grad():
+        z = torch.cat([model.encode(rows[i : i + chunk]) for i in range(0, rows.shape[0], chunk)])
+    return z.movedim(0, 1)
+
+
+class RolloutActor:
+    """Ray Data actor: rolls out blocks of ensemble members and returns their statistics.
+
+    Built once per actor with the artifact folders; called with batches of one work item
+    (``trajectory``, ``context``, ``start`` and ``stop`` of the member block, ``primary``,
+    ``snapshot``). Returns ``{"key": ..., "result": pickled dict of numpy arrays}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        emulator_dir: str,
+        autoencoder_dir: str | None,
+        info: DatasetInfo,
+        standardizer: dict,
+        seed: int,
+        sampler: str,
+        steps: int,
+        chunk: int = 4,
+        guidance: dict | None = None,
+        vrmse_eps: float = VRMSE_EPS["lola"],
+        scratch: str | None = None,
+    ):
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.emulator, self.config = load_emulator(emulator_dir)
+        self.emulator.to(self.device)
+        self.autoencoder = None
+        if autoencoder_dir is not None:
+            self.autoencoder, _ = load_autoencoder(autoencoder_dir)
+            self.autoencoder.to(self.device)
+        self.standardizer = Standardizer.from_dict(standardizer)
+        self.windows = WellWindows(info, "test", length=None, standardizer=self.standardizer)
+        self.field_names = list(info.field_names)
+        self.spatial_dims = info.n_spatial_dims
+        self.seed, self.chunk = seed, chunk
+        self.vrmse_eps = vrmse_eps
+        self.guidance = guidance
+        self.scratch = scratch  # where the blocks of a split ensemble go to be scored
+        # The first rollout of an actor pays for lazy initialisation (kernels, allocator,
+        # compilation): its time is flagged as warm-up and left out of the time per state.
+        self._warm = False
+        self.sampler, self.steps = sampler, steps
+        if self.config.kind == "diffusion":
+            self.step = diffusion_step(self.emulator, sampler=sampler, steps=steps)
+        else:
+            self.step = solver_step(self.emulator)
+        self._cache: tuple[int, dict] | None = None
+
+    def _trajectory(self, index: int) -> dict:
+        # Consecutive items usually share a trajectory: keep the last one.
+        if self._cache is not None and self._cache[0] == index:
+            return self._cache[1]
+        item = self.windows[index]
+        x = item["x"]  # (C, T, *spatial), standardized
+        stride = self.config.stride
+        strided = x[:, ::stride].contiguous()
+        data = {"x": x, "strided": strided, "theta": item["theta"]}
+        data["truth"] = self.standardizer.inverse(strided.double(), channel_dim=0)
+        if self.autoencoder is not None:
+            z = _encode_states(self.autoencoder, strided.to(self.device), self.chunk)
+            data["z"] = z
+            u_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
+            data["truth_ae"] = self.standardizer.inverse(u_ae.double(), channel_dim=0)
+        self._cache = (index, data)
+        return data
+
+    def _reconstruction(self, x: torch.Tensor) -> np.ndarray:
+        """VRMSE of D(E(x)) against x, physical units, every state: ``(T, C)``."""
+        z = _encode_states(self.autoencoder, x.to(self.device), self.chunk)
+        x_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
+        u = self.standardizer.inverse(x.double(), channel_dim=0).movedim(1, 0)
+        v = self.standardizer.inverse(x_ae.double(), channel_dim=0).movedim(1, 0)
+        return vrmse(v, u, spatial_dims=self.spatial_dims, eps=self.vrmse_eps).numpy()
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _block(
+        self, trajectory: int, origin: int, context: int, start: int, stop: int
+    ) -> tuple[torch.Tensor, float]:
+        """Members ``start..stop-1`` of the rollout whose first context state is state
+        ``origin`` of the (strided) trajectory: physical fields ``(K, C, L - origin, *spatial)``
+        float64, and the seconds taken (device synchronized, decoding included)."""
+        data = self._trajectory(trajectory)
+        length = data["strided"].shape[1] - origin
+        block = range(start, stop)
+        n = len(block)
+        self._synchronize()
+        began = time.perf_counter()
+        if self.autoencoder is not None:
+            initial = data["z"][:, origin : origin + context]
+        else:
+            initial = data["strided"][:, origin : origin + context].to(self.device)
+        theta = data["theta"].to(self.device)
+        step = self.step if self.guidance is None else self._guided_step(trajectory, origin, data, n)
+        states = rollout(
+            step,
+            initial.expand(n, *initial.shape).contiguous(),
+            theta.expand(n, *theta.shape).contiguous(),
+            window=self.config.window,
+            context=context,
+            overlap=context,
+            length=length,
+            generator=member_generators(self.seed, trajectory, origin, block, device="cpu"),
+        )
+        if self.autoencoder is not None:
+            states = decode_in_chunks(self.autoencoder, states, self.chunk)
+        self._synchronize()
+        seconds = time.perf_counter() - began
+        members = self.standardizer.inverse(states.double().cpu(), channel_dim=1)
+        return members, seconds
+
+    def _guided_step(self, trajectory: int, origin: int, data: dict, members: int):
+        """The MMPS-guided step of one rollout: observations of its standardized truth from
+        state ``origin`` on, with noise σ_y drawn once per (seed, trajectory, origin) — the
+        same for every member (origin 0 draws the noise it always did)."""
+        g = self.guidance
+        strided = data["strided"][None, :, origin:].to(self.device)  # (1, C, L - origin, *spatial)
+        operator = build_operator(g["operator"], g["factor"], strided.shape[3:])
+        observations = observe_states(operator, strided)
+        noise_seed = member_seed(self.seed, trajectory, origin, -1)  # member -1: the observation
+        noise = torch.randn(
+            observations.shape, generator=torch.Generator().manual_seed(noise_seed), dtype=observations.dtype
+        )
+        observations = observations + g["sigma_y"] * noise.to(observations.device)
+        return guided_diffusion_step(
+            self.emulator,
+            observations.expand(members, *observations.shape[1:]),
+            operator,
+            decoder=None if self.autoencoder is None else self.autoencoder.decode,
+            var_y=g["var_y"],
+            iterations=g["iterations"],
+            solver=g["solver"],
+            sampler=self.sampler,
+            steps=self.steps,
+        )
+
+    def _stats(self, members: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
+        """SEMD and Wasserstein sums of the members against one reference."""
+        k = members.shape[0]
+        out = {}
+        # (K, C, L, ...) -> (K, L, C, ...): metrics take channels just before space.
+        v, u = members.movedim(2, 1), truth.movedim(1, 0)
+        out["wasserstein"] = (wasserstein_1d(v, u, spatial_dims=self.spatial_dims) * k).numpy()
+        if SEMD_FIELD in self.field_names and self.spatial_dims == 2:
+            d = self.field_names.index(SEMD_FIELD)
+            out["semd"] = (sliced_emd(members[:, d], truth[d], seed=self.seed) * k).numpy()
+        return out
+
+    def evaluate_item(self, item: dict) -> dict[str, Any]:
+        trajectory, context, origin = int(item["trajectory"]), int(item["context"]), int(item["origin"])
+        start, stop = int(item["start"]), int(item["stop"])
+        members, seconds = self._block(trajectory, origin, context, start, stop)
+        warmup, self._warm = not self._warm, True
+        data = self._trajectory(trajectory)
+        truths = {"absolute": data["truth"][:, origin:]}
+        if self.autoencoder is not None:
+            truths["relative"] = data["truth_ae"][:, origin:]
+        # Metrics take (..., C, *spatial): members (K, L, C, ...), truths (L, C, ...).
+        by_lead = members.movedim(2, 1)
+        result: dict[str, Any] = {
+            "count": members.shape[0],
+            "seconds": seconds,
+            "warmup": warmup,
+            "moments": EnsembleStatistics(spatial_dims=self.spatial_dims).add(by_lead).to_dict(),
+        }
+        for ref, truth in truths.items():
+            result[ref] = self._stats(members, truth)
+        if start == 0 and stop == int(item["members"]):
+            # The whole ensemble is here: score it now; otherwise the block waits on the store.
+            result["scores"] = {
+                ref: _numpy(ensemble_scores(by_lead, truth.movedim(1, 0), spatial_dims=self.spatial_dims))
+                for ref, truth in truths.items()
+            }
+        else:
+            write_block(self.scratch, (trajectory, origin, context), start, by_lead.numpy())
+        if item["primary"]:
+            result["truth"] = data["truth"].numpy()
+            if self.autoencoder is not None:
+                result["truth_ae"] = data["truth_ae"].numpy()
+                result["recon_vrmse"] = self._reconstruction(data["x"])
+        if item["snapshot"] and start == 0:
+            result["member0"] = members[0].float().numpy()
+            result["animated"] = members[:ANIMATED_MEMBERS].float().numpy()
+        return result
+
+    def __call__(self, batch: dict) -> dict:
+        keys, results = [], []
+        for i in range(len(batch["trajectory"])):
+            item = {k: batch[k][i] for k in batch}
+            keys.append(_item_key(item))
+            results.append(pickle.dumps(self.evaluate_item(item)))
+        return {"key": np.asarray(keys), "result": np.asarray(results, dtype=object)}
+
+
+def _numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in tensors.items()}
+
+
+def _item_key(item: dict) -> str:
+    """``"trajectory/origin/context/start"`` of a work item (``start``: its first member)."""
+    return "/".join(str(int(item[k])) for k in ("trajectory", "origin", "context", "start"))
+
+
+def run_rollouts(
+    items: list[dict], actor_kwargs: dict, *, actors: int, actor_gpus: float | None
+) -> dict[tuple[int, int, int, int], dict]:
+    """Runs the work items through the actor pool; ``(trajectory, origin, context, start)`` → stats."""
+    import ray.data
+
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        RolloutActor,
+        fn_constructor_kwargs=actor_kwargs,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=actor_gpus or None,
+        num_cpus=None if actor_gpus else 0.5,
+    )
+    out = {}
+    for row in ds.take_all():
+        out[tuple(int(s) for s in str(row["key"]).split("/"))] = pickle.loads(row["result"])
+    if len(out) != len(items):
+        raise RuntimeError(f"the rollout pipeline returned {len(out)} results for {len(items)} work items")
+    return out
+
+
+def gpus_per_actor(actor_gpus: float | None) -> float:
+    """GPUs per rollout actor: ``actor_gpus`` when given, else 1 where the cluster (or, before
+    Ray starts, this machine) has GPUs and 0 elsewhere."""
+    if actor_gpus is not None:
+        return float(actor_gpus)
+    import ray  # deferred like ray.data in run_rollouts: importing this module starts nothing
+
+    if not ray.is_initialized():  # Ray Data will start a local cluster on this machine
+        return 1.0 if torch.cuda.is_available() else 0.0
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

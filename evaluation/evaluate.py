@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,9 +56,10 @@ from lolaray.evaluation.rollout import split_members
 from lolaray.evaluation.rollout_actor import gpus_per_actor, run_rollouts
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.evaluation.split_ensemble import remove_scratch, score_split_ensembles, scratch_folder
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id, open_artifact
+from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
-from lolaray.platform.tracking import stage_run, tracking_uri
+from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
+from lolaray.platform.tracking import StageRun
 from lolaray.trainers.guidance import build_operator
 from lolaray.trainers.snapshots import load_autoencoder
 
@@ -232,10 +234,6 @@ def evaluate(
         )  # fails now, with a clear message, if the operator does not fit the grid
         config["guidance"] = guidance  # only when guided: unguided ids stay as they were
     upstream = [emulator.id, autoencoder.id if autoencoder is not None else "", info.fingerprint()]
-    aid = artifact_id(STAGE, config, upstream)
-    if (existing := store.get(STAGE, aid)) is not None:
-        return existing
-
     # 2. work items -> actors
     blocks = split_members(members, max_batch)
     items = [
@@ -254,38 +252,13 @@ def evaluate(
         for c in contexts
         for b in blocks
     ]
-    actor_gpus = gpus_per_actor(actor_gpus)
-    uri = tracking_uri(mlflow_uri)
+    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
     rate = float(manifest.get("compression", 1))
     method = _method_label(manifest) if guidance is None else f"guided {_method_label(manifest)}"
-    with stage_run(
-        experiment,
-        run_name=f"eval-{method.replace(' ', '-')}-x{rate:g}",
-        uri=uri,
-        parent_run_id=parent_run_id,
-        tags={
-            "stage": STAGE,
-            "emulator": str(kind),
-            "space": str(space),
-            "compression": f"{rate:g}",
-            "artifact_id": aid,
-            "emulator_id": emulator.id,
-            "guided": "yes" if guidance is not None else "no",
-        },
-        params={
-            **config,
-            "starts": starts,
-            "trajectory_selection": "first" if trajectory_seed is None else f"seed {trajectory_seed}",
-            "vrmse_convention": vrmse_convention,
-            "vrmse_eps": VRMSE_EPS[vrmse_convention],
-            "actors": actors,
-            "max_batch": max_batch,
-            "dataset": info.name,
-        },
-    ) as run:
-        run_id, client = run.run_id, run.client
+
+    def build(run: StageRun, aid: str) -> StageOutput:
         # A split ensemble's blocks wait on the store to be scored together (module docstring, 2.).
-        scratch = scratch_folder(store.root, STAGE, aid) if len(blocks) > 1 else None
+        scratch = scratch_folder(context.store.root, STAGE, aid) if len(blocks) > 1 else None
         try:
             results = run_rollouts(
                 items,
@@ -302,7 +275,7 @@ def evaluate(
                     "scratch": scratch,
                 },
                 actors=actors,
-                actor_gpus=actor_gpus,
+                actor_gpus=gpus_per_actor(actor_gpus),
             )
             split_scores = {}
             if scratch is not None:
@@ -337,6 +310,13 @@ def evaluate(
         summary.update(
             config=config, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
         )
+
+        def write(folder: Path, _: dict) -> None:
+            files = write_outputs(
+                folder, summary, rows, per_lead_rows, figures_data, method=method, rate=rate
+            )
+            log_mlflow(run.client, run.run_id, summary, files)
+
         out_manifest = {
             "emulator": emulator.id,
             "autoencoder": autoencoder.id if autoencoder is not None else None,
@@ -345,15 +325,35 @@ def evaluate(
             "kind": kind,
             "space": space,
             "compression": rate,
-            "mlflow_run_id": run_id,
             **config,
         }
-        with store.build(STAGE, aid, out_manifest) as folder:
-            files = write_outputs(
-                folder, summary, rows, per_lead_rows, figures_data, method=method, rate=rate
-            )
-            log_mlflow(client, run_id, summary, files)
-    return store.get(STAGE, aid)
+        return StageOutput(manifest=out_manifest, write=write)
+
+    return run_stage(
+        context,
+        STAGE,
+        config=config,
+        upstream=upstream,
+        run_name=f"eval-{method.replace(' ', '-')}-x{rate:g}",
+        build=build,
+        tags={
+            "emulator": str(kind),
+            "space": str(space),
+            "compression": f"{rate:g}",
+            "emulator_id": emulator.id,
+            "guided": "yes" if guidance is not None else "no",
+        },
+        params={
+            **config,
+            "starts": starts,
+            "trajectory_selection": "first" if trajectory_seed is None else f"seed {trajectory_seed}",
+            "vrmse_convention": vrmse_convention,
+            "vrmse_eps": VRMSE_EPS[vrmse_convention],
+            "actors": actors,
+            "max_batch": max_batch,
+            "dataset": info.name,
+        },
+    )
 
 
 # ------------------------------------------------------------------------ command line
@@ -361,23 +361,20 @@ def evaluate(
 
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(description="Evaluate an emulator on the test split (Ray Data actors).")
-    parser.add_argument("--emulator", required=True, help="emulator artifact folder")
-    parser.add_argument("--autoencoder", default=None, help="autoencoder artifact folder (latent emulators)")
-    parser.add_argument("--dataset", default="euler_quadrants:demo")
-    parser.add_argument("--data-root", default=None)
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
+    parser.add_argument("--emulator", required=True, help="an emulator artifact: its folder or URI")
+    parser.add_argument(
+        "--autoencoder", default=None, help="its autoencoder artifact, folder or URI (latent emulators)"
+    )
     parser.add_argument("--contexts", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--trajectories", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default="ab3")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--actor-gpus", type=float, default=None)
-    parser.add_argument("--store", default="lolaray-store")
-    parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--parent-run-id", default=None)
-    parser.add_argument("--address", default=None)
     add_guidance_arguments(parser, what="guide a diffusion emulator")
     add_scoring_arguments(parser)
     args = parser.parse_args(argv)
@@ -405,6 +402,7 @@ def main(argv=None) -> Artifact:
         actor_gpus=args.actor_gpus,
         store=args.store,
         mlflow_uri=args.mlflow_uri,
+        experiment=args.experiment,
         parent_run_id=args.parent_run_id,
         guidance=guidance,
         **scoring,

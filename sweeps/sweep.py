@@ -30,6 +30,7 @@ from typing import Any
 
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
+from lolaray.platform.stages import add_stage_arguments
 from lolaray.platform.tracking import ensure_experiment, open_client, stage_run, tracking_uri
 
 __all__ = [
@@ -52,29 +53,9 @@ class SweepInputError(ValueError):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every sweep takes (dataset, Ray, MLflow, store, seed, concurrency)."""
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="embedded name (euler_quadrants[:preset]), a name of The Well with --data-root, or a folder "
-        "(default: the profile's)",
-    )
-    parser.add_argument(
-        "--data-root", default=None, help="base path (or hf:// URL) of a download of The Well"
-    )
-    parser.add_argument(
-        "--address", default=None, help="Ray address (default: an embedded local Ray; 'auto' on a cluster)"
-    )
-    parser.add_argument(
-        "--mlflow-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
-    )
-    parser.add_argument(
-        "--store", default="lolaray-store", help="artifact store: a folder or a pyarrow.fs URI (s3://...)"
-    )
-    parser.add_argument("--experiment", default="lolaray", help="MLflow experiment name")
-    parser.add_argument("--seed", type=int, default=0)
+    """The options every sweep takes: every stage's (dataset, Ray, MLflow, store, seed:
+    :func:`~lolaray.platform.stages.add_stage_arguments`) and the trials' concurrency."""
+    add_stage_arguments(parser, dataset_default=None)
     parser.add_argument(
         "--max-concurrent-trials",
         type=int,

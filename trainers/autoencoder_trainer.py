@@ -21,13 +21,15 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.platform.tracking import stage_run, tracking_uri
+from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
+from lolaray.platform.tracking import StageRun
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import ScalingSpec, fit_stage
 from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
@@ -186,46 +188,35 @@ def train_autoencoder(
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     config.validate(info)
     scaling = scaling or ScalingSpec()
-    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
-    aid = artifact_id(STAGE, {"config": config.to_dict(), "dataset": info.fingerprint()})
-    if (existing := store.get(STAGE, aid)) is not None:
-        return existing
-
+    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
     latent_shape, rate = latent_geometry(config, info)
-    standardizer = standardizer_for(info)
-    uri = tracking_uri(mlflow_uri)
-    with stage_run(
-        experiment,
-        run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
-        uri=uri,
-        parent_run_id=parent_run_id,
-        tags={"stage": STAGE, "artifact_id": aid, "compression": f"{rate:g}", "dataset": info.name},
-        params={
-            **config.to_dict(),
-            "dataset": info.name,
-            "compression": rate,
-            "latent_shape": latent_shape,
-            "workers": scaling.workers,
-        },
-    ) as run:
-        run_id, client = run.run_id, run.client
-        client.log_metric(run_id, "compression", rate)
+
+    def build(run: StageRun, aid: str) -> StageOutput:
+        standardizer = standardizer_for(info)
+        run.client.log_metric(run.run_id, "compression", rate)
         summary, state = fit_stage(
             _worker,
             {
                 "config": config.to_dict(),
                 "dataset_root": info.root,
                 "standardizer": standardizer.to_dict(),
-                "mlflow_run_id": run_id,
-                "tracking_uri": uri,
+                "mlflow_run_id": run.run_id,
+                "tracking_uri": run.uri,
             },
             name=aid,
-            storage_path=f"{store.root}/_train_runs",
+            storage_path=f"{context.store.root}/_train_runs",
             scaling=scaling,
         )
         model = AutoEncoder(**config.model_kwargs(info))
         model.load_state_dict(state["model"])
         model.eval()
+
+        def write(folder: Path, manifest: dict) -> None:
+            save_autoencoder(folder, model, config.model_kwargs(info), standardizer)
+            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+            if log_model:
+                manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run.run_id, run.uri)
+
         manifest = {
             "dataset": info.name,
             "dataset_root": info.root,
@@ -238,14 +229,24 @@ def train_autoencoder(
             "resumed_from_step": summary.get("resumed_from_step"),
             "resumed_from_steps": state.get("resumes", []),
             "train_node_id": summary.get("node_id"),
-            "mlflow_run_id": run_id,
         }
-        with store.build(STAGE, aid, manifest) as folder:
-            save_autoencoder(folder, model, config.model_kwargs(info), standardizer)
-            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-            if log_model:
-                manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run_id, uri)
-    return store.get(STAGE, aid)
+        return StageOutput(manifest=manifest, write=write)
+
+    return run_stage(
+        context,
+        STAGE,
+        config={"config": config.to_dict(), "dataset": info.fingerprint()},
+        run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
+        build=build,
+        tags={"compression": f"{rate:g}", "dataset": info.name},
+        params={
+            **config.to_dict(),
+            "dataset": info.name,
+            "compression": rate,
+            "latent_shape": latent_shape,
+            "workers": scaling.workers,
+        },
+    )
 
 
 def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: str) -> str:
@@ -272,8 +273,7 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
 
 def main(argv: list[str] | None = None) -> Artifact:
     parser = argparse.ArgumentParser(description="Train an autoencoder with Ray Train.")
-    parser.add_argument("--dataset", default="euler_quadrants:demo")
-    parser.add_argument("--data-root", default=None)
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
     parser.add_argument("--preset", default="demo", choices=sorted(AUTOENCODER_PRESETS))
     parser.add_argument("--latent-channels", type=int, default=16)
     parser.add_argument("--no-identity-init", action="store_true")
@@ -284,10 +284,6 @@ def main(argv: list[str] | None = None) -> Artifact:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--store", default="lolaray-store")
-    parser.add_argument("--mlflow-uri", default=None)
-    parser.add_argument("--address", default=None, help="Ray address (default: embedded local Ray)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     from lolaray.platform.session import start_ray
@@ -310,7 +306,12 @@ def main(argv: list[str] | None = None) -> Artifact:
     config.validate(info)
     start_ray(args.address)
     artifact = train_autoencoder(
-        config, info, store=args.store, scaling=ScalingSpec(workers=args.workers), mlflow_uri=args.mlflow_uri
+        config,
+        info,
+        store=args.store,
+        scaling=ScalingSpec(workers=args.workers),
+        mlflow_uri=args.mlflow_uri,
+        experiment=args.experiment,
     )
     print(
         f"[lolaray] autoencoder {artifact.id}: compression x{artifact.manifest['compression']:g}, "

@@ -23,16 +23,18 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id, open_artifact
+from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.platform.tracking import stage_run, tracking_uri
+from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
+from lolaray.platform.tracking import StageRun
 from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.launch import ScalingSpec, fit_stage
@@ -232,36 +234,17 @@ def _train(
     worker_config: dict,
     datasets: dict | None,
     manifest: dict,
-    store: ArtifactStore,
+    store: ArtifactStore | str,
     scaling: ScalingSpec,
     mlflow_uri: str | None,
     experiment: str,
     parent_run_id: str | None,
     log_model: bool,
 ) -> Artifact:
-    """What the three stages share: id → reuse or (run, fit, snapshot, MLflow model, publish)."""
-    aid = artifact_id(STAGE, {"config": config.to_dict(), **identity}, upstream)
-    if (existing := store.get(STAGE, aid)) is not None:
-        return existing
-    uri = tracking_uri(mlflow_uri)
-    label = f"{config.kind}-{config.space}" + (
-        f"-x{manifest['compression']:g}" if "compression" in manifest else ""
-    )
-    with stage_run(
-        experiment,
-        run_name=label,
-        uri=uri,
-        parent_run_id=parent_run_id,
-        tags={
-            "stage": STAGE,
-            "emulator": config.kind,
-            "space": config.space,
-            "artifact_id": aid,
-            "compression": f"{manifest.get('compression', 1):g}",
-        },
-        params={**config.to_dict(), **identity, "workers": scaling.workers, "state_shape": list(state_shape)},
-    ) as run:
-        run_id = run.run_id
+    """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`."""
+    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+
+    def build(run: StageRun, aid: str) -> StageOutput:
         summary, state = fit_stage(
             _worker,
             {
@@ -269,39 +252,61 @@ def _train(
                 "config": config.to_dict(),
                 "state_shape": list(state_shape),
                 "theta_dim": theta_dim,
-                "mlflow_run_id": run_id,
-                "tracking_uri": uri,
+                "mlflow_run_id": run.run_id,
+                "tracking_uri": run.uri,
             },
             name=aid,
-            storage_path=f"{store.root}/_train_runs",
+            storage_path=f"{context.store.root}/_train_runs",
             scaling=scaling,
             datasets=datasets,
         )
         objective = Objective(build_emulator(config, state_shape, theta_dim))
         objective.load_state_dict(state["model"])
         emulator = objective.emulator.eval()
-        manifest.update(
-            kind=config.kind,
-            space=config.space,
-            state_shape=list(state_shape),
-            theta_dim=theta_dim,
-            window=config.window,
-            stride=config.stride,
-            optimizer_steps=state["step"],
-            skipped_steps=state["skipped_total"],
-            resumed_from_step=summary.get("resumed_from_step"),
-            resumed_from_steps=state.get("resumes", []),
-            train_node_id=summary.get("node_id"),
-            mlflow_run_id=run_id,
-        )
-        with store.build(STAGE, aid, manifest) as folder:
+
+        def write(folder: Path, manifest: dict) -> None:
             save_emulator(folder, emulator, config, state_shape, theta_dim)
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
             if log_model:
                 manifest["mlflow_model_uri"] = _log_mlflow_model(
-                    emulator, config, state_shape, theta_dim, run_id, uri
+                    emulator, config, state_shape, theta_dim, run.run_id, run.uri
                 )
-    return store.get(STAGE, aid)
+
+        return StageOutput(
+            manifest={
+                **manifest,
+                "kind": config.kind,
+                "space": config.space,
+                "state_shape": list(state_shape),
+                "theta_dim": theta_dim,
+                "window": config.window,
+                "stride": config.stride,
+                "optimizer_steps": state["step"],
+                "skipped_steps": state["skipped_total"],
+                "resumed_from_step": summary.get("resumed_from_step"),
+                "resumed_from_steps": state.get("resumes", []),
+                "train_node_id": summary.get("node_id"),
+            },
+            write=write,
+        )
+
+    label = f"{config.kind}-{config.space}" + (
+        f"-x{manifest['compression']:g}" if "compression" in manifest else ""
+    )
+    return run_stage(
+        context,
+        STAGE,
+        config={"config": config.to_dict(), **identity},
+        upstream=upstream,
+        run_name=label,
+        build=build,
+        tags={
+            "emulator": config.kind,
+            "space": config.space,
+            "compression": f"{manifest.get('compression', 1):g}",
+        },
+        params={**config.to_dict(), **identity, "workers": scaling.workers, "state_shape": list(state_shape)},
+    )
 
 
 def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri: str) -> str:
@@ -373,7 +378,7 @@ def _latent_stage(
             "compression": autoencoder.manifest["compression"],
             "dataset": train_cache.manifest["dataset"],
         },
-        store=_store(store),
+        store=store,
         scaling=scaling or ScalingSpec(),
         mlflow_uri=mlflow_uri,
         experiment=experiment,
@@ -422,7 +427,7 @@ def train_pixel_solver(
             "dataset_root": info.root,
             "dataset_fingerprint": info.fingerprint(),
         },
-        store=_store(store),
+        store=store,
         scaling=scaling or ScalingSpec(),
         mlflow_uri=mlflow_uri,
         experiment=experiment,
@@ -431,18 +436,13 @@ def train_pixel_solver(
     )
 
 
-def _store(store: ArtifactStore | str) -> ArtifactStore:
-    return store if isinstance(store, ArtifactStore) else ArtifactStore(store)
-
-
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(
         description="Train an emulator (latent diffusion / solver, pixel solver)."
     )
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
     parser.add_argument("--kind", choices=("diffusion", "solver", "pixel-solver"), default="diffusion")
     parser.add_argument("--autoencoder", help="autoencoder artifact folder (latent emulators)")
-    parser.add_argument("--dataset", default="euler_quadrants:demo")
-    parser.add_argument("--data-root", default=None)
     parser.add_argument("--preset", default="demo", choices=sorted(EMULATOR_PRESETS))
     parser.add_argument("--patch-size", type=int, default=None, help="pixel emulators: patch size")
     parser.add_argument("--epochs", type=int, default=10)
@@ -451,10 +451,6 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--store", default="lolaray-store")
-    parser.add_argument("--mlflow-uri", default=None)
-    parser.add_argument("--address", default=None)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     from lolaray.platform.session import start_ray
@@ -479,6 +475,7 @@ def main(argv=None) -> Artifact:
         "store": args.store,
         "scaling": ScalingSpec(workers=args.workers),
         "mlflow_uri": args.mlflow_uri,
+        "experiment": args.experiment,
     }
     if args.kind == "pixel-solver":
         artifact = train_pixel_solver(config, info, **common)
@@ -487,7 +484,15 @@ def main(argv=None) -> Artifact:
             parser.error("--autoencoder is required for latent emulators")
         autoencoder = open_artifact(args.autoencoder)
         caches = {
-            s: cache_latents(autoencoder, info, s, store=args.store, mlflow_uri=args.mlflow_uri)
+            s: cache_latents(
+                autoencoder,
+                info,
+                s,
+                store=args.store,
+                mlflow_uri=args.mlflow_uri,
+                experiment=args.experiment,
+                seed=args.seed,
+            )
             for s in ("train", "valid")
         }
         stage = train_diffusion if args.kind == "diffusion" else train_solver

@@ -17,10 +17,11 @@ import time
 import numpy as np
 import torch
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id, open_artifact
+from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
 from lolaray.platform.data import DatasetInfo, open_dataset
 from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
-from lolaray.platform.tracking import stage_run, tracking_uri
+from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
+from lolaray.platform.tracking import StageRun
 from lolaray.trainers.snapshots import load_autoencoder
 
 __all__ = ["AutoencoderEncoder", "cache_latents", "open_cache"]
@@ -98,46 +99,24 @@ def cache_latents(
         cluster has GPUs, else 0).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
-    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
     repeat = repeat or (4 if split == "train" else 1)
     if split != "train" and repeat != 1:
         raise ValueError(f"only the train split is augmented; got repeat={repeat} for {split!r}")
     config = {"split": split, "repeat": repeat, "dtype": dtype, "seed": seed, "dataset": info.fingerprint()}
-    aid = artifact_id(STAGE, config, [autoencoder.id])
-    if (existing := store.get(STAGE, aid)) is not None:
-        return existing
-    if actor_gpus is None:
-        import ray
-
-        actor_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    _, standardizer = load_autoencoder(autoencoder)
-    uri = tracking_uri(mlflow_uri)
+    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
     rate = autoencoder.manifest.get("compression")
-    with stage_run(
-        experiment,
-        run_name=f"latents-{split}-x{rate:g}",
-        uri=uri,
-        parent_run_id=parent_run_id,
-        tags={"stage": STAGE, "artifact_id": aid, "autoencoder": autoencoder.id, "compression": f"{rate:g}"},
-        params={**config, "actors": actors, "actor_gpus": actor_gpus},
-    ) as run:
-        run_id, client = run.run_id, run.client
-        manifest = {
-            "autoencoder": autoencoder.id,
-            "dataset": info.name,
-            "dataset_fingerprint": info.fingerprint(),
-            "split": split,
-            "repeat": repeat,
-            "compression": rate,
-            "mlflow_run_id": run_id,
-        }
-        began = time.perf_counter()
-        # Staged on the store: the encoder actors write shards from whichever node they run on.
-        with store.build_on_store(STAGE, aid, manifest) as folder:
-            manifest.update(
-                latent_shape=list(autoencoder.manifest["latent_shape"]),
-                latent_dtype=dtype,
-            )
+
+    def build(run: StageRun, aid: str) -> StageOutput:
+        gpus = actor_gpus
+        if gpus is None:
+            import ray  # only when the cache is built: a reused one needs no Ray
+
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            run.client.log_param(run.run_id, "actor_gpus", gpus)
+        _, standardizer = load_autoencoder(autoencoder)
+
+        def write(folder: str, manifest: dict) -> None:
+            began = time.perf_counter()
             manifest.update(
                 build_latent_cache(
                     folder,
@@ -150,14 +129,38 @@ def cache_latents(
                     dtype=dtype,
                     seed=seed,
                     actors=actors,
-                    actor_gpus=actor_gpus,
+                    actor_gpus=gpus,
                 )
             )
             seconds = time.perf_counter() - began
-            client.log_metric(run_id, "cache/rows", manifest["rows"])
-            client.log_metric(run_id, "cache/seconds", seconds)
-            client.log_metric(run_id, "cache/states_per_s", manifest["states"] / max(seconds, 1e-9))
-    return store.get(STAGE, aid)
+            run.client.log_metric(run.run_id, "cache/rows", manifest["rows"])
+            run.client.log_metric(run.run_id, "cache/seconds", seconds)
+            run.client.log_metric(run.run_id, "cache/states_per_s", manifest["states"] / max(seconds, 1e-9))
+
+        manifest = {
+            "autoencoder": autoencoder.id,
+            "dataset": info.name,
+            "dataset_fingerprint": info.fingerprint(),
+            "split": split,
+            "repeat": repeat,
+            "compression": rate,
+            "latent_shape": list(autoencoder.manifest["latent_shape"]),
+            "latent_dtype": dtype,
+        }
+        # Staged on the store: the encoder actors write shards from whichever node they run on.
+        return StageOutput(manifest=manifest, write=write, on_store=True)
+
+    params = {**config, "actors": actors, **({} if actor_gpus is None else {"actor_gpus": actor_gpus})}
+    return run_stage(
+        context,
+        STAGE,
+        config=config,
+        upstream=[autoencoder.id],
+        run_name=f"latents-{split}-x{rate:g}",
+        build=build,
+        tags={"autoencoder": autoencoder.id, "compression": f"{rate:g}"},
+        params=params,
+    )
 
 
 def open_cache(artifact: Artifact, *, verify: bool = True) -> LatentCache:
@@ -167,16 +170,12 @@ def open_cache(artifact: Artifact, *, verify: bool = True) -> LatentCache:
 
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(description="Encode a dataset split into a latent cache (Ray Data).")
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
     parser.add_argument("--autoencoder", required=True, help="an autoencoder artifact: its folder or URI")
-    parser.add_argument("--dataset", default="euler_quadrants:demo")
-    parser.add_argument("--data-root", default=None)
     parser.add_argument("--split", default="train", choices=("train", "valid", "test"))
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--store", default="lolaray-store")
-    parser.add_argument("--mlflow-uri", default=None)
-    parser.add_argument("--address", default=None)
     args = parser.parse_args(argv)
 
     from lolaray.platform.session import start_ray
@@ -193,6 +192,8 @@ def main(argv=None) -> Artifact:
         dtype=args.dtype,
         actors=args.actors,
         mlflow_uri=args.mlflow_uri,
+        experiment=args.experiment,
+        seed=args.seed,
     )
     print(
         f"[lolaray] latent cache {artifact.id}: {artifact.manifest['rows']} trajectories in "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lolaray.evaluation import report
-from lolaray.evaluation.aggregation import SEMD_FIELD
+from lolaray.evaluation.aggregation import METRICS, SEMD_FIELD
 from lolaray.evaluation.animation import animation_html, write_rollout_animation
 from lolaray.evaluation.rollout import lead_times
 
@@ -98,19 +98,8 @@ def write_outputs(
     table_rows = [r for r in rows if r["reference"] == "absolute" and r["context"] == "all"]
     tables = [
         report.metric_table(table_rows, metric=m, columns=summary["horizons"])
-        for m in (
-            "vrmse",
-            "nrmse",
-            "spread_skill",
-            "psrmse_low",
-            "psrmse_mid",
-            "psrmse_high",
-            "semd",
-            "wasserstein",
-            "crps",
-            "coverage_50",
-            "coverage_90",
-        )
+        for m in METRICS
+        if m not in ("spread", "skill")  # their ratio stands for them in the text table
     ]
     (folder / "table.txt").write_text("\n\n".join(f"## {t.metric}\n\n{t.to_text()}" for t in tables) + "\n")
 

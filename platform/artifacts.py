@@ -98,7 +98,10 @@ class ArtifactStore:
         self.local = "://" not in root
         if self.local:
             root = str(Path(root).expanduser().resolve())
-            Path(root).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(root).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise PermissionError(f"artifact store {root} cannot be created: {error}") from error
             if not os.access(root, os.W_OK):
                 raise PermissionError(f"artifact store {root} is not writable")
             self.fs, self.base = pyarrow.fs.LocalFileSystem(), root

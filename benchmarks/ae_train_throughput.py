@@ -12,18 +12,26 @@ includes warm-up), their ratio (goal ≥ 0.9), and the Ray Train run's time from
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
+from ray.train import Result
+from torch.utils.data import DataLoader
+
+from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import ScalingSpec
+from lolaray.trainers import autoencoder_trainer
+from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
+from lolaray.trainers.launch import fit_stage
+from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.optim import build_optimizer
 
 
 def plain_loop(config, info, standardizer, *, epochs: int, threads: int) -> list[float]:
     """The reference: DataLoader + model + optimizer in this process, no Ray."""
-    from torch.utils.data import DataLoader
-
-    from lolaray.platform.data import WellWindows
-    from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
-    from lolaray.trainers.optim import build_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -64,18 +72,6 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-
-    import tempfile
-
-    from ray.train import Result
-
-    from lolaray.platform.data import open_dataset, standardizer_for
-    from lolaray.platform.session import start_ray
-    from lolaray.trainers import autoencoder_trainer
-    from lolaray.trainers.autoencoder import AutoEncoder
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
-    from lolaray.trainers.launch import ScalingSpec, fit_stage
-    from lolaray.trainers.loop import LoopConfig
 
     info = open_dataset(args.dataset)
     standardizer = standardizer_for(info)

@@ -27,6 +27,12 @@ from collections.abc import Callable
 
 import torch
 
+from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout, solver_step
+from lolaray.trainers.autoencoder import build_autoencoder
+from lolaray.trainers.diffusion import ElucidatedDenoiser
+from lolaray.trainers.solver import NeuralSolver
+from lolaray.trainers.transformer import build_backbone
+
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -66,12 +72,6 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     context = 1
     generated = args.length - context
-
-    from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout, solver_step
-    from lolaray.trainers.autoencoder import build_autoencoder
-    from lolaray.trainers.diffusion import ElucidatedDenoiser
-    from lolaray.trainers.solver import NeuralSolver
-    from lolaray.trainers.transformer import build_backbone
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -21,6 +21,17 @@ import time
 
 import torch
 
+from lolaray.evaluation.evaluate import evaluate
+from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout
+from lolaray.platform.artifacts import ArtifactStore
+from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import ScalingSpec, StageContext
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
+from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.snapshots import load_autoencoder, save_emulator
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
@@ -33,21 +44,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from lolaray.evaluation.evaluate import evaluate
-    from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout
-    from lolaray.platform.artifacts import ArtifactStore
-    from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
-    from lolaray.platform.session import start_ray
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-    from lolaray.trainers.emulators import EmulatorConfig, build_emulator
-    from lolaray.trainers.launch import ScalingSpec
-    from lolaray.trainers.loop import LoopConfig
-    from lolaray.trainers.snapshots import load_autoencoder, save_emulator
-
     start_ray(None)
     info = open_dataset(args.dataset)
     work = tempfile.mkdtemp(prefix="lolaray-bench-eval-")
     store, uri = ArtifactStore(f"{work}/store"), f"sqlite:///{work}/mlflow.db"
+    local = StageContext(store=store, tracking_uri=uri, scaling=ScalingSpec(workers=0))
     autoencoder = train_autoencoder(
         AutoencoderConfig(
             preset="demo",
@@ -56,9 +57,7 @@ def main(argv=None) -> None:
             loop=LoopConfig(optimizer="adam", epochs=1, steps_per_epoch=1),
         ),
         info,
-        store=store,
-        scaling=ScalingSpec(workers=0),
-        mlflow_uri=uri,
+        local,
         log_model=False,
     )
     latent_shape = tuple(autoencoder.manifest["latent_shape"])
@@ -125,14 +124,12 @@ def main(argv=None) -> None:
             emulator,
             autoencoder,
             info,
+            StageContext.resolve(f"{work}/eval-{actors}", uri, scaling=ScalingSpec(actors=actors)),
             contexts=(1,),
             members=args.members,
             trajectories=args.trajectories,
             steps=args.steps,
-            actors=actors,
             max_batch=args.members,
-            store=f"{work}/eval-{actors}",
-            mlflow_uri=uri,
         )
         elapsed = time.perf_counter() - began
         states = args.trajectories * args.members * 26

@@ -17,7 +17,18 @@ import argparse
 import tempfile
 import time
 
+import ray.data
 import torch
+from torch.utils.data import DataLoader
+
+from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
+from lolaray.platform.latent_cache import window_dataset
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import ScalingSpec, StageContext
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
+from lolaray.trainers.encoding import cache_latents, open_cache
+from lolaray.trainers.loop import LoopConfig
+from lolaray.trainers.snapshots import load_autoencoder
 
 
 def main(argv=None) -> None:
@@ -30,19 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--windows", type=int, default=480, help="windows consumed per measurement")
     args = parser.parse_args(argv)
 
-    from torch.utils.data import DataLoader
-
-    from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
-    from lolaray.platform.latent_cache import window_dataset
-    from lolaray.platform.session import start_ray
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-    from lolaray.trainers.encoding import cache_latents, open_cache
-    from lolaray.trainers.launch import ScalingSpec
-    from lolaray.trainers.loop import LoopConfig
-    from lolaray.trainers.snapshots import load_autoencoder
-
     start_ray(None)
-    import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     info = open_dataset(args.dataset)
@@ -56,7 +55,10 @@ def main(argv=None) -> None:
         loop=LoopConfig(optimizer="adam", epochs=1, steps_per_epoch=1),
     )
     autoencoder = train_autoencoder(
-        config, info, store=f"{work}/store", scaling=ScalingSpec(workers=0), mlflow_uri=uri, log_model=False
+        config,
+        info,
+        StageContext.resolve(f"{work}/store", uri, scaling=ScalingSpec(workers=0)),
+        log_model=False,
     )
     print(
         f"dataset {info.name} {info.state_shape}, latent {tuple(autoencoder.manifest['latent_shape'])}, "
@@ -67,7 +69,10 @@ def main(argv=None) -> None:
     for actors in (1, 2):
         began = time.perf_counter()
         cache = cache_latents(
-            autoencoder, info, "valid", store=f"{work}/store-{actors}", actors=actors, mlflow_uri=uri
+            autoencoder,
+            info,
+            "valid",
+            StageContext.resolve(f"{work}/store-{actors}", uri, scaling=ScalingSpec(actors=actors)),
         )
         seconds = time.perf_counter() - began
         encode_rates[actors] = cache.manifest["states"] / seconds
@@ -79,7 +84,7 @@ def main(argv=None) -> None:
 
     # (a) windows from the cache, as a Ray Train worker would consume them.
     train_cache = open_cache(
-        cache_latents(autoencoder, info, "train", store=f"{work}/store-1", repeat=1, mlflow_uri=uri)
+        cache_latents(autoencoder, info, "train", StageContext.resolve(f"{work}/store-1", uri), repeat=1)
     )
     windows = window_dataset(train_cache, length=5, stride=4, per_trajectory=8).select_columns(["z", "theta"])
     consumed, began = 0, time.perf_counter()

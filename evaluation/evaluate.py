@@ -53,11 +53,13 @@ from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance
 from lolaray.evaluation.metrics import VRMSE_EPS
 from lolaray.evaluation.outputs import log_mlflow, write_outputs
 from lolaray.evaluation.rollout import split_members
-from lolaray.evaluation.rollout_actor import gpus_per_actor, run_rollouts
+from lolaray.evaluation.rollout_actor import run_rollouts
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.evaluation.split_ensemble import remove_scratch, score_split_ensembles, scratch_folder
-from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
+from lolaray.platform.artifacts import Artifact, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
+from lolaray.platform.dataset_specs import DatasetSpecError, add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
 from lolaray.trainers.guidance import build_operator
@@ -107,25 +109,20 @@ def evaluate(
     emulator: Artifact,
     autoencoder: Artifact | None,
     dataset: DatasetInfo | str,
+    context: StageContext | None = None,
     *,
     contexts: Sequence[int] = (1, 2, 3),
     members: int = 16,
     trajectories: int | Sequence[int] = 8,
     seed: int = 0,
     trajectory_seed: int | None = None,
-    starts: Sequence[int] = (0,),
+    starts: Sequence[int] | None = None,
     vrmse_convention: str = "lola",
     sampler: str = "ab3",
     steps: int = 16,
     horizons: Sequence[tuple[int, int]] | None = None,
-    actors: int = 1,
     max_batch: int = 8,
-    actor_gpus: float | None = None,
     guidance: dict | None = None,
-    store: ArtifactStore | str = "lolaray-store",
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
 ) -> Artifact:
     """Evaluate (or reuse the evaluation of) ``emulator`` on the test split of ``dataset``.
 
@@ -147,12 +144,15 @@ def evaluate(
     :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
         true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`: ``operator``, ``factor``, ``sigma_y``,
         ``var_y``, ``iterations``, ``solver``); ``None`` = unguided.
-    :param actors, max_batch, actor_gpus: the actor pool and the members per batch; they
-        do not change the results (nor the artifact id).
+    :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`);
+        its ``scaling.actors`` and ``scaling.actor_gpus`` size the rollout actor pool.
+    :param max_batch: members per batch. Neither it nor the actor pool changes the results
+        (nor the artifact id).
     :returns: the evaluation artifact (``metrics.csv``, ``summary.json``, ``table.txt``,
         ``report.html``, figures).
     """
-    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    context = context or StageContext.default()
+    actors = context.scaling.actors
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     manifest = emulator.manifest
     kind, space = manifest.get("kind"), manifest.get("space", "latent")
@@ -182,8 +182,8 @@ def evaluate(
         raise ValueError(f"contexts {contexts} must lie in [1, window - 1] = [1, {window - 1}]")
     if members < 1:
         raise ValueError(f"need at least one ensemble member, got {members}")
-    if max_batch < 1 or actors < 1:
-        raise ValueError(f"max_batch and actors must be >= 1, got {max_batch}, {actors}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if kind == "solver":
         members = 1
     horizons = tuple(tuple(int(v) for v in h) for h in (horizons or DEFAULT_HORIZONS))
@@ -191,7 +191,7 @@ def evaluate(
         raise ValueError(
             f"unknown VRMSE convention {vrmse_convention!r}: choose one of {', '.join(VRMSE_EPS)}"
         )
-    starts = sorted({int(s) for s in starts})
+    starts = sorted({int(s) for s in (starts if starts is not None else (0,))})
     if not starts or starts[0] < 0:
         raise ValueError(f"rollout start states {starts} must be >= 0")
 
@@ -252,7 +252,6 @@ def evaluate(
         for c in contexts
         for b in blocks
     ]
-    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
     rate = float(manifest.get("compression", 1))
     method = _method_label(manifest) if guidance is None else f"guided {_method_label(manifest)}"
 
@@ -275,7 +274,7 @@ def evaluate(
                     "scratch": scratch,
                 },
                 actors=actors,
-                actor_gpus=gpus_per_actor(actor_gpus),
+                actor_gpus=context.scaling.resolved_actor_gpus(),
             )
             split_scores = {}
             if scratch is not None:
@@ -361,7 +360,7 @@ def evaluate(
 
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(description="Evaluate an emulator on the test split (Ray Data actors).")
-    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo", scaling="actors")
     parser.add_argument("--emulator", required=True, help="an emulator artifact: its folder or URI")
     parser.add_argument(
         "--autoencoder", default=None, help="its autoencoder artifact, folder or URI (latent emulators)"
@@ -371,12 +370,11 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--trajectories", type=int, default=8)
     parser.add_argument("--sampler", default="ab3")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--actor-gpus", type=float, default=None)
     parser.add_argument("--parent-run-id", default=None)
     add_guidance_arguments(parser, what="guide a diffusion emulator")
     add_scoring_arguments(parser)
+    add_dataset_spec_arguments(parser, windows=False)
     args = parser.parse_args(argv)
     try:
         guidance = guidance_from_args(args)
@@ -384,31 +382,30 @@ def main(argv=None) -> Artifact:
     except ValueError as error:
         parser.error(str(error))
 
-    from lolaray.platform.session import start_ray
-
     start_ray(args.address)
+    info = open_dataset(args.dataset, data_root=args.data_root)
+    try:
+        spec = spec_from_args(args, info)
+    except DatasetSpecError as error:
+        parser.error(str(error))
+    scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
     artifact = evaluate(
         open_artifact(args.emulator),
         open_artifact(args.autoencoder) if args.autoencoder else None,
-        open_dataset(args.dataset, data_root=args.data_root),
+        info,
+        context := StageContext.from_args(args),
         contexts=args.contexts,
         members=args.members,
         trajectories=args.trajectories,
         seed=args.seed,
         sampler=args.sampler,
         steps=args.steps,
-        actors=args.actors,
         max_batch=args.max_batch,
-        actor_gpus=args.actor_gpus,
-        store=args.store,
-        mlflow_uri=args.mlflow_uri,
-        experiment=args.experiment,
-        parent_run_id=args.parent_run_id,
         guidance=guidance,
         **scoring,
     )
     print(f"[lolaray] evaluation {artifact.id} at {artifact.uri}")
-    print(ArtifactStore(args.store).read_text(artifact, "table.txt"))
+    print(context.store.read_text(artifact, "table.txt"))
     return artifact
 
 

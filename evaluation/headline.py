@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mlflow.entities import Metric
+
 __all__ = ["HEADLINE_METRICS", "headline_metrics", "log_headline_metrics"]
 
 #: The per-horizon metrics put on the parent run, and whether lower is better.
@@ -86,7 +88,6 @@ def headline_metrics(evaluations: Iterable[Any]) -> dict[str, float]:
 
 def log_headline_metrics(client, run_id: str, evaluations: Sequence[Any]) -> dict[str, float]:
     """Log :func:`headline_metrics` on ``run_id`` (batches of 1000, the REST limit); returns them."""
-    from mlflow.entities import Metric
 
     metrics = headline_metrics(evaluations)
     now = int(time.time() * 1000)

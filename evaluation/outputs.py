@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric
 
 from lolaray.evaluation import report
 from lolaray.evaluation.aggregation import METRICS, SEMD_FIELD
@@ -241,7 +242,6 @@ def _snapshot_excerpt(snapshot: dict, field_name: str, field: int, stride: int, 
 
 def log_mlflow(client, run_id: str, summary: dict, files: list[Path]) -> None:
     """Logs the summary's metrics (uniform names, finite values only) and ``files`` to MLflow run ``run_id``."""
-    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in _mlflow_metrics(summary).items()]

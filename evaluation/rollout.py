@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from lolaray.trainers.diffusion import ElucidatedDenoiser, Schedule, context_mask
+from lolaray.trainers.guidance import MMPSDenoiser
 from lolaray.trainers.samplers import sample
 from lolaray.trainers.solver import NeuralSolver
 
@@ -253,8 +254,6 @@ def guided_diffusion_step(
         var_y, iterations, solver, weight: See :class:`~lolaray.trainers.guidance.MMPSDenoiser`.
         schedule, sampler, steps: As :func:`diffusion_step`.
     """
-
-    from lolaray.trainers.guidance import MMPSDenoiser
 
     schedule = denoiser.schedule if schedule is None else schedule
 

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import numpy as np
+import ray.data
 import torch
 
 from lolaray.evaluation.aggregation import SEMD_FIELD
@@ -56,7 +57,7 @@ from lolaray.platform.preprocessing import Standardizer
 from lolaray.trainers.guidance import build_operator
 from lolaray.trainers.snapshots import load_autoencoder, load_emulator
 
-__all__ = ["ANIMATED_MEMBERS", "RolloutActor", "gpus_per_actor", "run_rollouts"]
+__all__ = ["ANIMATED_MEMBERS", "RolloutActor", "run_rollouts"]
 
 #: Members shown in the animation (and returned by the actor for it).
 ANIMATED_MEMBERS = 3
@@ -280,7 +281,6 @@ def run_rollouts(
     items: list[dict], actor_kwargs: dict, *, actors: int, actor_gpus: float | None
 ) -> dict[tuple[int, int, int, int], dict]:
     """Runs the work items through the actor pool; ``(trajectory, origin, context, start)`` → stats."""
-    import ray.data
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
@@ -298,15 +298,3 @@ def run_rollouts(
     if len(out) != len(items):
         raise RuntimeError(f"the rollout pipeline returned {len(out)} results for {len(items)} work items")
     return out
-
-
-def gpus_per_actor(actor_gpus: float | None) -> float:
-    """GPUs per rollout actor: ``actor_gpus`` when given, else 1 where the cluster (or, before
-    Ray starts, this machine) has GPUs and 0 elsewhere."""
-    if actor_gpus is not None:
-        return float(actor_gpus)
-    import ray  # deferred like ray.data in run_rollouts: importing this module starts nothing
-
-    if not ray.is_initialized():  # Ray Data will start a local cluster on this machine
-        return 1.0 if torch.cuda.is_available() else 0.0
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow.fs
+import ray.data
 import torch
 
 from lolaray.evaluation.metrics import ensemble_scores
@@ -180,7 +181,6 @@ def score_split_ensembles(
     :param chunk_bytes: see :func:`lead_chunks`; :data:`DEFAULT_CHUNK_BYTES` when ``None``.
     :returns: ``rollout → reference → score → (L, C)`` (``rank_histogram``: ``(L, C, K + 1)``).
     """
-    import ray.data  # Ray starts only when something is scored this way
 
     chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     specs, chunks_of = [], {}

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray.data
 import torch
+from the_well.data import WELL_DATASETS, WellDataset
 from torch.utils.data import Dataset
 
 from lolaray.platform.augmentation import Augmentation
@@ -112,7 +114,6 @@ class DatasetInfo:
 
 
 def _well_dataset_names() -> tuple[str, ...]:
-    from the_well.data import WELL_DATASETS
 
     return tuple(WELL_DATASETS)
 
@@ -265,7 +266,6 @@ class WellWindows(Dataset):
                 f"a window of {length} states at stride {stride} spans {span} steps, longer than the "
                 f"shortest trajectory of {info.name}/{split} ({shortest} steps)"
             )
-        from the_well.data import WellDataset
 
         self.info, self.split, self.length, self.stride = info, split, length, stride
         self.standardizer = standardizer
@@ -411,7 +411,6 @@ def ray_dataset(
     ``start``. Reading happens in Ray tasks, each building its own :class:`WellWindows`
     (HDF5 handles are never pickled).
     """
-    import ray.data
 
     count = len(WellWindows(info, split, length=length, stride=stride))
     ids = list(range(count)) if indices is None else [int(i) for i in indices]

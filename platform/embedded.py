@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 
 from lolaray.platform import euler
@@ -313,8 +314,6 @@ def generate_dataset(
         raise ValueError(f"parallel must be 'auto', 'ray' or 'local', got {parallel!r}")
     use_ray = parallel == "ray"
     if parallel == "auto":
-        import ray
-
         use_ray = ray.is_initialized()
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -329,8 +328,6 @@ def generate_dataset(
         # in-process: one batched solver call per boundary (bigger batches vectorise better).
         batches = _batches(specs, by_split=use_ray)
         if use_ray:
-            import ray
-
             task = ray.remote(num_cpus=1)(generate_files)
             pending = [task.remote(batch, str(staging / "data")) for batch in batches]
             for done in range(1, len(pending) + 1):

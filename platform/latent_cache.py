@@ -34,9 +34,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs
 import pyarrow.parquet as pq
+import ray.data
 import torch
 
 from lolaray.platform.artifacts import filesystem_for
+from lolaray.platform.augmentation import Augmentation
+from lolaray.platform.data import WellWindows, cached_windows, read_dataset_info
+from lolaray.platform.preprocessing import Standardizer
 
 __all__ = [
     "CorruptCacheError",
@@ -93,9 +97,6 @@ class _Source:
 
 def _read_trajectories(batch: dict, *, source: _Source) -> dict:
     """Ray task: read, augment (copies ≥ 1) and standardize whole trajectories."""
-    from lolaray.platform.augmentation import Augmentation
-    from lolaray.platform.data import cached_windows
-    from lolaray.platform.preprocessing import Standardizer
 
     windows = cached_windows(source.root, source.split, None, 1, False)
     info = windows.info
@@ -150,9 +151,6 @@ def build_latent_cache(
     :param actors: size of the encoder actor pool; ``actor_gpus`` GPUs per actor on a cluster.
     :returns: the manifest entries describing the shards (``shards``, ``rows``, ``min_length``, ``states``).
     """
-    import ray.data
-
-    from lolaray.platform.data import WellWindows, read_dataset_info
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown latent dtype {dtype!r}; choose one of {sorted(DTYPES)}")
@@ -314,7 +312,6 @@ def trajectory_dataset(cache: LatentCache, *, materialize: bool = True):
     to disk when it does not fit): re-reading Parquet every epoch was ~20x slower here
     (benchmarks/latent_cache_throughput.py). Train workers cut windows from it with
     :func:`draw_windows`."""
-    import ray.data
 
     ds = ray.data.read_parquet(
         cache.shard_paths, filesystem=cache.filesystem, override_num_blocks=max(1, len(cache.shard_paths))

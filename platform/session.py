@@ -12,6 +12,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import socket
+
+import ray
 
 __all__ = ["TRAIN_DRIVER_RESOURCE", "keep_freed_memory", "quiet_workers", "setup_process", "start_ray"]
 
@@ -86,7 +89,6 @@ def quiet_workers() -> None:
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Open a TCP connection to ``host:port`` (or ``ray://host:port``) first: ``ray.init``
     on an unreachable address retries for minutes before it gives up."""
-    import socket
 
     if address == "auto" or "://" in address and not address.startswith("ray://"):
         return  # "auto" reads the local node's cluster file; ray.init fails fast without one
@@ -116,7 +118,6 @@ def start_ray(
     :returns: the cluster's resources.
     :raises ConnectionError: the address cannot be reached (with the address in the message).
     """
-    import ray
 
     for key, value in _RAY_DEFAULT_ENV.items():
         os.environ.setdefault(key, value)

@@ -24,23 +24,32 @@ options for it (:func:`add_stage_arguments`, :meth:`StageContext.from_args`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+import torch
+
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.tracking import StageRun, stage_run, tracking_uri
 
-__all__ = ["StageContext", "StageOutput", "add_stage_arguments", "run_stage"]
+__all__ = ["ScalingSpec", "StageContext", "StageOutput", "add_stage_arguments", "run_stage"]
 
 DEFAULT_STORE = "lolaray-store"
 
 
-def add_stage_arguments(parser: argparse.ArgumentParser, *, dataset_default: str | None) -> None:
+def add_stage_arguments(
+    parser: argparse.ArgumentParser, *, dataset_default: str | None, scaling: str | None = None
+) -> None:
     """The options every stage's command line and every sweep takes: the dataset, where
     Ray runs, where the artifacts and the MLflow record go, and the seed.
 
     :param dataset_default: ``--dataset``'s default (``None``: the sweep's profile decides).
+    :param scaling: also the scaling options of a single stage: ``"workers"`` (a training
+        stage: ``--workers``) or ``"actors"`` (a Ray Data stage: ``--actors``,
+        ``--actor-gpus``); a sweep takes them from its profile.
     """
     parser.add_argument(
         "--dataset",
@@ -64,28 +73,113 @@ def add_stage_arguments(parser: argparse.ArgumentParser, *, dataset_default: str
     )
     parser.add_argument("--experiment", default="lolaray", help="MLflow experiment name")
     parser.add_argument("--seed", type=int, default=0)
+    if scaling == "workers":
+        parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (0: in this process)")
+    elif scaling == "actors":
+        parser.add_argument("--actors", type=int, default=1, help="Ray Data actors")
+        parser.add_argument(
+            "--actor-gpus",
+            type=float,
+            default=None,
+            help="GPUs per actor (default: 1 where the cluster has GPUs)",
+        )
+    elif scaling is not None:
+        raise ValueError(f"scaling must be 'workers', 'actors' or None, got {scaling!r}")
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """What a stage asks Ray for: training workers, and the actors of its Ray Data passes.
+
+    None of it enters an artifact's id: the same stage on more workers is the same artifact.
+
+    :param workers: Ray Train workers of a training stage (``0`` runs the loop in this
+        process, for unit tests).
+    :param use_gpu: one GPU per training worker (``None``: when the cluster has GPUs).
+    :param cpus_per_worker: logical CPUs each training worker reserves from Ray; a CPU
+        worker runs that many torch threads (local mode keeps the caller's).
+    :param free_cores: a CPU worker runs more threads than it reserved when fewer trainings
+        than cores run (:func:`~lolaray.trainers.hardware.worker_threads`). Off by default:
+        torch's CPU kernels do not sum in the same order at every thread count, so a seeded
+        stage would then give numbers that depend on how many trials happen to run beside
+        it (measured: metrics differing at 1e-4 between a sweep and the same chain alone).
+    :param max_failures: worker-group restarts from the last checkpoint before giving up.
+    :param actors: actors of the encoding and rollout passes (Ray Data actor pools).
+    :param actor_gpus: GPUs per such actor (``None``: 1 where the cluster has GPUs, else 0).
+    """
+
+    workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    free_cores: bool = False
+    max_failures: int = 2
+    actors: int = 1
+    actor_gpus: float | None = None
+
+    def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.actor_gpus is not None and self.actor_gpus < 0:
+            raise ValueError(f"actor_gpus must be >= 0, got {self.actor_gpus}")
+
+    def resolved_use_gpu(self) -> bool:
+        """Whether training workers take a GPU: ``use_gpu``, else whether the cluster has one."""
+        if self.use_gpu is not None:
+            return self.use_gpu
+        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+    def resolved_actor_gpus(self) -> float:
+        """GPUs per Ray Data actor: ``actor_gpus`` when given, else 1 where the cluster (or,
+        before Ray starts, this machine: Ray Data will start a local one) has GPUs, else 0."""
+        if self.actor_gpus is not None:
+            return float(self.actor_gpus)
+        if not ray.is_initialized():
+            return 1.0 if torch.cuda.is_available() else 0.0
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """Where a stage's artifact and its record go.
+    """Where a stage runs, where its artifact and its record go: everything a stage needs
+    that is not part of what it computes (so none of it enters the artifact's id).
 
     :param store: the artifact store (a local folder or ``s3://…``).
     :param tracking_uri: the MLflow tracking URI (resolved: see
         :func:`~lolaray.platform.tracking.tracking_uri`).
     :param experiment: the MLflow experiment of the stage's run.
     :param parent_run_id: the study's run, under which the stage's run nests.
+    :param scaling: the workers and actors the stage asks Ray for.
     """
 
     store: ArtifactStore
     tracking_uri: str
     experiment: str = "lolaray"
     parent_run_id: str | None = None
+    scaling: ScalingSpec = ScalingSpec()
+
+    def replace(self, **changes) -> StageContext:
+        """This context with some fields changed (e.g. ``scaling=``, ``parent_run_id=``)."""
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StageContext:
         """The context of a command line built with :func:`add_stage_arguments`."""
-        return cls.resolve(args.store, args.mlflow_uri, experiment=args.experiment)
+        scaling = ScalingSpec(
+            workers=getattr(args, "workers", 1),
+            actors=getattr(args, "actors", 1),
+            actor_gpus=getattr(args, "actor_gpus", None),
+        )
+        return cls.resolve(
+            args.store,
+            args.mlflow_uri,
+            experiment=args.experiment,
+            parent_run_id=getattr(args, "parent_run_id", None),
+            scaling=scaling,
+        )
 
     @classmethod
     def resolve(
@@ -95,15 +189,22 @@ class StageContext:
         *,
         experiment: str = "lolaray",
         parent_run_id: str | None = None,
+        scaling: ScalingSpec | None = None,
     ) -> StageContext:
-        """A context from a stage's keyword arguments (a store path or URI, an MLflow URI or
-        ``None`` for the default)."""
+        """A context from a store path or URI and an MLflow URI (``None``: the default,
+        :func:`~lolaray.platform.tracking.tracking_uri`)."""
         return cls(
             store=store if isinstance(store, ArtifactStore) else ArtifactStore(store),
             tracking_uri=tracking_uri(mlflow_uri),
             experiment=experiment,
             parent_run_id=parent_run_id,
+            scaling=scaling or ScalingSpec(),
         )
+
+    @classmethod
+    def default(cls) -> StageContext:
+        """The context of a stage called without one: the default store and MLflow URI."""
+        return cls.resolve(DEFAULT_STORE)
 
 
 @dataclass

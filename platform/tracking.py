@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
 __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
@@ -57,7 +60,6 @@ def open_client(uri: str | None = None):
     """An ``MlflowClient`` on ``uri`` (:func:`tracking_uri`) whose store is ready: a local SQLite
     database is created or migrated by one process at a time (an exclusive ``flock`` on
     ``<database>.lock`` beside it), so studies started together on a fresh folder both work."""
-    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(uri)
     if not uri.startswith("sqlite:///"):
@@ -134,7 +136,6 @@ def create_run(
     The run is left open (status RUNNING) for a Ray worker to log into by id; close it with
     ``MlflowClient.set_terminated``.
     """
-    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(uri)
     client = MlflowClient(uri)
@@ -146,8 +147,6 @@ def create_run(
         experiment_id = ensure_experiment(experiment, uri=uri)
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     if params:
-        from mlflow.entities import Param
-
         flat = flatten_params(params)
         items = [Param(k, v) for k, v in flat.items()]
         for start in range(0, len(items), 100):  # the REST API takes at most 100 params per batch
@@ -168,7 +167,6 @@ class StageRun:
 def stage_run(experiment: str, *, run_name: str, uri: str | None = None, **kwargs) -> Iterator[StageRun]:
     """Create a stage's run (:func:`create_run` keywords), yield it, and close it:
     ``FINISHED`` when the block completes, ``FAILED`` when it raises (the error propagates)."""
-    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(uri)
     run = StageRun(create_run(experiment, run_name=run_name, uri=uri, **kwargs), MlflowClient(uri), uri)

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import fsspec
 import h5py
 import numpy as np
 import yaml
@@ -282,7 +283,6 @@ def _read_header(path: str, fs) -> dict:
 
 def filesystem(url: str | os.PathLike):
     """``(fsspec filesystem, path)`` for a local path or a URL (``hf://``, ``s3://``, ``memory://``...)."""
-    import fsspec
 
     try:
         return fsspec.core.url_to_fs(str(url))

@@ -13,6 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlflow.tracking import MlflowClient
+
+from lolaray.platform.data import open_dataset
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import StageContext, add_stage_arguments
+from lolaray.platform.tracking import create_run
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
+from lolaray.trainers.loop import LoopConfig
+
 VARIANTS = (("adam", False), ("adam", True), ("psgd", True))
 
 
@@ -25,34 +34,24 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--latent-channels", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (Adam and PSGD alike)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--store", default="lolaray-store")
-    parser.add_argument("--mlflow-uri", default=None)
-    parser.add_argument("--address", default=None)
+    add_stage_arguments(parser, dataset_default=None, scaling="workers")
     args = parser.parse_args(argv)
-
-    from mlflow.tracking import MlflowClient
-
-    from lolaray.platform.data import open_dataset
-    from lolaray.platform.session import start_ray
-    from lolaray.platform.tracking import create_run, tracking_uri
-    from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-    from lolaray.trainers.launch import ScalingSpec
-    from lolaray.trainers.loop import LoopConfig
 
     smoke = args.profile == "smoke"
     epochs = args.epochs or (3 if smoke else 20)
     steps = args.steps_per_epoch or (8 if smoke else 32)
     start_ray(args.address)
-    info = open_dataset(f"euler_quadrants:{args.profile}")
-    uri = tracking_uri(args.mlflow_uri)
+    info = open_dataset(args.dataset or f"euler_quadrants:{args.profile}", data_root=args.data_root)
+    context = StageContext.from_args(args)
+    uri = context.tracking_uri
     parent = create_run(
-        "lolaray",
+        context.experiment,
         run_name=f"autoencoder-ablation-{args.profile}",
         uri=uri,
         tags={"stage": "ablation"},
         params={"epochs": epochs, "steps_per_epoch": steps},
     )
+    context = context.replace(parent_run_id=parent)
     client = MlflowClient(uri)
     curves = {}
     for optimizer, identity in VARIANTS:
@@ -62,18 +61,13 @@ def main(argv=None) -> int:
             architecture={"identity_init": identity},
             batch_size=16,
             valid_states=64,
-            loop=LoopConfig(optimizer=optimizer, lr=args.lr or 1e-3, epochs=epochs, steps_per_epoch=steps),
+            loop=LoopConfig(
+                optimizer=optimizer, lr=args.lr or 1e-3, epochs=epochs, steps_per_epoch=steps, seed=args.seed
+            ),
         )
         name = f"{optimizer} {'with' if identity else 'without'} id. init"
         print(f"[lolaray] training: {name}")
-        artifact = train_autoencoder(
-            config,
-            info,
-            store=args.store,
-            scaling=ScalingSpec(workers=args.workers),
-            mlflow_uri=uri,
-            parent_run_id=parent,
-        )
+        artifact = train_autoencoder(config, info, context)
         history = client.get_metric_history(artifact.manifest["mlflow_run_id"], "valid/loss")
         curves[name] = [m.value for m in sorted(history, key=lambda m: m.step)]
     client.set_terminated(parent)
@@ -88,7 +82,7 @@ def main(argv=None) -> int:
             f"{name:<26}"
             + "".join(f"{curve[e - 1]:>12.4f}" if e <= len(curve) else f"{'-':>12}" for e in marks)
         )
-    print(f"\nMLflow: parent run {parent} in experiment 'lolaray' at {uri}")
+    print(f"\nMLflow: parent run {parent} in experiment '{context.experiment}' at {uri}")
     return 0
 
 

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import DatasetInfo
+from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError
+from lolaray.platform.stages import ScalingSpec, StageContext
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.emulator_trainer import train_diffusion, train_pixel_solver, train_solver
 from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.encoding import cache_latents
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
 
 __all__ = ["PROFILES", "ChainResult", "InjectedFailure", "Profile", "run_latent_chain", "run_pixel_chain"]
@@ -62,6 +63,26 @@ class Profile:
     repeat: int = 4
     workers: int = 1
     actors: int = 1
+
+    def for_dataset(self, spec: DatasetSpec) -> Profile:
+        """This profile with the dataset's window and stride in both emulators, and only
+        the context lengths such a window holds (at least one state to predict)."""
+        contexts = tuple(c for c in self.contexts if c <= spec.window - 1)
+        if not contexts:
+            raise DatasetSpecError(
+                f"a window of {spec.window} states holds none of the context lengths {list(self.contexts)}: "
+                f"pass --window {max(self.contexts) + 1} or --contexts 1"
+            )
+        return dataclasses.replace(
+            self,
+            emulator=dataclasses.replace(self.emulator, window=spec.window, stride=spec.stride),
+            pixel_emulator=dataclasses.replace(self.pixel_emulator, window=spec.window, stride=spec.stride),
+            contexts=contexts,
+        )
+
+    def scaling(self) -> ScalingSpec:
+        """What each stage of the profile's chain asks Ray for."""
+        return ScalingSpec(workers=self.workers, actors=self.actors)
 
 
 def _loop(optimizer: str, lr: float, epochs: int, steps: int, warmup: int = 0) -> LoopConfig:
@@ -189,10 +210,8 @@ def run_latent_chain(
     profile: Profile,
     dataset: DatasetInfo,
     latent_channels: int,
+    context: StageContext,
     *,
-    store: ArtifactStore,
-    mlflow_uri: str | None = None,
-    parent_run_id: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = print,
     fail_at: str | None = None,
@@ -201,6 +220,8 @@ def run_latent_chain(
 ) -> ChainResult:
     """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
 
+    :param context: the study's store, MLflow record and parent run; the profile sets its
+        scaling (:meth:`Profile.scaling`).
     :param guidance: also evaluate the diffusion emulator guided by observations
         (stage ``evaluation/guided_diffusion``; keys of
         :func:`~lolaray.evaluation.guidance_options.guidance_config`).
@@ -212,8 +233,8 @@ def run_latent_chain(
     """
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
-    scaling = ScalingSpec(workers=profile.workers)
-    common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
+    context = context.replace(scaling=profile.scaling())
+    store = context.store
     ae_config = dataclasses.replace(
         profile.autoencoder,
         latent_channels=latent_channels,
@@ -225,7 +246,7 @@ def run_latent_chain(
         "autoencoder",
         store,
         "autoencoder",
-        lambda: train_autoencoder(ae_config, dataset, scaling=scaling, **common),
+        lambda: train_autoencoder(ae_config, dataset, context),
     )
     caches = {}
     for split in ("train", "valid", "test"):
@@ -239,10 +260,9 @@ def run_latent_chain(
                 autoencoder,
                 dataset,
                 s,
+                context,
                 repeat=profile.repeat if s == "train" else 1,
-                actors=profile.actors,
                 seed=seed,
-                **common,
             ),
         )
     emulator_config = dataclasses.replace(
@@ -260,8 +280,7 @@ def run_latent_chain(
                 autoencoder=autoencoder,
                 train_cache=caches["train"],
                 valid_cache=caches["valid"],
-                scaling=scaling,
-                **common,
+                context=context,
             ),
         )
         evaluations = [(kind, None)]
@@ -278,15 +297,14 @@ def run_latent_chain(
                     emulator,
                     autoencoder,
                     dataset,
+                    context,
                     contexts=profile.contexts,
                     members=profile.members,
                     trajectories=profile.trajectories,
                     steps=profile.sampler_steps,
-                    actors=profile.actors,
                     seed=seed,
                     guidance=guide,
                     **(scoring or {}),
-                    **common,
                 ),
             )
     return result
@@ -295,10 +313,8 @@ def run_latent_chain(
 def run_pixel_chain(
     profile: Profile,
     dataset: DatasetInfo,
+    context: StageContext,
     *,
-    store: ArtifactStore,
-    mlflow_uri: str | None = None,
-    parent_run_id: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = print,
     fail_at: str | None = None,
@@ -308,7 +324,8 @@ def run_pixel_chain(
     ``scoring`` as in :func:`run_latent_chain` (``"pixel_solver"``, ``"evaluation/pixel_solver"``)."""
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
-    common = {"store": store, "mlflow_uri": mlflow_uri, "parent_run_id": parent_run_id}
+    context = context.replace(scaling=profile.scaling())
+    store = context.store
     config = dataclasses.replace(
         profile.pixel_emulator, loop=dataclasses.replace(profile.pixel_emulator.loop, seed=seed)
     )
@@ -318,7 +335,7 @@ def run_pixel_chain(
         "pixel_solver",
         store,
         "emulator",
-        lambda: train_pixel_solver(config, dataset, scaling=ScalingSpec(workers=profile.workers), **common),
+        lambda: train_pixel_solver(config, dataset, context),
     )
     progress("[pixel] evaluation")
     _stage(
@@ -330,13 +347,12 @@ def run_pixel_chain(
             solver,
             None,
             dataset,
+            context,
             contexts=profile.contexts,
             members=1,
             trajectories=profile.trajectories,
-            actors=profile.actors,
             seed=seed,
             **(scoring or {}),
-            **common,
         ),
     )
     return result

@@ -32,12 +32,37 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import ray
+import ray.tune
+from mlflow.tracking import MlflowClient
+
 from lolaray.evaluation.findings import findings_text, log_findings
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
-from lolaray.sweeps.chain import PROFILES, Profile
+from lolaray.platform.artifacts import ArtifactStore
+from lolaray.platform.data import open_dataset
+from lolaray.platform.dataset_specs import (
+    DatasetSpec,
+    DatasetSpecError,
+    add_dataset_spec_arguments,
+    spec_from_args,
+)
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import StageContext
+from lolaray.sweeps.chain import PROFILES, Profile, run_latent_chain, run_pixel_chain
 from lolaray.sweeps.plan import add_plan_arguments, print_plan
-from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
+from lolaray.sweeps.sweep import (
+    SweepInputError,
+    add_common_arguments,
+    check_inputs,
+    default_concurrency,
+    elapsed,
+    mlflow_hint,
+    publish_study,
+    run_trials,
+    sweep_run,
+    tag_reuse,
+)
 
 __all__ = ["SweepFailed", "SweepOutcome", "main", "parse_args", "run_compression_sweep"]
 
@@ -66,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
     add_guidance_arguments(parser, what="also evaluate each diffusion emulator guided")
     add_scoring_arguments(parser)
+    add_dataset_spec_arguments(parser)
     add_common_arguments(parser)
     add_plan_arguments(parser)
     return parser.parse_args(argv)
@@ -107,31 +133,25 @@ def _label(chain) -> str:
 
 def _chain_trial(config: dict, context: _TrialContext) -> None:
     """A Tune trial: one chain (a latent channel count, or ``"pixel"``), then one report."""
-    import ray
-    import ray.tune
-    from mlflow.tracking import MlflowClient
-
-    from lolaray.platform.artifacts import ArtifactStore
-    from lolaray.sweeps.chain import run_latent_chain, run_pixel_chain
-    from lolaray.sweeps.sweep import tag_reuse
-
     chain = config["chain"]
     label = _label(chain)
-    store = ArtifactStore(context.store_root)
+    stage_context = StageContext(
+        store=ArtifactStore(context.store_root),
+        tracking_uri=context.mlflow_uri,
+        experiment=context.experiment,
+        parent_run_id=context.parent_run_id,
+    )
     common = {
-        "store": store,
-        "mlflow_uri": context.mlflow_uri,
-        "parent_run_id": context.parent_run_id,
         "seed": context.seed,
         "progress": lambda text: print(f"[lolaray] {text}", flush=True),
         "fail_at": (context.fail_at or {}).get(label),
         "scoring": context.scoring,
     }
     if chain == "pixel":
-        result = run_pixel_chain(context.profile, context.dataset, **common)
+        result = run_pixel_chain(context.profile, context.dataset, stage_context, **common)
     else:
         result = run_latent_chain(
-            context.profile, context.dataset, int(chain), guidance=context.guidance, **common
+            context.profile, context.dataset, int(chain), stage_context, guidance=context.guidance, **common
         )
     tag_reuse(
         MlflowClient(context.mlflow_uri),
@@ -158,7 +178,7 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
     }
     for name, artifact in result.artifacts.items():
         if artifact.stage == "evaluation":
-            summary = json.loads(store.read_text(artifact, "summary.json"))
+            summary = json.loads(stage_context.store.read_text(artifact, "summary.json"))
             for horizon in summary["horizons"]:
                 value = summary["metrics"].get(f"absolute/context_all/vrmse/{horizon}")
                 if value is not None:
@@ -183,6 +203,7 @@ def run_compression_sweep(
     verbose: int = 1,
     guidance: dict | None = None,
     scoring: dict | None = None,
+    dataset_spec: DatasetSpec | None = None,
 ) -> SweepOutcome:
     """The compression sweep on a running Ray: Tune trials, then the study report.
 
@@ -198,14 +219,12 @@ def run_compression_sweep(
     :param guidance: also evaluate each diffusion emulator guided by observations (MMPS;
         :func:`~lolaray.evaluation.guidance_options.guidance_config` keys).
     :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
-        convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`).
+        convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`), and
+        their ``horizons``.
+    :param dataset_spec: the dataset's settings the profile was fitted to
+        (:meth:`~lolaray.sweeps.chain.Profile.for_dataset`), logged on the parent run.
     :returns: the :class:`SweepOutcome`; the parent run is ``FAILED`` if a trial failed.
     """
-    import ray
-    import ray.tune
-
-    from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
-
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
     # are more trials than slots it frees its slot early instead of running alone at the end.
     chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]
@@ -222,6 +241,7 @@ def run_compression_sweep(
         "max_concurrent_trials": max_concurrent,
         "guidance": guidance,
         **(scoring or {}),
+        **({"dataset_spec": dataset_spec.to_dict()} if dataset_spec is not None else {}),
     }
     with sweep_run(
         experiment,
@@ -303,8 +323,6 @@ class SweepFailed(RuntimeError):
 
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
-    from lolaray.sweeps.sweep import elapsed, mlflow_hint
-
     args = parse_args(argv)
     start = time.perf_counter()
     profile = PROFILES[args.profile]
@@ -330,9 +348,6 @@ def main(argv=None) -> int:
         print(f"compression.py: error: {error}", file=sys.stderr)
         return 2
 
-    from lolaray.platform.data import open_dataset
-    from lolaray.platform.session import start_ray
-
     try:
         resources = start_ray(args.address)
     except ConnectionError as error:
@@ -348,6 +363,14 @@ def main(argv=None) -> int:
         f"{sum(sum(s.n_trajectories) for s in info.splits.values())} trajectories"
     )
     try:
+        spec = spec_from_args(args, info)
+        profile = profile.for_dataset(spec)
+    except DatasetSpecError as error:
+        print(f"compression.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"[lolaray] {spec.describe()}")
+    scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
+    try:
         outcome = run_compression_sweep(
             profile,
             info,
@@ -361,6 +384,7 @@ def main(argv=None) -> int:
             profile_name=args.profile,
             guidance=guidance,
             scoring=scoring,
+            dataset_spec=spec,
         )
     except SweepFailed as failure:
         for label, error in failure.outcome.errors.items():

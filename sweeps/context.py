@@ -22,11 +22,32 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import ray
+import ray.tune
+from mlflow.tracking import MlflowClient
+
+from lolaray.evaluation.evaluate import evaluate
 from lolaray.evaluation.findings import log_findings
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
+from lolaray.platform.artifacts import Artifact, ArtifactStore
+from lolaray.platform.data import open_dataset
+from lolaray.platform.dataset_specs import DatasetSpecError, add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import ScalingSpec, StageContext
 from lolaray.sweeps.chain import PROFILES, Profile
 from lolaray.sweeps.plan import add_plan_arguments, print_plan
-from lolaray.sweeps.sweep import SweepInputError, add_common_arguments, check_inputs
+from lolaray.sweeps.sweep import (
+    SweepInputError,
+    add_common_arguments,
+    check_inputs,
+    default_concurrency,
+    elapsed,
+    mlflow_hint,
+    publish_study,
+    run_trials,
+    sweep_run,
+    tag_reuse,
+)
 
 __all__ = ["find_emulators", "main", "parse_args", "run_context_sweep"]
 
@@ -49,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add_common_arguments(parser)
     add_scoring_arguments(parser)
+    add_dataset_spec_arguments(parser, windows=False)
     add_plan_arguments(parser)
     return parser.parse_args(argv)
 
@@ -97,13 +119,6 @@ class _TrialContext:
 
 def _evaluation_trial(config: dict, context: _TrialContext) -> None:
     """A Tune trial: one evaluation of one emulator at one context length and step count."""
-    import ray.tune
-    from mlflow.tracking import MlflowClient
-
-    from lolaray.evaluation.evaluate import evaluate
-    from lolaray.platform.artifacts import ArtifactStore
-    from lolaray.sweeps.sweep import tag_reuse
-
     store = ArtifactStore(context.store_root)
     point = config["point"]
     emulator = store.get("emulator", point["emulator"])
@@ -118,16 +133,18 @@ def _evaluation_trial(config: dict, context: _TrialContext) -> None:
         emulator,
         autoencoder,
         context.dataset,
+        StageContext(
+            store=store,
+            tracking_uri=context.mlflow_uri,
+            experiment=context.experiment,
+            parent_run_id=context.parent_run_id,
+            scaling=ScalingSpec(actors=profile.actors),
+        ),
         contexts=[point["context"]],
         members=profile.members,
         trajectories=profile.trajectories,
         steps=point["steps"],
-        actors=profile.actors,
         seed=context.seed,
-        store=store,
-        mlflow_uri=context.mlflow_uri,
-        experiment=context.experiment,
-        parent_run_id=context.parent_run_id,
         **context.scoring,
     )
     reused = artifact.id in before
@@ -177,12 +194,6 @@ def run_context_sweep(
 
     :raises RuntimeError: a trial failed (the parent run is marked ``FAILED``).
     """
-    import ray
-    import ray.tune
-
-    from lolaray.platform.artifacts import Artifact
-    from lolaray.sweeps.sweep import default_concurrency, publish_study, run_trials, sweep_run
-
     points = []
     for emulator, autoencoder in emulators:
         kind = emulator.manifest.get("kind")
@@ -248,8 +259,6 @@ def run_context_sweep(
 
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
-    from lolaray.sweeps.sweep import elapsed, mlflow_hint
-
     args = parse_args(argv)
     start = time.perf_counter()
     profile = PROFILES[args.profile]
@@ -275,9 +284,6 @@ def main(argv=None) -> int:
         print(f"context.py: error: {error}", file=sys.stderr)
         return 2
 
-    from lolaray.platform.data import open_dataset
-    from lolaray.platform.session import start_ray
-
     try:
         start_ray(args.address)
     except ConnectionError as error:
@@ -285,6 +291,11 @@ def main(argv=None) -> int:
         return 2
     info = open_dataset(dataset_name, data_root=args.data_root)
     try:
+        try:
+            spec = spec_from_args(args, info)
+        except DatasetSpecError as error:
+            raise SweepInputError(str(error)) from error
+        scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
         emulators = find_emulators(store, info, args.emulators)
         if not emulators:
             raise SweepInputError(

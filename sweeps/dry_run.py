@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import heavyball.utils
 import torch
 
 from lolaray.sweeps.plan import autoencoder_cost, emulator_cost, plan_dataset
@@ -298,7 +299,6 @@ def dry_run(
         reduced until the predicted step fits.
     :param grid: force a spatial grid (default: the paper's, or the largest that fits).
     """
-    import heavyball.utils
 
     spec = PAPER_NETWORKS[name]
     target = torch.device(device)

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray.tune
+
+from lolaray.evaluation.headline import log_headline_metrics
+from lolaray.evaluation.study import load_evaluations, write_study_report
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
+from lolaray.platform.data import locate_dataset
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.platform.stages import add_stage_arguments
 from lolaray.platform.tracking import ensure_experiment, open_client, stage_run, tracking_uri
@@ -92,7 +97,6 @@ def check_inputs(args: argparse.Namespace, *, default_dataset: str) -> tuple[Art
 
     :raises SweepInputError: unknown dataset, store without write permission, unreachable MLflow.
     """
-    from lolaray.platform.data import locate_dataset
 
     dataset = args.dataset or default_dataset
     try:
@@ -175,7 +179,6 @@ def run_trials(
     ``retries`` times; since every stage is content-addressed, a retry resumes after the
     last finished stage.
     """
-    import ray.tune
 
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, {"CPU": 0, TRAIN_DRIVER_RESOURCE: 1}),
@@ -220,8 +223,6 @@ def publish_study(
     """
     # Here, not at the top: the sweeps' input checks import this module before any work,
     # and the study's modules bring plotly, torch and the networks with them.
-    from lolaray.evaluation.headline import log_headline_metrics
-    from lolaray.evaluation.study import load_evaluations, write_study_report
 
     ids = sorted(a.id for a in evaluations)
     aid = artifact_id("study", {"by_steps": by_steps}, ids)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 # --------------------------------------------------------------- headless Chromium (CDP)
 
@@ -286,8 +287,6 @@ class Chromium:
 
 def _png_stats(png: bytes) -> tuple[tuple[int, int], int, float]:
     """(size, number of distinct colours, fraction of pixels off the page background)."""
-
-    from PIL import Image  # pillow comes with matplotlib, a project dependency
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
     pixels = np.asarray(image).reshape(-1, 3)

@@ -15,6 +15,25 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 import pytest
+from browser import Chromium, _chromium_executable
+
+from lolaray.platform.data import open_dataset
+from lolaray.platform.embedded import ensure_embedded_dataset
+from lolaray.platform.stages import ScalingSpec, StageContext
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path):
+    """An MLflow record (SQLite) in this test's folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def local_stage(tmp_path, mlflow_uri):
+    """A stage context for this test: its store in the test's folder, its record in
+    :func:`mlflow_uri`, training in this process (Ray Train's local mode)."""
+
+    return StageContext.resolve(tmp_path / "store", mlflow_uri, scaling=ScalingSpec(workers=0))
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +47,6 @@ def data_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_dataset(data_cache):
     """The embedded dataset at the smoke preset, generated once per session (in-process)."""
-    from lolaray.platform.data import open_dataset
-    from lolaray.platform.embedded import ensure_embedded_dataset
 
     ensure_embedded_dataset(
         "euler_quadrants", "smoke", cache_dir=data_cache, parallel="local", progress=False
@@ -40,7 +57,6 @@ def smoke_dataset(data_cache):
 @pytest.fixture(scope="session")
 def chromium():
     """One headless Chromium for the session (see ``tests/browser.py``)."""
-    from browser import Chromium, _chromium_executable
 
     browser = Chromium(_chromium_executable())
     try:

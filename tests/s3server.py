@@ -13,6 +13,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+import boto3
+from moto.server import ThreadedMotoServer
+
 __all__ = ["S3Server", "s3_server"]
 
 
@@ -24,7 +27,6 @@ class S3Server:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key in the bucket under ``prefix``."""
-        import boto3
 
         client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
         keys = []
@@ -43,8 +45,6 @@ def _free_port() -> int:
 def s3_server(bucket: str = "lolaray"):
     """Starts moto's S3 server, sets the AWS variables in ``os.environ`` for the duration
     (restored after) and yields an :class:`S3Server`."""
-    import boto3
-    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     port = _free_port()

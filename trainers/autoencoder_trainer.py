@@ -23,15 +23,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
+import ray.train
 import torch
+from mlflow.models import infer_signature
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore
+from lolaray.platform.artifacts import Artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.preprocessing import Standardizer
+from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
-from lolaray.trainers.launch import ScalingSpec, fit_stage
+from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.snapshots import save_autoencoder
@@ -119,7 +124,6 @@ class AutoencoderTask:
         self.config = AutoencoderConfig.from_dict(cfg["config"])
         self.info = open_dataset(cfg["dataset_root"])
         self.standardizer = Standardizer.from_dict(cfg["standardizer"])
-        import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -170,25 +174,23 @@ def _worker(cfg: dict) -> dict:
 def train_autoencoder(
     config: AutoencoderConfig,
     dataset: DatasetInfo | str,
+    context: StageContext | None = None,
     *,
-    store: ArtifactStore | str = "lolaray-store",
-    scaling: ScalingSpec | None = None,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
     log_model: bool = True,
 ) -> Artifact:
     """Train (or reuse) the autoencoder of ``config`` on ``dataset`` and return its artifact.
 
     The artifact id hashes the config and the dataset's fingerprint; a complete artifact
-    with that id is returned as is. Otherwise a ``TorchTrainer`` of ``scaling.workers``
-    workers trains it, an MLflow run records params, per-epoch metrics and the model, and
-    the artifact is published with the run id in its manifest.
+    with that id is returned as is. Otherwise a ``TorchTrainer`` of
+    ``context.scaling.workers`` workers trains it, an MLflow run records params, per-epoch
+    metrics and the model, and the artifact is published with the run id in its manifest.
+
+    :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`).
+    :param log_model: also log the network as an MLflow model.
     """
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     config.validate(info)
-    scaling = scaling or ScalingSpec()
-    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+    context = context or StageContext.default()
     latent_shape, rate = latent_geometry(config, info)
 
     def build(run: StageRun, aid: str) -> StageOutput:
@@ -205,7 +207,7 @@ def train_autoencoder(
             },
             name=aid,
             storage_path=f"{context.store.root}/_train_runs",
-            scaling=scaling,
+            scaling=context.scaling,
         )
         model = AutoEncoder(**config.model_kwargs(info))
         model.load_state_dict(state["model"])
@@ -244,16 +246,13 @@ def train_autoencoder(
             "dataset": info.name,
             "compression": rate,
             "latent_shape": latent_shape,
-            "workers": scaling.workers,
+            "workers": context.scaling.workers,
         },
     )
 
 
 def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: str) -> str:
     """Log the network as an MLflow PyTorch model (pickled module: ``encode``/``decode`` survive)."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
 
     example = torch.zeros(1, *info.state_shape)
     with torch.no_grad():
@@ -273,7 +272,7 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
 
 def main(argv: list[str] | None = None) -> Artifact:
     parser = argparse.ArgumentParser(description="Train an autoencoder with Ray Train.")
-    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo", scaling="workers")
     parser.add_argument("--preset", default="demo", choices=sorted(AUTOENCODER_PRESETS))
     parser.add_argument("--latent-channels", type=int, default=16)
     parser.add_argument("--no-identity-init", action="store_true")
@@ -283,10 +282,7 @@ def main(argv: list[str] | None = None) -> Artifact:
     parser.add_argument("--steps-per-epoch", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-
-    from lolaray.platform.session import start_ray
 
     config = AutoencoderConfig(
         preset=args.preset,
@@ -305,14 +301,7 @@ def main(argv: list[str] | None = None) -> Artifact:
     info = open_dataset(args.dataset, data_root=args.data_root)
     config.validate(info)
     start_ray(args.address)
-    artifact = train_autoencoder(
-        config,
-        info,
-        store=args.store,
-        scaling=ScalingSpec(workers=args.workers),
-        mlflow_uri=args.mlflow_uri,
-        experiment=args.experiment,
-    )
+    artifact = train_autoencoder(config, info, StageContext.from_args(args))
     print(
         f"[lolaray] autoencoder {artifact.id}: compression x{artifact.manifest['compression']:g}, "
         f"latent {tuple(artifact.manifest['latent_shape'])}, at {artifact.uri}"

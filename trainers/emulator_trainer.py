@@ -25,19 +25,25 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
+import ray.train
 import torch
+from mlflow.models import infer_signature
 from torch import nn
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
+from lolaray.platform.artifacts import Artifact, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
+from lolaray.platform.session import start_ray
+from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
-from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss
+from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss, sample_context_mask
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
-from lolaray.trainers.launch import ScalingSpec, fit_stage
+from lolaray.trainers.encoding import cache_latents
+from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, endless_batches, run_training
 from lolaray.trainers.snapshots import save_emulator
 from lolaray.trainers.solver import solver_loss
@@ -73,7 +79,6 @@ class Objective(nn.Module):
 
 def draw_masks(batch: int, config: EmulatorConfig) -> torch.Tensor:
     """Training context masks ``(B, T)``; ``max_context`` truncates the paper's distribution."""
-    from lolaray.trainers.diffusion import sample_context_mask
 
     if config.max_context is None or config.mask_distribution != "paper":
         return sample_context_mask(batch, config.window, distribution=config.mask_distribution)[0]
@@ -112,7 +117,6 @@ class EmulatorTask:
     """Windows (latent: from the cache's Ray Data stream; pixel: from the files) and the objective."""
 
     def __init__(self, cfg: dict):
-        import ray.train
 
         self.cfg = cfg
         self.config = EmulatorConfig.from_dict(cfg["config"])
@@ -125,8 +129,6 @@ class EmulatorTask:
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
         if self.config.space == "latent":
-            import ray.train
-
             shard = ray.train.get_dataset_shard("train")
             config, size = self.config, self.config.batch_size
             for pass_index in itertools.count():  # every pass re-draws random windows
@@ -234,15 +236,11 @@ def _train(
     worker_config: dict,
     datasets: dict | None,
     manifest: dict,
-    store: ArtifactStore | str,
-    scaling: ScalingSpec,
-    mlflow_uri: str | None,
-    experiment: str,
-    parent_run_id: str | None,
+    context: StageContext | None,
     log_model: bool,
 ) -> Artifact:
     """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`."""
-    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+    context = context or StageContext.default()
 
     def build(run: StageRun, aid: str) -> StageOutput:
         summary, state = fit_stage(
@@ -257,7 +255,7 @@ def _train(
             },
             name=aid,
             storage_path=f"{context.store.root}/_train_runs",
-            scaling=scaling,
+            scaling=context.scaling,
             datasets=datasets,
         )
         objective = Objective(build_emulator(config, state_shape, theta_dim))
@@ -305,15 +303,17 @@ def _train(
             "space": config.space,
             "compression": f"{manifest.get('compression', 1):g}",
         },
-        params={**config.to_dict(), **identity, "workers": scaling.workers, "state_shape": list(state_shape)},
+        params={
+            **config.to_dict(),
+            **identity,
+            "workers": context.scaling.workers,
+            "state_shape": list(state_shape),
+        },
     )
 
 
 def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri: str) -> str:
     """Log the denoiser/solver as an MLflow PyTorch model (pickled module)."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
 
     example = torch.zeros(1, state_shape[0], config.window, *state_shape[1:])
     mlflow.set_tracking_uri(uri)
@@ -334,19 +334,15 @@ def _latent_stage(
     autoencoder: Artifact,
     train_cache: Artifact,
     valid_cache: Artifact,
-    store: ArtifactStore | str = "lolaray-store",
-    scaling: ScalingSpec | None = None,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
+    context: StageContext | None = None,
     log_model: bool = True,
 ) -> Artifact:
     """Train (or reuse) a latent emulator of ``kind`` on windows streamed from ``train_cache``.
 
     :param autoencoder: the autoencoder whose latent space the caches live in.
     :param train_cache, valid_cache: latent caches of the train and valid splits.
-    :param store: the artifact store; ``scaling``: Ray Train workers (default: 1).
-    :param mlflow_uri, experiment, parent_run_id: where the stage's MLflow run goes.
+    :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`).
+    :param log_model: also log the network as an MLflow model.
     """
     config = dataclasses.replace(config, kind=kind, space="latent")
     state_shape = tuple(train_cache.manifest["latent_shape"])
@@ -378,11 +374,7 @@ def _latent_stage(
             "compression": autoencoder.manifest["compression"],
             "dataset": train_cache.manifest["dataset"],
         },
-        store=store,
-        scaling=scaling or ScalingSpec(),
-        mlflow_uri=mlflow_uri,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
+        context=context,
         log_model=log_model,
     )
 
@@ -400,15 +392,12 @@ def train_solver(config: EmulatorConfig, **kwargs) -> Artifact:
 def train_pixel_solver(
     config: EmulatorConfig,
     dataset: DatasetInfo | str,
+    context: StageContext | None = None,
     *,
-    store: ArtifactStore | str = "lolaray-store",
-    scaling: ScalingSpec | None = None,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
     log_model: bool = True,
 ) -> Artifact:
-    """Train (or reuse) the pixel-space neural solver on standardized, augmented windows of the files."""
+    """Train (or reuse) the pixel-space neural solver on standardized, augmented windows of
+    the files; ``context`` and ``log_model`` as in :func:`_latent_stage`."""
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     config = dataclasses.replace(config, kind="solver", space="pixel")
     config.validate(info.state_shape, info.n_steps)
@@ -427,11 +416,7 @@ def train_pixel_solver(
             "dataset_root": info.root,
             "dataset_fingerprint": info.fingerprint(),
         },
-        store=store,
-        scaling=scaling or ScalingSpec(),
-        mlflow_uri=mlflow_uri,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
+        context=context,
         log_model=log_model,
     )
 
@@ -440,7 +425,7 @@ def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(
         description="Train an emulator (latent diffusion / solver, pixel solver)."
     )
-    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo", scaling="workers")
     parser.add_argument("--kind", choices=("diffusion", "solver", "pixel-solver"), default="diffusion")
     parser.add_argument("--autoencoder", help="autoencoder artifact folder (latent emulators)")
     parser.add_argument("--preset", default="demo", choices=sorted(EMULATOR_PRESETS))
@@ -450,11 +435,7 @@ def main(argv=None) -> Artifact:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-
-    from lolaray.platform.session import start_ray
-    from lolaray.trainers.encoding import cache_latents
 
     config = EmulatorConfig(
         preset=args.preset,
@@ -471,28 +452,16 @@ def main(argv=None) -> Artifact:
     )
     start_ray(args.address)
     info = open_dataset(args.dataset, data_root=args.data_root)
-    common = {
-        "store": args.store,
-        "scaling": ScalingSpec(workers=args.workers),
-        "mlflow_uri": args.mlflow_uri,
-        "experiment": args.experiment,
-    }
+    context = StageContext.from_args(args)
     if args.kind == "pixel-solver":
-        artifact = train_pixel_solver(config, info, **common)
+        artifact = train_pixel_solver(config, info, context)
     else:
         if not args.autoencoder:
             parser.error("--autoencoder is required for latent emulators")
         autoencoder = open_artifact(args.autoencoder)
         caches = {
-            s: cache_latents(
-                autoencoder,
-                info,
-                s,
-                store=args.store,
-                mlflow_uri=args.mlflow_uri,
-                experiment=args.experiment,
-                seed=args.seed,
-            )
+            # The caches run on one actor: the stage's scaling is its training workers.
+            s: cache_latents(autoencoder, info, s, context.replace(scaling=ScalingSpec()), seed=args.seed)
             for s in ("train", "valid")
         }
         stage = train_diffusion if args.kind == "diffusion" else train_solver
@@ -501,7 +470,7 @@ def main(argv=None) -> Artifact:
             autoencoder=autoencoder,
             train_cache=caches["train"],
             valid_cache=caches["valid"],
-            **common,
+            context=context,
         )
     print(f"[lolaray] {args.kind} emulator {artifact.id} at {artifact.uri}")
     return artifact

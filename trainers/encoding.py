@@ -15,11 +15,13 @@ import argparse
 import time
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from lolaray.platform.artifacts import Artifact, ArtifactStore, open_artifact
+from lolaray.platform.artifacts import Artifact, open_artifact
 from lolaray.platform.data import DatasetInfo, open_dataset
 from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
+from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
 from lolaray.trainers.snapshots import load_autoencoder
@@ -48,8 +50,6 @@ class AutoencoderEncoder:
 
     def __call__(self, batch: dict):
         """``batch["x"]`` ``(B, L, C, *spatial)`` → a pyarrow table in the cache's shard schema."""
-        import pyarrow as pa
-
         self.calls += 1
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise RuntimeError(f"injected encoder failure on call {self.calls}")
@@ -79,39 +79,33 @@ def cache_latents(
     autoencoder: Artifact,
     dataset: DatasetInfo | str,
     split: str,
+    context: StageContext | None = None,
     *,
-    store: ArtifactStore | str = "lolaray-store",
     repeat: int | None = None,
     dtype: str = "float32",
-    actors: int = 1,
-    actor_gpus: float | None = None,
     seed: int = 0,
-    mlflow_uri: str | None = None,
-    experiment: str = "lolaray",
-    parent_run_id: str | None = None,
     encoder_kwargs: dict | None = None,
 ) -> Artifact:
     """The latent cache of ``split`` in ``autoencoder``'s latent space (built if absent).
 
+    :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`);
+        ``context.scaling.actors`` encoder actors of ``context.scaling.actor_gpus`` GPUs each.
     :param repeat: copies per trajectory: copy 0 unaugmented, the others randomly augmented.
         Default: 4 for ``train`` (the paper's), 1 for ``valid``/``test`` (never augmented).
-    :param actors: encoder actors; ``actor_gpus``: GPUs per actor (default: 1 when the
-        cluster has GPUs, else 0).
+    :param encoder_kwargs: extra keywords of :class:`AutoencoderEncoder` (tests' hooks).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     repeat = repeat or (4 if split == "train" else 1)
     if split != "train" and repeat != 1:
         raise ValueError(f"only the train split is augmented; got repeat={repeat} for {split!r}")
     config = {"split": split, "repeat": repeat, "dtype": dtype, "seed": seed, "dataset": info.fingerprint()}
-    context = StageContext.resolve(store, mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+    context = context or StageContext.default()
+    scaling = context.scaling
     rate = autoencoder.manifest.get("compression")
 
     def build(run: StageRun, aid: str) -> StageOutput:
-        gpus = actor_gpus
-        if gpus is None:
-            import ray  # only when the cache is built: a reused one needs no Ray
-
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = scaling.resolved_actor_gpus()
+        if scaling.actor_gpus is None:
             run.client.log_param(run.run_id, "actor_gpus", gpus)
         _, standardizer = load_autoencoder(autoencoder)
 
@@ -128,7 +122,7 @@ def cache_latents(
                     repeat=repeat,
                     dtype=dtype,
                     seed=seed,
-                    actors=actors,
+                    actors=scaling.actors,
                     actor_gpus=gpus,
                 )
             )
@@ -150,7 +144,11 @@ def cache_latents(
         # Staged on the store: the encoder actors write shards from whichever node they run on.
         return StageOutput(manifest=manifest, write=write, on_store=True)
 
-    params = {**config, "actors": actors, **({} if actor_gpus is None else {"actor_gpus": actor_gpus})}
+    params = {
+        **config,
+        "actors": scaling.actors,
+        **({} if scaling.actor_gpus is None else {"actor_gpus": scaling.actor_gpus}),
+    }
     return run_stage(
         context,
         STAGE,
@@ -170,15 +168,12 @@ def open_cache(artifact: Artifact, *, verify: bool = True) -> LatentCache:
 
 def main(argv=None) -> Artifact:
     parser = argparse.ArgumentParser(description="Encode a dataset split into a latent cache (Ray Data).")
-    add_stage_arguments(parser, dataset_default="euler_quadrants:demo")
+    add_stage_arguments(parser, dataset_default="euler_quadrants:demo", scaling="actors")
     parser.add_argument("--autoencoder", required=True, help="an autoencoder artifact: its folder or URI")
     parser.add_argument("--split", default="train", choices=("train", "valid", "test"))
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--actors", type=int, default=1)
     args = parser.parse_args(argv)
-
-    from lolaray.platform.session import start_ray
 
     autoencoder = open_artifact(args.autoencoder)
     start_ray(args.address)
@@ -187,12 +182,9 @@ def main(argv=None) -> Artifact:
         autoencoder,
         info,
         args.split,
-        store=args.store,
+        StageContext.from_args(args),
         repeat=args.repeat,
         dtype=args.dtype,
-        actors=args.actors,
-        mlflow_uri=args.mlflow_uri,
-        experiment=args.experiment,
         seed=args.seed,
     )
     print(

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "OPERATORS",
@@ -229,8 +230,6 @@ SOLVERS = {"gmres": gmres, "cg": conjugate_gradient}
 def _math_attention():
     """Attention on the MATH backend: the fused kernels have no double backward."""
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         return sdpa_kernel(SDPBackend.MATH)
     except ImportError:  # pragma: no cover - torch < 2.3
         return contextlib.nullcontext()

@@ -13,61 +13,26 @@ Every training stage (autoencoder, diffusion, neural solver) runs the same way:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
+from lolaray.platform.stages import ScalingSpec
 from lolaray.trainers.checkpoints import newest_checkpoint, run_folder, run_uri
 from lolaray.trainers.hardware import compile_enabled, process_group_settings, worker_threads
 from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
 
-__all__ = ["ScalingSpec", "fit_stage"]
-
-
-@dataclass(frozen=True)
-class ScalingSpec:
-    """How many workers, on what.
-
-    :param workers: Ray Train workers (``0`` runs the loop in this process).
-    :param use_gpu: one GPU per worker (``None``: when the cluster has GPUs).
-    :param cpus_per_worker: logical CPUs each worker reserves from Ray; a CPU worker runs
-        that many torch threads (local mode keeps the caller's).
-    :param free_cores: a CPU worker runs more threads than it reserved when fewer trainings
-        than cores run (:func:`~lolaray.trainers.hardware.worker_threads`). Off by default:
-        torch's CPU kernels do not sum in the same order at every thread count, so a seeded
-        stage would then give numbers that depend on how many trials happen to run beside
-        it (measured: metrics differing at 1e-4 between a sweep and the same chain alone).
-    :param max_failures: worker-group restarts from the last checkpoint before giving up.
-    """
-
-    workers: int = 1
-    use_gpu: bool | None = None
-    cpus_per_worker: float = 1.0
-    free_cores: bool = False
-    max_failures: int = 2
-
-    def __post_init__(self):
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-
-    def resolved_use_gpu(self) -> bool:
-        if self.use_gpu is not None:
-            return self.use_gpu
-        import ray
-
-        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+__all__ = ["fit_stage"]
 
 
 def _running_trainings() -> int:
     """Trainings running at once on this Ray: the Tune trial drivers holding the
     ``train_driver`` resource (each runs one stage at a time), at least 1 (this one)."""
-    import ray
-
     if not ray.is_initialized():
         return 1
     total = ray.cluster_resources().get(TRAIN_DRIVER_RESOURCE, 0)
@@ -92,9 +57,6 @@ def fit_stage(
     :raises NonFiniteTrainingError: training stopped on too many non-finite steps.
     :raises ray.train.TrainingFailedError: workers kept failing after ``max_failures`` restarts.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     # Rows reach the workers in a fixed order, so that a seeded stage is reproducible.
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True

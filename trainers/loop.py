@@ -35,8 +35,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lolaray.trainers.checkpoints import (
     STATE_FILE,
@@ -181,7 +188,6 @@ def endless_batches(
     An epoch is a number of steps, not a pass over the data: the sampler is re-seeded per
     (epoch, pass) so every rank draws the same permutation and keeps its own part of it.
     """
-    from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
@@ -195,7 +201,6 @@ def endless_batches(
 
 
 def _world() -> tuple[int, int]:
-    import ray.train
 
     context = ray.train.get_context()
     return context.get_world_rank(), context.get_world_size()
@@ -204,7 +209,6 @@ def _world() -> tuple[int, int]:
 def _all_reduce_mean(values: list[float], device: torch.device, world: int) -> list[float]:
     if world == 1:
         return values
-    import torch.distributed as dist
 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -231,7 +235,6 @@ def _set_rng_state(state: dict) -> None:
 def _gather_rng_states(world: int) -> list[dict]:
     if world == 1:
         return [_rng_state()]
-    import torch.distributed as dist
 
     states: list = [None] * world
     dist.all_gather_object(states, _rng_state())
@@ -240,7 +243,6 @@ def _gather_rng_states(world: int) -> list[dict]:
 
 def _local_mode() -> bool:
     """Whether this is Ray Train's in-process local mode (``ScalingConfig(num_workers=0)``)."""
-    import ray.train
 
     return type(ray.train.get_context()).__name__.startswith("Local")
 
@@ -257,7 +259,6 @@ def _state_to_resume(run_storage: str | None, world: int) -> dict | None:
 
     Rank 0 chooses and broadcasts its choice, so that every rank loads the same state.
     """
-    import ray.train
 
     ray_checkpoint = ray.train.get_checkpoint()
     if run_storage is None or _local_mode():
@@ -271,8 +272,6 @@ def _state_to_resume(run_storage: str | None, world: int) -> dict | None:
         chosen = newest_checkpoint(*run_folder(run_storage), ray_checkpoint=ray_checkpoint)
         choice = [None if chosen is None else chosen.path]
     if world > 1:
-        import torch.distributed as dist
-
         dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
         return None
@@ -284,8 +283,6 @@ def _mlflow_logger(run_id: str | None, tracking_uri: str | None):
     """``log(metrics, step)`` into the driver's MLflow run (rank 0 only), or a no-op."""
     if run_id is None:
         return lambda metrics, step: None
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
 
@@ -317,9 +314,6 @@ def run_training(
     driver turns the latter into :class:`NonFiniteTrainingError` — raising in the worker
     would make ``FailureConfig`` retry a deterministic failure.
     """
-    import ray
-    import ray.train
-    import ray.train.torch
 
     rank, world = _world()
     device = ray.train.torch.get_device()

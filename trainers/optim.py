@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import heavyball
+import heavyball.utils
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -51,7 +53,6 @@ def psgd_update_probability():
     Returned as heavyball's ``functools.partial`` (not a lambda) because heavyball pickles the
     schedule into the optimizer's ``state_dict``.
     """
-    import heavyball.utils
 
     return heavyball.utils.precond_update_prob_schedule(
         max_prob=1.0, min_prob=1.0 / 64, decay=0.999, flat_start=0
@@ -108,9 +109,6 @@ def build_optimizer(
         if "fused" not in kw and use_fused_adam(t.device.type for t in tensors):
             kw = {**kw, "fused": True}
         return cls(items, lr=lr, weight_decay=weight_decay, betas=betas or _DEFAULT_ADAM_BETAS, **kw)
-
-    import heavyball
-    import heavyball.utils
 
     if torch_compile is None:
         torch_compile = any(t.device.type == "cuda" for t in tensors)

@@ -3,13 +3,13 @@
 import tempfile
 
 import pytest
+import ray
+
+from lolaray.platform.session import start_ray
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    import ray
-
-    from lolaray.platform.session import start_ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix-socket paths are length-limited
     resources = start_ray(num_cpus=4, object_store_memory=512 * 1024**2, temp_dir=temp_dir)
@@ -18,11 +18,6 @@ def ray_cluster():
     ctx.print_on_execution_start = False
     yield resources
     ray.shutdown()
-
-
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def pytest_collection_modifyitems(items):

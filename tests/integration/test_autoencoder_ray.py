@@ -1,12 +1,14 @@
 """The autoencoder stage on real Ray Train workers (2 CPU workers, gloo)."""
 
+import mlflow.pytorch
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
+from lolaray.platform.stages import ScalingSpec
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import FaultInjection, LoopConfig
 from lolaray.trainers.snapshots import load_autoencoder
 
@@ -28,13 +30,9 @@ def config(**loop):
     )
 
 
-def test_two_workers_log_to_mlflow_and_the_model_reloads(ray_cluster, tiny, tmp_path, mlflow_uri):
-    import mlflow.pytorch
-    from mlflow.tracking import MlflowClient
+def test_two_workers_log_to_mlflow_and_the_model_reloads(ray_cluster, tiny, local_stage, mlflow_uri):
 
-    artifact = train_autoencoder(
-        config(), tiny, store=tmp_path / "store", scaling=TWO_WORKERS, mlflow_uri=mlflow_uri
-    )
+    artifact = train_autoencoder(config(), tiny, local_stage.replace(scaling=TWO_WORKERS))
     assert artifact.manifest["optimizer_steps"] == 9
     client = MlflowClient(mlflow_uri)
     run = client.get_run(artifact.manifest["mlflow_run_id"])
@@ -49,21 +47,18 @@ def test_two_workers_log_to_mlflow_and_the_model_reloads(ray_cluster, tiny, tmp_
 
 @pytest.mark.parametrize("kill_rank", [1, 0])
 def test_a_killed_worker_resumes_from_the_checkpoint_reported_just_before(
-    ray_cluster, tiny, tmp_path, mlflow_uri, kill_rank
+    ray_cluster, tiny, local_stage, tmp_path, mlflow_uri, kill_rank
 ):
     """Checkpoints close epochs at steps 3, 6, 9, 12. The worker dies at the very next step
     after the first one (3), one step after the second (7) and two after the third (11):
     each time before Ray Train's controller may have polled the dead worker's report, which
     is what lost the checkpoint before (trainers/checkpoints.py). Every restart must resume
     from the checkpoint reported just before the death."""
-    from mlflow.tracking import MlflowClient
 
     kills = (3, 7, 11)
     fault = FaultInjection(kill_rank=kill_rank, kill_at_steps=kills, marker_dir=str(tmp_path))
     scaling = ScalingSpec(workers=2, cpus_per_worker=1, max_failures=len(kills))
-    artifact = train_autoencoder(
-        config(fault=fault, epochs=4), tiny, store=tmp_path / "store", scaling=scaling, mlflow_uri=mlflow_uri
-    )
+    artifact = train_autoencoder(config(fault=fault, epochs=4), tiny, local_stage.replace(scaling=scaling))
     assert all((tmp_path / f"lolaray-fault-{step}").exists() for step in kills)  # every fault fired
     assert artifact.manifest["resumed_from_steps"] == [3, 6, 9]
     assert artifact.manifest["optimizer_steps"] == 12  # the same total as an uninterrupted run

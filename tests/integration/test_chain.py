@@ -4,15 +4,13 @@ chain started again runs only the stages that are missing."""
 import pytest
 from stages import LATENT_STAGES
 
-from lolaray.platform.artifacts import ArtifactStore
 from lolaray.sweeps import chain
 from lolaray.sweeps.chain import PROFILES, run_latent_chain
 
 
 def test_an_interrupted_chain_resumes_with_the_missing_stages(
-    ray_cluster, smoke_dataset, tmp_path, monkeypatch
+    ray_cluster, smoke_dataset, local_stage, monkeypatch
 ):
-    store, uri = ArtifactStore(tmp_path / "store"), f"sqlite:///{tmp_path / 'mlflow.db'}"
     profile = PROFILES["smoke"]
     real_evaluate = chain.evaluate
 
@@ -21,12 +19,10 @@ def test_an_interrupted_chain_resumes_with_the_missing_stages(
 
     monkeypatch.setattr(chain, "evaluate", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_latent_chain(profile, smoke_dataset, 4, store=store, mlflow_uri=uri, progress=lambda _: None)
+        run_latent_chain(profile, smoke_dataset, 4, local_stage, progress=lambda _: None)
     monkeypatch.setattr(chain, "evaluate", real_evaluate)
 
-    resumed = run_latent_chain(
-        profile, smoke_dataset, 4, store=store, mlflow_uri=uri, progress=lambda _: None
-    )
+    resumed = run_latent_chain(profile, smoke_dataset, 4, local_stage, progress=lambda _: None)
     assert resumed.reused == ["autoencoder", "latents/train", "latents/valid", "latents/test", "diffusion"]
     assert resumed.ran == ["evaluation/diffusion", "solver", "evaluation/solver"]
     evaluation = resumed.artifacts["evaluation/diffusion"]
@@ -35,6 +31,6 @@ def test_an_interrupted_chain_resumes_with_the_missing_stages(
         5 * 32 * 32 / (4 * 4 * 4)
     )
 
-    again = run_latent_chain(profile, smoke_dataset, 4, store=store, mlflow_uri=uri, progress=lambda _: None)
+    again = run_latent_chain(profile, smoke_dataset, 4, local_stage, progress=lambda _: None)
     assert again.ran == [] and again.reused == LATENT_STAGES
     assert {k: a.id for k, a in again.artifacts.items()} == {k: a.id for k, a in resumed.artifacts.items()}

@@ -6,14 +6,14 @@ import torch
 from mlflow.tracking import MlflowClient
 from wellfiles import make_tiny_dataset
 
-from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset
+from lolaray.platform.stages import ScalingSpec, StageContext
+from lolaray.trainers import emulator_trainer
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.diffusion import ElucidatedDenoiser
 from lolaray.trainers.emulator_trainer import train_diffusion, train_solver
 from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.encoding import cache_latents
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.snapshots import load_emulator
 
@@ -22,7 +22,7 @@ from lolaray.trainers.snapshots import load_emulator
 def caches(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("emulators")
     info = open_dataset(make_tiny_dataset(root / "tiny", res=8, steps=11))
-    store, uri = ArtifactStore(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
+    context = StageContext.resolve(root / "store", f"sqlite:///{root / 'mlflow.db'}")
     config = AutoencoderConfig(
         preset="smoke",
         latent_channels=4,
@@ -31,11 +31,11 @@ def caches(tmp_path_factory, ray_cluster):
         loop=LoopConfig(optimizer="adam", lr=1e-3, epochs=1, steps_per_epoch=2),
     )
     autoencoder = train_autoencoder(
-        config, info, store=store, scaling=ScalingSpec(workers=0), mlflow_uri=uri, log_model=False
+        config, info, context.replace(scaling=ScalingSpec(workers=0)), log_model=False
     )
-    train = cache_latents(autoencoder, info, "train", store=store, repeat=2, mlflow_uri=uri)
-    valid = cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri)
-    return {"autoencoder": autoencoder, "train_cache": train, "valid_cache": valid}, store, uri
+    train = cache_latents(autoencoder, info, "train", context, repeat=2)
+    valid = cache_latents(autoencoder, info, "valid", context)
+    return {"autoencoder": autoencoder, "train_cache": train, "valid_cache": valid}, context
 
 
 def emulator_config():
@@ -50,18 +50,16 @@ def emulator_config():
 
 
 def test_diffusion_on_two_workers_from_the_cache_stream(caches, ray_cluster):
-    artifacts, store, uri = caches
+    artifacts, context = caches
     artifact = train_diffusion(
         emulator_config(),
         **artifacts,
-        store=store,
-        mlflow_uri=uri,
-        scaling=ScalingSpec(workers=2, cpus_per_worker=0.5),
+        context=context.replace(scaling=ScalingSpec(workers=2, cpus_per_worker=0.5)),
     )
     manifest = artifact.manifest
     assert manifest["kind"] == "diffusion" and manifest["state_shape"] == [4, 4, 4]
     assert manifest["optimizer_steps"] == 6 and manifest["autoencoder"] == artifacts["autoencoder"].id
-    run = MlflowClient(uri).get_run(manifest["mlflow_run_id"])
+    run = MlflowClient(context.tracking_uri).get_run(manifest["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "valid/loss" in run.data.metrics
     denoiser, _ = load_emulator(artifact)
     logged = mlflow.pytorch.load_model(manifest["mlflow_model_uri"])
@@ -73,17 +71,14 @@ def test_diffusion_on_two_workers_from_the_cache_stream(caches, ray_cluster):
 
 
 def test_solver_from_the_cache_stream_and_reuse(caches, ray_cluster, monkeypatch):
-    artifacts, store, uri = caches
+    artifacts, context = caches
     artifact = train_solver(
         emulator_config(),
         **artifacts,
-        store=store,
-        mlflow_uri=uri,
-        scaling=ScalingSpec(workers=1, cpus_per_worker=0.5),
+        context=context.replace(scaling=ScalingSpec(workers=1, cpus_per_worker=0.5)),
     )
     assert artifact.manifest["kind"] == "solver" and artifact.manifest["optimizer_steps"] == 6
-    from lolaray.trainers import emulator_trainer
 
     monkeypatch.setattr(emulator_trainer, "fit_stage", lambda *a, **k: pytest.fail("retrained"))
-    again = train_solver(emulator_config(), **artifacts, store=store, mlflow_uri=uri)
+    again = train_solver(emulator_config(), **artifacts, context=context)
     assert again.id == artifact.id

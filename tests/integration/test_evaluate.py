@@ -18,6 +18,7 @@ from lolaray.evaluation import split_ensemble
 from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, standardizer_for
+from lolaray.platform.stages import ScalingSpec, StageContext
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.snapshots import save_autoencoder, save_emulator
@@ -66,7 +67,7 @@ def setup(tmp_path_factory, ray_cluster):
         "diffusion": _save_emulator(store, "emulator-diffusion", "diffusion", latent, info.theta_dim),
         "solver": _save_emulator(store, "emulator-solver", "solver", latent, info.theta_dim),
     }
-    return info, store, autoencoder, emulators, f"sqlite:///{root / 'mlflow.db'}"
+    return info, StageContext.resolve(store, f"sqlite:///{root / 'mlflow.db'}"), autoencoder, emulators
 
 
 def _csv_rows(artifact):
@@ -75,20 +76,27 @@ def _csv_rows(artifact):
 
 
 def test_one_and_two_actors_give_identical_metrics(setup, tmp_path):
-    info, _, autoencoder, emulators, uri = setup
+    info, context, autoencoder, emulators = setup
     common = {
         "contexts": (1, 2),
         "members": 4,
         "max_batch": 2,
         "trajectories": 2,
         "steps": 3,
-        "mlflow_uri": uri,
     }
     one = evaluate(
-        emulators["diffusion"], autoencoder, info, actors=1, store=ArtifactStore(tmp_path / "a"), **common
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context.replace(store=ArtifactStore(tmp_path / "a")),
+        **common,
     )
     two = evaluate(
-        emulators["diffusion"], autoencoder, info, actors=2, store=ArtifactStore(tmp_path / "b"), **common
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context.replace(store=ArtifactStore(tmp_path / "b"), scaling=ScalingSpec(actors=2)),
+        **common,
     )
     assert one.id == two.id  # actors and max_batch are not part of the id
     rows_one, rows_two = _csv_rows(one), _csv_rows(two)
@@ -98,26 +106,26 @@ def test_one_and_two_actors_give_identical_metrics(setup, tmp_path):
 
 
 def test_mismatched_latent_shapes_fail_before_any_ray_work(setup, monkeypatch):
-    info, store, autoencoder, _, uri = setup
-    wrong = _save_emulator(store, "emulator-wrong", "diffusion", [8, 2, 2], info.theta_dim)
+    info, context, autoencoder, _ = setup
+    wrong = _save_emulator(context.store, "emulator-wrong", "diffusion", [8, 2, 2], info.theta_dim)
 
     def no_ray(*args, **kwargs):
         raise AssertionError("the pipeline must not run")
 
     monkeypatch.setattr(evaluate_module, "run_rollouts", no_ray)
     with pytest.raises(ValueError, match="different latent shapes"):
-        evaluate(wrong, autoencoder, info, store=store, mlflow_uri=uri)
+        evaluate(wrong, autoencoder, info, context=context)
     with pytest.raises(ValueError, match="autoencoder"):
-        evaluate(wrong, None, info, store=store, mlflow_uri=uri)
+        evaluate(wrong, None, info, context=context)
     good = setup[3]["diffusion"]
     with pytest.raises(ValueError, match="window - 1"):
-        evaluate(good, autoencoder, info, contexts=(3,), store=store, mlflow_uri=uri)
+        evaluate(good, autoencoder, info, contexts=(3,), context=context)
     with pytest.raises(ValueError, match="at least one"):
-        evaluate(good, autoencoder, info, contexts=(1,), members=0, store=store, mlflow_uri=uri)
+        evaluate(good, autoencoder, info, contexts=(1,), members=0, context=context)
 
 
 def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, chromium):
-    info, store, autoencoder, emulators, uri = setup
+    info, context, autoencoder, emulators = setup
     artifact = evaluate(
         emulators["diffusion"],
         autoencoder,
@@ -127,9 +135,7 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         max_batch=2,  # 3 blocks: 2 + 2 + 1
         trajectories=1,
         steps=3,
-        actors=2,
-        store=store,
-        mlflow_uri=uri,
+        context=context.replace(scaling=ScalingSpec(actors=2)),
     )
     folder = artifact.path
     for name in (
@@ -174,7 +180,7 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["infer_ms_per_state"] > 0 and summary["recon_vrmse"] > 0
 
-    client = MlflowClient(uri)
+    client = MlflowClient(context.tracking_uri)
     run = client.get_run(artifact.manifest["mlflow_run_id"])
     assert run.data.tags["stage"] == "evaluation" and run.data.tags["emulator"] == "diffusion"
     assert run.data.tags["artifact_id"] == artifact.id
@@ -219,8 +225,7 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         max_batch=4,
         trajectories=1,
         steps=3,
-        store=store,
-        mlflow_uri=uri,
+        context=context,
     )
     assert again.id == artifact.id
 
@@ -238,7 +243,7 @@ def _numeric_rows(path):
 
 
 def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, tmp_path, monkeypatch):
-    info, _, autoencoder, emulators, uri = setup
+    info, context, autoencoder, emulators = setup
     common = {
         "contexts": (1,),
         "members": 4,
@@ -247,12 +252,16 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         "starts": (0, 1),
         "vrmse_convention": "well",
         "steps": 3,
-        "mlflow_uri": uri,
     }
     # One block of 4 members (scored in the actor) vs 4 blocks of 1, spilled to the store
     # and scored by a second pass one lead time at a time (a chunk budget of 1 byte).
     whole = evaluate(
-        emulators["diffusion"], autoencoder, info, max_batch=4, store=ArtifactStore(tmp_path / "a"), **common
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context.replace(store=ArtifactStore(tmp_path / "a")),
+        max_batch=4,
+        **common,
     )
     monkeypatch.setattr(split_ensemble, "DEFAULT_CHUNK_BYTES", 1)
     passes = []
@@ -261,7 +270,12 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         evaluate_module, "score_split_ensembles", lambda *a, **k: passes.append(a[0]) or score_split(*a, **k)
     )
     split = evaluate(
-        emulators["diffusion"], autoencoder, info, max_batch=1, store=ArtifactStore(tmp_path / "b"), **common
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context.replace(store=ArtifactStore(tmp_path / "b")),
+        max_batch=1,
+        **common,
     )
     assert len(passes) == 1 and passes[0].startswith(str(tmp_path / "b"))  # scored from the store
     assert not list((tmp_path / "b" / "evaluation").glob(".members-*"))  # and the scratch is gone
@@ -283,7 +297,7 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
     }
     fields = {r["field"] for r in _numeric_rows(whole.path / "per_field_lead.csv")}
     assert fields == set(info.field_names)
-    params = MlflowClient(uri).get_run(whole.manifest["mlflow_run_id"]).data.params
+    params = MlflowClient(context.tracking_uri).get_run(whole.manifest["mlflow_run_id"]).data.params
     assert params["vrmse_convention"] == "well" and params["vrmse_eps"] == "1e-07"
     assert params["starts"] == "[0, 1]" and params["trajectory_selection"] == "seed 3"
     # The options are part of the artifact's identity; the defaults leave ids unchanged.
@@ -291,7 +305,7 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
 
 
 def test_guided_rollouts_from_a_later_start_state(setup):
-    info, store, autoencoder, emulators, uri = setup
+    info, context, autoencoder, emulators = setup
     artifact = evaluate(
         emulators["diffusion"],
         autoencoder,
@@ -302,8 +316,7 @@ def test_guided_rollouts_from_a_later_start_state(setup):
         starts=(0, 2),
         steps=2,
         guidance={"operator": "subsample", "factor": 2, "sigma_y": 0.1},
-        store=store,
-        mlflow_uri=uri,
+        context=context,
     )
     rows = _numeric_rows(artifact.path / "per_trajectory.csv")
     assert sorted(r["start"] for r in rows if r["reference"] == "absolute") == [0.0, 2.0]
@@ -314,7 +327,7 @@ def test_guided_rollouts_from_a_later_start_state(setup):
 
 
 def test_solver_has_zero_spread_skill(setup):
-    info, store, autoencoder, emulators, uri = setup
+    info, context, autoencoder, emulators = setup
     artifact = evaluate(
         emulators["solver"],
         autoencoder,
@@ -322,8 +335,7 @@ def test_solver_has_zero_spread_skill(setup):
         contexts=(1,),
         members=4,
         trajectories=2,
-        store=store,
-        mlflow_uri=uri,
+        context=context,
     )
     rows = _csv_rows(artifact)
     assert rows and all(float(r["spread_skill"]) == 0 for r in rows if r["horizon"] == "lead_1-20")
@@ -331,9 +343,9 @@ def test_solver_has_zero_spread_skill(setup):
 
 
 def test_pixel_solver_runs_without_autoencoder(setup):
-    info, store, _, _, uri = setup
+    info, context, _, _ = setup
     pixel = _save_emulator(
-        store,
+        context.store,
         "emulator-pixel",
         "solver",
         list(info.state_shape),
@@ -341,9 +353,7 @@ def test_pixel_solver_runs_without_autoencoder(setup):
         space="pixel",
         compression=1,
     )
-    artifact = evaluate(
-        pixel, None, info, contexts=(1, 2), members=3, trajectories=1, store=store, mlflow_uri=uri
-    )
+    artifact = evaluate(pixel, None, info, contexts=(1, 2), members=3, trajectories=1, context=context)
     rows = _csv_rows(artifact)
     assert {r["reference"] for r in rows} == {"absolute"}
     assert {r["method"] for r in rows} == {"pixel solver"}

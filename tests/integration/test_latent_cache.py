@@ -4,15 +4,17 @@ import json
 
 import pytest
 import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.latent_cache import CorruptCacheError, window_dataset
+from lolaray.platform.stages import ScalingSpec, StageContext
 from lolaray.trainers import encoding
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.encoding import cache_latents, open_cache
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.snapshots import load_autoencoder
 
@@ -22,8 +24,7 @@ def setup(tmp_path_factory):
     """A tiny dataset (8x8, 11 steps) and a briefly trained smoke autoencoder (local mode)."""
     root = tmp_path_factory.mktemp("cache")
     info = open_dataset(make_tiny_dataset(root / "tiny", res=8, steps=11))
-    store = ArtifactStore(root / "store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    context = StageContext.resolve(root / "store", f"sqlite:///{root / 'mlflow.db'}")
     config = AutoencoderConfig(
         preset="smoke",
         latent_channels=4,
@@ -32,9 +33,9 @@ def setup(tmp_path_factory):
         loop=LoopConfig(optimizer="adam", lr=1e-3, epochs=1, steps_per_epoch=2),
     )
     autoencoder = train_autoencoder(
-        config, info, store=store, scaling=ScalingSpec(workers=0), mlflow_uri=uri, log_model=False
+        config, info, context.replace(scaling=ScalingSpec(workers=0)), log_model=False
     )
-    return info, store, autoencoder, uri
+    return info, context, autoencoder
 
 
 @pytest.mark.parametrize(
@@ -42,15 +43,14 @@ def setup(tmp_path_factory):
     [("valid", "float32", 1e-6), ("test", "float16", 2e-2), ("train", "bfloat16", 5e-2)],
 )
 def test_cached_latents_decode_like_direct_encoding(ray_cluster, setup, split, dtype, tol):
-    info, store, autoencoder, uri = setup
+    info, context, autoencoder = setup
     artifact = cache_latents(
         autoencoder,
         info,
         split,
-        store=store,
+        context,
         dtype=dtype,
         repeat=2 if split == "train" else 1,
-        mlflow_uri=uri,
     )
     manifest = artifact.manifest
     assert manifest["latent_shape"] == [4, 4, 4] and manifest["latent_dtype"] == dtype
@@ -76,27 +76,25 @@ def test_cached_latents_decode_like_direct_encoding(ray_cluster, setup, split, d
 
 
 def test_a_second_run_encodes_nothing(ray_cluster, setup, monkeypatch):
-    info, store, autoencoder, uri = setup
-    first = cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri)
+    info, context, autoencoder = setup
+    first = cache_latents(autoencoder, info, "valid", context)
     monkeypatch.setattr(encoding, "build_latent_cache", lambda *a, **k: pytest.fail("encoded again"))
-    assert cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri).id == first.id
+    assert cache_latents(autoencoder, info, "valid", context).id == first.id
 
 
 def test_a_crash_mid_write_leaves_no_complete_cache(ray_cluster, setup, tmp_path):
-    info, _, autoencoder, uri = setup
-    store = ArtifactStore(tmp_path / "store")
+    info, context, autoencoder = setup
+    context = context.replace(store=ArtifactStore(tmp_path / "store"))
     with pytest.raises(Exception, match="injected encoder failure"):
-        cache_latents(
-            autoencoder, info, "test", store=store, mlflow_uri=uri, encoder_kwargs={"fail_after_calls": 2}
-        )
+        cache_latents(autoencoder, info, "test", context, encoder_kwargs={"fail_after_calls": 2})
     assert list((tmp_path / "store" / "latents").glob("*/manifest.json")) == []
-    rebuilt = cache_latents(autoencoder, info, "test", store=store, mlflow_uri=uri)
+    rebuilt = cache_latents(autoencoder, info, "test", context)
     assert rebuilt.manifest["rows"] == 4
 
 
 def test_a_corrupted_shard_is_named(ray_cluster, setup):
-    info, store, autoencoder, uri = setup
-    artifact = cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri)
+    info, context, autoencoder = setup
+    artifact = cache_latents(autoencoder, info, "valid", context)
     shard = artifact.path / "shards" / artifact.manifest["shards"][0]["file"]
     original = shard.read_bytes()
     try:
@@ -108,8 +106,8 @@ def test_a_corrupted_shard_is_named(ray_cluster, setup):
 
 
 def test_windows_stay_inside_trajectories(ray_cluster, setup):
-    info, store, autoencoder, uri = setup
-    cache = open_cache(cache_latents(autoencoder, info, "valid", store=store, mlflow_uri=uri))
+    info, context, autoencoder = setup
+    cache = open_cache(cache_latents(autoencoder, info, "valid", context))
     full = {r["trajectory_id"]: r["z"] for r in cache.trajectories()}
     rows = window_dataset(cache, length=3, stride=4, per_trajectory=3).take_all()
     assert len(rows) == 4 * 3
@@ -123,8 +121,6 @@ def test_windows_stay_inside_trajectories(ray_cluster, setup):
 
 
 def test_two_train_workers_see_disjoint_shards(ray_cluster, setup, tmp_path):
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     def _consume(config):  # defined here so that it pickles by value: workers cannot import tests
         import ray.train
@@ -137,10 +133,8 @@ def test_two_train_workers_see_disjoint_shards(ray_cluster, setup, tmp_path):
         with open(f"{config['out']}/rank{rank}.json", "w") as f:
             json.dump(seen, f)
 
-    info, store, autoencoder, uri = setup
-    cache = open_cache(
-        cache_latents(autoencoder, info, "train", store=store, mlflow_uri=uri, repeat=2, dtype="bfloat16")
-    )
+    info, context, autoencoder = setup
+    cache = open_cache(cache_latents(autoencoder, info, "train", context, repeat=2, dtype="bfloat16"))
     windows = window_dataset(cache, length=3, stride=4, per_trajectory=2)
     TorchTrainer(
         _consume,

@@ -4,16 +4,26 @@ crash, and the context sweep on the trained emulators."""
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from browser import assert_page_ok
 from mlflow.tracking import MlflowClient
+from ray._private.utils import get_ray_address_file
+from ray.cluster_utils import Cluster
 from stages import LATENT_STAGES, PIXEL_STAGES
 
+from lolaray.evaluation.study import load_evaluations
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.sweeps.chain import PROFILES
-from lolaray.sweeps.compression import SweepFailed, run_compression_sweep
+from lolaray.sweeps.compression import SweepFailed, main, run_compression_sweep
 from lolaray.sweeps.context import find_emulators, run_context_sweep
+
+STUDY = Path(__file__).parents[2] / "sweeps" / "compression.py"
 
 
 def _children(client, experiment_id, parent_id):
@@ -119,7 +129,6 @@ def test_the_study_table_has_the_rows_of_table_6(swept):
 
 
 def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
-    from browser import assert_page_ok
 
     page = swept["resumed"].study.path / "study.html"
     # VRMSE vs lead, reconstruction vs compression, spread-skill, coverage, high-band spectral error
@@ -128,25 +137,40 @@ def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
     (tmp_path / "study.png").write_bytes(result.screenshot)
 
 
-def test_resumed_results_equal_an_uninterrupted_run(swept, smoke_dataset, tmp_path):
-    """c16 run from scratch, uninterrupted, into a new store gives the same artifacts and metrics
-    as the sweep that was killed before its last stage and resumed."""
-    from lolaray.sweeps.chain import run_latent_chain
+def test_two_studies_at_once_on_a_fresh_folder_equal_the_resumed_sweep(swept, data_cache, tmp_path):
+    """Two ``compression.py`` studies (c16 only) started at once in a fresh folder, as a new
+    user would: the default store and MLflow database do not exist yet (issue 17). Both
+    finish; each shared artifact is published once, complete, nothing half-written beside
+    it; and these uninterrupted runs give the artifacts and metrics of the sweep that was
+    killed before its last stage and resumed."""
+    command = [sys.executable, str(STUDY), "--profile", "smoke", "--latent-channels", "16", "--no-pixel"]
+    env = {**os.environ, "LOLARAY_DATA_DIR": str(data_cache)}
+    logs = [tmp_path / f"study-{i}.log" for i in range(2)]
+    studies = []
+    for log in logs:
+        with open(log, "w") as out:
+            studies.append(
+                subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+            )
+    codes = [study.wait(timeout=1200) for study in studies]
+    assert codes == [0, 0], "\n\n".join(log.read_text()[-4000:] for log in logs)
 
-    fresh = run_latent_chain(
-        PROFILES["smoke"],
-        smoke_dataset,
-        16,
-        store=ArtifactStore(tmp_path / "fresh"),
-        mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}",
-        progress=lambda _: None,
-    )
-    assert fresh.ran == LATENT_STAGES
-    for name in ("evaluation/diffusion", "evaluation/solver"):
-        ours = fresh.artifacts[name]
-        theirs = swept["store"].get("evaluation", ours.id)
-        assert theirs is not None, f"{name}: the same artifact id is expected in the resumed store"
+    store = ArtifactStore(tmp_path / "lolaray-store")
+    for stage, count in (("autoencoder", 1), ("latents", 3), ("emulator", 2), ("evaluation", 2)):
+        assert len(store.complete_ids(stage)) == count, stage
+        entries = list((tmp_path / "lolaray-store" / stage).iterdir())
+        assert not [e.name for e in entries if e.name.startswith(".")], f"{stage}: staging left behind"
+        assert all((e / "manifest.json").is_file() for e in entries), f"{stage}: an artifact without manifest"
+    for evaluation_id in store.complete_ids("evaluation"):
+        ours = store.get("evaluation", evaluation_id)
+        theirs = swept["store"].get("evaluation", evaluation_id)
+        assert theirs is not None, f"{evaluation_id}: the same artifact id is expected in the resumed store"
         assert (ours.path / "metrics.csv").read_text() == (theirs.path / "metrics.csv").read_text()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lolaray")
+    studies = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
+    assert [run.info.status for run in studies] == ["FINISHED", "FINISHED"]
 
 
 def test_the_context_sweep_evaluates_trained_emulators_without_training(swept, smoke_dataset):
@@ -184,14 +208,6 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
     one trial driver slot per node, so the two trials (c4, pixel) run one per node; the
     head has no CPU (as on a real cluster), so every training stage runs on the worker
     node — placement by resources, not by which node Ray happened to pick first."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from ray._private.utils import get_ray_address_file
-    from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: unix-socket paths are length-limited
     # Cluster() writes the head's address into Ray's default temp folder (/tmp/ray) whatever
@@ -209,7 +225,7 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
         assert len(nodes) == 2
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).parents[2] / "sweeps" / "compression.py")]
+            [sys.executable, str(STUDY)]
             + ["--profile", "smoke", "--latent-channels", "4", "--address", cluster.address]
             + ["--store", str(tmp_path / "store"), "--mlflow-uri", uri, "--max-concurrent-trials", "2"],
             capture_output=True,
@@ -240,8 +256,6 @@ def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept
     the models, evaluates at the requested context with and without guidance, and the
     guided rollouts have lower VRMSE at long lead times than the unguided ones from the
     same seeds; both sit side by side in MLflow and in the study's snapshot grid."""
-    from lolaray.evaluation.study import load_evaluations
-    from lolaray.sweeps.compression import main
 
     store = swept["store"]
     argv = ["--profile", "smoke", "--latent-channels", "16", "--no-pixel", "--contexts", "1"]
@@ -262,8 +276,6 @@ def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept
     assert {r.data.tags["stage"] for r in runs} == {"evaluation"}
     (guided_run,) = [r for r in runs if r.data.tags["guided"] == "yes"]
     assert "vrmse/lead_61-100" in guided_run.data.metrics
-
-    from browser import assert_page_ok
 
     # The study on the parent run: guided beside unguided in the Table 6 analogue ...
     table = Path(client.download_artifacts(parent.info.run_id, "study/study_vrmse.csv", str(tmp_path)))

@@ -2,28 +2,22 @@
 
 import json
 
+import mlflow.pytorch
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
 from lolaray.trainers import autoencoder_trainer
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import FaultInjection, LoopConfig, NonFiniteTrainingError
 from lolaray.trainers.snapshots import load_autoencoder
-
-LOCAL = ScalingSpec(workers=0)
 
 
 @pytest.fixture
 def tiny(tmp_path):
     return open_dataset(make_tiny_dataset(tmp_path / "tiny", res=8, steps=6))
-
-
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def config(**loop_kwargs):
@@ -33,13 +27,10 @@ def config(**loop_kwargs):
     )
 
 
-def test_trains_logs_and_reuses(tiny, tmp_path, mlflow_uri, monkeypatch):
-    from mlflow.tracking import MlflowClient
+def test_trains_logs_and_reuses(tiny, local_stage, tmp_path, mlflow_uri, monkeypatch):
 
     threads = torch.get_num_threads()
-    artifact = train_autoencoder(
-        config(), tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri
-    )
+    artifact = train_autoencoder(config(), tiny, local_stage)
     # Local mode trains in this process and must leave its thread count alone.
     assert torch.get_num_threads() == threads
     manifest = artifact.manifest
@@ -54,7 +45,6 @@ def test_trains_logs_and_reuses(tiny, tmp_path, mlflow_uri, monkeypatch):
 
     model, _standardizer = load_autoencoder(artifact)
     x = torch.randn(2, 5, 8, 8)
-    import mlflow.pytorch
 
     logged = mlflow.pytorch.load_model(manifest["mlflow_model_uri"])
     with torch.no_grad():
@@ -63,25 +53,24 @@ def test_trains_logs_and_reuses(tiny, tmp_path, mlflow_uri, monkeypatch):
 
     calls = []
     monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: calls.append(1))
-    again = train_autoencoder(config(), tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri)
+    again = train_autoencoder(config(), tiny, local_stage)
     assert again.id == artifact.id and calls == []
 
 
-def test_nonfinite_steps_are_skipped_and_counted(tiny, tmp_path, mlflow_uri):
+def test_nonfinite_steps_are_skipped_and_counted(tiny, local_stage, tmp_path, mlflow_uri):
     cfg = config(fault=FaultInjection(nonfinite_steps=(1, 5)), max_nonfinite_in_a_row=2)
-    artifact = train_autoencoder(cfg, tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri)
+    artifact = train_autoencoder(cfg, tiny, local_stage)
     assert artifact.manifest["skipped_steps"] == 2
     assert artifact.manifest["optimizer_steps"] == 8 - 2
     model, _ = load_autoencoder(artifact)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, tmp_path, mlflow_uri):
-    from mlflow.tracking import MlflowClient
+def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, local_stage, tmp_path, mlflow_uri):
 
     cfg = config(fault=FaultInjection(nonfinite_steps=(4, 5, 6)), max_nonfinite_in_a_row=3)
     with pytest.raises(NonFiniteTrainingError, match="3 consecutive steps had a non-finite loss"):
-        train_autoencoder(cfg, tiny, store=tmp_path / "store", scaling=LOCAL, mlflow_uri=mlflow_uri)
+        train_autoencoder(cfg, tiny, local_stage)
     assert not list((tmp_path / "store" / "autoencoder").glob("*/manifest.json"))
     runs = MlflowClient(mlflow_uri).search_runs(["1"])
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -96,8 +85,8 @@ def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, tmp_path, 
         ({"loop": LoopConfig(optimizer="sgd")}, "unknown optimizer 'sgd'"),
     ],
 )
-def test_bad_config_fails_before_any_worker(tiny, tmp_path, kwargs, message, monkeypatch):
+def test_bad_config_fails_before_any_worker(tiny, local_stage, tmp_path, kwargs, message, monkeypatch):
     monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: pytest.fail("a worker started"))
     cfg = AutoencoderConfig(**{"preset": "smoke", "latent_channels": 4, **kwargs})
     with pytest.raises(ValueError, match=message):
-        train_autoencoder(cfg, tiny, store=tmp_path / "store", scaling=LOCAL)
+        train_autoencoder(cfg, tiny, local_stage)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import ray.autoscaler
 import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def schema():
-    import ray.autoscaler
 
     return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 
@@ -22,7 +23,6 @@ def load():
 
 
 def test_cluster_yaml_is_valid():
-    from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = load()
     jsonschema.validate(config, schema())

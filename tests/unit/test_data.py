@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fsspec
 import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
+from the_well.data import WellDataset
 from wellfiles import make_tiny_dataset, write_tiny
 
 from lolaray.platform.augmentation import Augmentation, flip_axis, permute_axes
@@ -29,7 +32,6 @@ def tiny_root(tmp_path):
 
 
 def test_the_well_reads_our_files(tiny_root):
-    from the_well.data import WellDataset
 
     ds = WellDataset(path=str(tiny_root / "data" / "train"), n_steps_input=4, n_steps_output=1)
     assert ds.metadata.field_names[0] == ["energy", "density", "pressure"]
@@ -136,7 +138,6 @@ def test_nan_in_a_field(tiny_root):
 
 
 def test_stats_yaml_matches_numpy(tiny_root):
-    import yaml
 
     stats = yaml.safe_load((tiny_root / "stats.yaml").read_text())
     assert set(stats) == {"mean", "std", "rms", "mean_delta", "std_delta", "rms_delta"}
@@ -227,7 +228,6 @@ def test_stdlib_platform_is_not_shadowed():
 
 def test_a_dataset_behind_an_fsspec_url(tiny_root):
     """Remote roots (hf://, s3://...) go through fsspec like The Well's loader: memory:// stands in."""
-    import fsspec
 
     memory = fsspec.filesystem("memory")
     for path in tiny_root.rglob("*"):

@@ -6,6 +6,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
+from the_well.data import WellDataset
 
 from lolaray.platform import embedded, euler
 from lolaray.platform.augmentation import flip_axis, permute_axes, roll_axis
@@ -16,7 +18,6 @@ VECTOR_AXIS = (None, None, None, 0, 1)
 
 
 def test_smoke_dataset_layout_and_the_well_loader(smoke_dataset):
-    from the_well.data import WellDataset
 
     info = smoke_dataset
     assert info.name == "euler_quadrants"
@@ -40,7 +41,6 @@ def test_smoke_dataset_layout_and_the_well_loader(smoke_dataset):
 
 
 def test_statistics_are_of_the_order_of_the_wells_euler(smoke_dataset):
-    import yaml
 
     stats = yaml.safe_load(Path(smoke_dataset.root, "stats.yaml").read_text())
     # The Well (open / periodic): density 0.90 ± 0.6, pressure 0.9 ± 0.8, energy 3.0 ± 3.2, momentum std ~0.5.

@@ -1,5 +1,6 @@
 """Emulator stages: config validation before any worker, and the pixel solver in local mode."""
 
+import mlflow.pytorch
 import pytest
 import torch
 from wellfiles import make_tiny_dataset
@@ -8,7 +9,6 @@ from lolaray.platform.data import open_dataset
 from lolaray.trainers import emulator_trainer
 from lolaray.trainers.emulator_trainer import train_pixel_solver
 from lolaray.trainers.emulators import EmulatorConfig
-from lolaray.trainers.launch import ScalingSpec
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.snapshots import load_emulator
 from lolaray.trainers.solver import NeuralSolver
@@ -33,14 +33,14 @@ def tiny(tmp_path):
         ({"preset": "giant"}, "unknown emulator preset 'giant'"),
     ],
 )
-def test_bad_config_fails_before_training(tiny, tmp_path, kwargs, message, monkeypatch):
+def test_bad_config_fails_before_training(tiny, local_stage, kwargs, message, monkeypatch):
     monkeypatch.setattr(emulator_trainer, "fit_stage", lambda *a, **k: pytest.fail("training started"))
     config = EmulatorConfig(**{"preset": "smoke", "window": 3, "stride": 2, **kwargs})
     with pytest.raises(ValueError, match=message):
-        train_pixel_solver(config, tiny, store=tmp_path / "store", scaling=ScalingSpec(workers=0))
+        train_pixel_solver(config, tiny, local_stage)
 
 
-def test_pixel_solver_trains_in_local_mode(tiny, tmp_path):
+def test_pixel_solver_trains_in_local_mode(tiny, local_stage):
     config = EmulatorConfig(
         preset="smoke",
         architecture={"patch_size": 2},
@@ -50,19 +50,12 @@ def test_pixel_solver_trains_in_local_mode(tiny, tmp_path):
         valid_windows=8,
         loop=LoopConfig(optimizer="adamw", lr=1e-3, epochs=2, steps_per_epoch=3),
     )
-    artifact = train_pixel_solver(
-        config,
-        tiny,
-        store=tmp_path / "store",
-        scaling=ScalingSpec(workers=0),
-        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-    )
+    artifact = train_pixel_solver(config, tiny, local_stage)
     manifest = artifact.manifest
     assert manifest["kind"] == "solver" and manifest["space"] == "pixel" and manifest["compression"] == 1
     assert manifest["optimizer_steps"] == 6 and manifest["state_shape"] == [5, 8, 8]
     solver, loaded = load_emulator(artifact)
     assert isinstance(solver, NeuralSolver) and loaded.window == 3 and loaded.space == "pixel"
-    import mlflow.pytorch
 
     logged = mlflow.pytorch.load_model(manifest["mlflow_model_uri"])
     x, mask, theta = torch.randn(2, 5, 3, 8, 8), torch.tensor([[True, False, False]] * 2), torch.randn(2, 5)

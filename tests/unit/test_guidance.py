@@ -1,9 +1,17 @@
 """MMPS guidance: observation operators, Krylov solvers, exactness on a linear-Gaussian
 problem, and shapes and gradients through a decoder in 2-D and 3-D."""
 
+import argparse
+
 import pytest
 import torch
 
+from lolaray.evaluation.guidance_options import (
+    OPERATOR_NAMES,
+    SOLVER_NAMES,
+    add_guidance_arguments,
+    guidance_from_args,
+)
 from lolaray.trainers.autoencoder import build_autoencoder
 from lolaray.trainers.diffusion import LogLinearSchedule
 from lolaray.trainers.guidance import (
@@ -225,14 +233,6 @@ def test_mmps_through_a_decoder_in_2d_and_3d(preset, spatial, operator):
 
 
 def test_command_line_guidance_options_match_the_operators_and_solvers():
-    import argparse
-
-    from lolaray.evaluation.guidance_options import (
-        OPERATOR_NAMES,
-        SOLVER_NAMES,
-        add_guidance_arguments,
-        guidance_from_args,
-    )
 
     assert set(OPERATOR_NAMES) == set(OPERATORS) and set(SOLVER_NAMES) == set(SOLVERS)
     parser = argparse.ArgumentParser()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from the_well.benchmark.metrics import NRMSE, RMSE, VRMSE
 
-from lolaray.evaluation import metrics
+from lolaray.evaluation import aggregation, metrics, split_ensemble
 from lolaray.evaluation.metrics import (
     aggregate_by_horizon,
     band_edges,
@@ -65,7 +66,6 @@ def test_predicting_spatial_mean_gives_vrmse_just_below_one():
 
 
 def test_pointwise_metrics_agree_with_the_well():
-    from the_well.benchmark.metrics import NRMSE, RMSE, VRMSE
 
     meta = types.SimpleNamespace(n_spatial_dims=2)
     # the_well is channels-last (B, T, H, W, C); its eps is fixed at 1e-7.
@@ -91,7 +91,6 @@ def test_pointwise_metrics_agree_with_the_well():
 
 
 def test_vrmse_3d_agrees_with_the_well():
-    from the_well.benchmark.metrics import VRMSE
 
     pred_last = _random(2, 8, 10, 12, 3, seed=3)
     truth_last = _random(2, 8, 10, 12, 3, seed=4)
@@ -439,7 +438,6 @@ def test_streaming_statistics_reject_mismatched_blocks():
 
 
 def test_streaming_vrmse_under_the_well_convention_agrees_with_the_well():
-    from the_well.benchmark.metrics import VRMSE
 
     ensemble = _random(4, 2, 3, 16, 16, seed=13)  # (K, T, C, H, W)
     truth = _random(2, 3, 16, 16, seed=14)
@@ -457,7 +455,6 @@ def test_the_evaluation_stage_aggregation_equals_reference_functions(split, tmp_
     blocks written to a scratch folder and scored one lead time at a time, as
     :mod:`~lolaray.evaluation.split_ensemble` does; ``_per_field_lead``) equals the
     reference functions on the whole ensemble."""
-    from lolaray.evaluation import aggregation, split_ensemble
 
     ensemble = 2.0 + _random(5, 4, 2, 16, 16, seed=21)  # (K, L, C, H, W): members by lead
     truth = 2.0 + _random(4, 2, 16, 16, seed=22)  # (L, C, H, W)

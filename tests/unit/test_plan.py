@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lolaray.sweeps import compression
+from lolaray.sweeps import compression, context
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.dry_run import within_stated_digits
 from lolaray.sweeps.plan import (
@@ -220,7 +220,6 @@ def test_plan_rejects_a_bad_utilisation():
 
 
 def test_context_sweep_plan_counts_one_evaluation_per_emulator_context_and_steps(capsys):
-    from lolaray.sweeps import context
 
     profile = PROFILES["smoke"]
     info, trajectories = plan_dataset(profile.dataset)

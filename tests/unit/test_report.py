@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,17 +21,22 @@ import plotly.io as pio
 import pytest
 import torch
 from browser import _chromium_executable, assert_page_ok
+from PIL import Image
 
+from lolaray.evaluation.animation import animation_html, write_rollout_animation
+from lolaray.evaluation.headline import headline_metrics
 from lolaray.evaluation.metrics import isotropic_power_spectrum
 from lolaray.evaluation.report import (
     MetricTable,
     RawHTML,
     Section,
+    coverage_figure,
     format_compression,
     horizon_title,
     metric_table,
     metric_vs_lead_figure,
     power_spectrum_figure,
+    rank_histogram_figure,
     reconstruction_figure,
     snapshot_grid_figure,
     spread_skill_figure,
@@ -38,6 +44,8 @@ from lolaray.evaluation.report import (
     write_html_report,
 )
 from lolaray.evaluation.rollout import lead_times
+from lolaray.evaluation.study import Evaluation, write_study_report
+from lolaray.platform.artifacts import Artifact
 
 # ------------------------------------------------------------------ synthetic study
 
@@ -338,7 +346,6 @@ def test_metric_table_type_is_exported():
 
 
 def test_coverage_and_rank_histogram_figures():
-    from lolaray.evaluation.report import coverage_figure, rank_histogram_figure
 
     rows = [
         {"method": "diffusion", "compression": 64, "lead": lead, "coverage_50": 0.4, "coverage_90": 0.8}
@@ -363,9 +370,6 @@ def test_coverage_and_rank_histogram_figures():
 
 @pytest.mark.parametrize("shape", [(5, 8, 8), (3, 6, 6, 4)], ids=["2d", "3d"])
 def test_rollout_animation_opens_with_one_frame_per_state(tmp_path, shape):
-    from PIL import Image
-
-    from lolaray.evaluation.animation import animation_html, write_rollout_animation
 
     rng = np.random.default_rng(0)
     truth = rng.normal(size=shape)
@@ -382,9 +386,6 @@ def test_rollout_animation_opens_with_one_frame_per_state(tmp_path, shape):
 
 
 def test_headline_metrics_per_method_and_rate_with_the_best_rate():
-    from types import SimpleNamespace
-
-    from lolaray.evaluation.headline import headline_metrics
 
     def evaluation(method, rate, vrmse):
         rows = [
@@ -421,9 +422,6 @@ def test_headline_metrics_per_method_and_rate_with_the_best_rate():
 
 
 def test_study_report_shows_crps_coverage_and_rollouts(tmp_path):
-    from lolaray.evaluation.animation import write_rollout_animation
-    from lolaray.evaluation.study import Evaluation, write_study_report
-    from lolaray.platform.artifacts import Artifact
 
     horizons = ["lead_1-20", "lead_21-60"]
     gif = write_rollout_animation(tmp_path / "r.gif", {"truth": np.zeros((3, 4, 4))}).read_bytes()

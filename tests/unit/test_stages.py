@@ -1,12 +1,14 @@
 """The stage runner: id → reuse → child run → build → publish, the same for every stage."""
 
+import argparse
 import importlib
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lolaray.platform import stages
 from lolaray.platform.artifacts import artifact_id
-from lolaray.platform.stages import StageContext, StageOutput, run_stage
+from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import create_run
 
 
@@ -89,3 +91,56 @@ def test_every_stage_and_sweep_takes_the_shared_options(module, capsys):
         "--seed",
     ):
         assert option in usage, (module, option)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"cpus_per_worker": 0}, "cpus_per_worker must be > 0"),
+        ({"actors": 0}, "actors must be >= 1"),
+        ({"actor_gpus": -0.5}, "actor_gpus must be >= 0"),
+    ],
+)
+def test_scaling_rejects_impossible_requests(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScalingSpec(**kwargs)
+
+
+def test_actor_gpus_follow_the_hardware_unless_given(monkeypatch):
+    monkeypatch.setattr(stages.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: True)
+    assert ScalingSpec().resolved_actor_gpus() == 1.0
+    assert ScalingSpec(actor_gpus=0.25).resolved_actor_gpus() == 0.25
+    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: False)
+    assert ScalingSpec().resolved_actor_gpus() == 0.0
+    monkeypatch.setattr(stages.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(stages.ray, "cluster_resources", lambda: {"CPU": 8, "GPU": 2})
+    assert ScalingSpec().resolved_actor_gpus() == 1.0
+    assert ScalingSpec().resolved_use_gpu() and not ScalingSpec(use_gpu=False).resolved_use_gpu()
+
+
+@pytest.mark.parametrize(
+    ("scaling", "argv", "expected"),
+    [
+        (None, [], ScalingSpec()),
+        ("workers", ["--workers", "3"], ScalingSpec(workers=3)),
+        ("actors", ["--actors", "4", "--actor-gpus", "0.5"], ScalingSpec(actors=4, actor_gpus=0.5)),
+    ],
+)
+def test_a_command_line_gives_the_stage_context(tmp_path, scaling, argv, expected):
+    parser = argparse.ArgumentParser()
+    add_stage_arguments(parser, dataset_default="euler_quadrants:smoke", scaling=scaling)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = parser.parse_args(
+        ["--store", str(tmp_path / "s"), "--mlflow-uri", uri, "--experiment", "e", *argv]
+    )
+    context = StageContext.from_args(args)
+    assert context.scaling == expected and context.tracking_uri == uri and context.experiment == "e"
+    assert context.store.root == str(tmp_path / "s") and context.parent_run_id is None
+    assert context.replace(parent_run_id="p").parent_run_id == "p" and context.parent_run_id is None
+
+
+def test_an_unknown_scaling_kind_is_refused():
+    with pytest.raises(ValueError, match="scaling must be 'workers', 'actors' or None"):
+        add_stage_arguments(argparse.ArgumentParser(), dataset_default=None, scaling="nodes")

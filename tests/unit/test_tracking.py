@@ -1,8 +1,11 @@
 """MLflow run creation: nesting keeps a stage's run in its parent's experiment."""
 
+import multiprocessing
+import time
+
 from mlflow.tracking import MlflowClient
 
-from lolaray.platform.tracking import create_run
+from lolaray.platform.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, create_run, ensure_experiment
 
 
 def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
@@ -19,7 +22,6 @@ def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
 
 
 def test_experiments_are_model_training_experiments(tmp_path):
-    from lolaray.platform.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -36,9 +38,6 @@ def test_experiments_are_model_training_experiments(tmp_path):
 
 def _open_fresh_store_at(uri: str, start: float, name: str) -> str:
     """In a fresh process: wait for the shared start time, then open the store as a study does."""
-    import time
-
-    from lolaray.platform.tracking import ensure_experiment
 
     time.sleep(max(0.0, start - time.time()))
     return ensure_experiment(name, uri=uri)
@@ -47,8 +46,6 @@ def _open_fresh_store_at(uri: str, start: float, name: str) -> str:
 def test_studies_started_together_on_a_fresh_database_both_open_it(tmp_path):
     """Issue 17: two processes creating the default SQLite store at once both ran MLflow's
     schema migration and the second failed (``duplicate column name: step``)."""
-    import multiprocessing
-    import time
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 8.0  # after every process has imported MLflow

@@ -1,0 +1,152 @@
+"""Dataset settings: the paper's per dataset, inferred ones for unseen folders, overrides."""
+
+import argparse
+
+import pytest
+from wellfiles import make_tiny_dataset
+
+from lolaray.platform.data import DatasetInfo, open_dataset
+from lolaray.platform.dataset_specs import (
+    PAPER_SPECS,
+    DatasetSpecError,
+    add_dataset_spec_arguments,
+    infer_spec,
+    parse_horizons,
+    resolve_spec,
+    spec_from_args,
+)
+from lolaray.platform.well_format import SplitLayout
+from lolaray.sweeps.chain import PROFILES
+
+
+def _info(name="unseen", *, steps=101, resolution=(32, 32), boundaries=("OPEN", "OPEN")) -> DatasetInfo:
+    """A dataset's headers, without files: only what the specs read."""
+    dims = ("x", "y", "z")[: len(resolution)]
+    layout = SplitLayout(
+        files=("a.hdf5",),
+        file_sizes=(1,),
+        dataset_name=name,
+        field_names=("density",),
+        vector_axis=(None,),
+        spatial_dims=dims,
+        resolution=resolution,
+        parameter_names=("gamma",),
+        n_trajectories=(2,),
+        n_steps=(steps,),
+        boundary_types=(boundaries,),
+    )
+    return DatasetInfo(
+        name=name,
+        root="/nowhere",
+        field_names=("density",),
+        vector_axis=(None,),
+        spatial_dims=dims,
+        resolution=resolution,
+        parameter_names=("gamma",),
+        n_steps=steps,
+        splits={"train": layout, "valid": layout, "test": layout},
+    )
+
+
+def test_the_papers_datasets_take_the_papers_settings():
+    euler, rb, tgc = (
+        PAPER_SPECS[n]
+        for n in ("euler_multi_quadrants_openBC", "rayleigh_benard", "turbulence_gravity_cooling")
+    )
+    assert (euler.stride, euler.window, euler.horizons, euler.starts) == (
+        4,
+        5,
+        ((1, 20), (21, 60), (61, 100)),
+        (0,),
+    )
+    assert (rb.stride, rb.starts, rb.horizons[-1]) == (4, (32,), (61, 160))
+    assert "permute" not in rb.augmentations and rb.log_parameters == ("rayleigh", "prandtl")
+    assert (tgc.stride, tgc.starts, tgc.horizons) == (1, (4,), ((1, 10), (11, 30), (31, 50)))
+    assert tgc.compression_rates == (48, 192, 768) and tgc.spatial_downsample == 8
+    assert PAPER_SPECS["euler_quadrants"].horizons == euler.horizons  # the embedded Euler data
+    assert resolve_spec(_info("rayleigh_benard", steps=200, resolution=(512, 128))) == rb
+
+
+@pytest.mark.parametrize(
+    ("steps", "stride", "window", "horizons"),
+    [
+        (101, 4, 5, ((1, 36), (37, 68), (69, 100))),  # 25 leads: 9 + 8 + 8
+        (12, 2, 5, ((1, 4), (5, 8), (9, 10))),  # the 3-D folder of issue 16: stride 4 would span 17
+        (9, 2, 5, ((1, 4), (5, 6), (7, 8))),
+        (5, 1, 5, ((1, 2), (3, 3), (4, 4))),
+        (3, 1, 3, ((1, 1), (2, 2))),
+    ],
+)
+def test_defaults_fit_folders_of_any_length(steps, stride, window, horizons):
+    spec = infer_spec(_info(steps=steps))
+    assert (spec.stride, spec.window, spec.horizons) == (stride, window, horizons)
+    assert spec.span <= steps and spec.source == "inferred"
+
+
+@pytest.mark.parametrize(
+    ("resolution", "boundaries", "augmentations"),
+    [
+        ((32, 32), ("PERIODIC", "PERIODIC"), ("flip", "permute", "roll")),
+        ((48, 32), ("PERIODIC", "OPEN"), ("flip", "roll")),  # non-square: no permutation
+        ((16, 12, 8), ("OPEN", "OPEN", "WALL"), ("flip",)),
+        ((8, 8, 8), ("WALL", "WALL", "WALL"), ("flip", "permute")),
+    ],
+)
+def test_only_augmentations_valid_for_the_grid(resolution, boundaries, augmentations):
+    assert infer_spec(_info(resolution=resolution, boundaries=boundaries)).augmentations == augmentations
+
+
+def test_a_folder_too_short_for_any_window_is_refused():
+    with pytest.raises(DatasetSpecError, match="1 state\\(s\\) hold no window"):
+        infer_spec(_info(steps=1))
+
+
+def test_overrides_are_checked_and_name_the_option_to_change():
+    info = _info(steps=12)
+    spec = resolve_spec(info, stride=1)
+    assert (
+        spec.stride == 1
+        and spec.horizons == ((1, 4), (5, 8), (9, 11))
+        and spec.source == "inferred + overrides"
+    )
+    assert resolve_spec(info, horizons=[(1, 4), (5, 10)]).horizons == ((1, 4), (5, 10))
+    assert resolve_spec(info, starts=[2, 0, 2]).starts == (0, 2)
+    with pytest.raises(
+        DatasetSpecError,
+        match="spans 17 steps, longer than its shortest trajectory \\(12 steps\\); pass --stride 2",
+    ):
+        resolve_spec(info, stride=4)
+    with pytest.raises(DatasetSpecError, match="pass --window 12 --stride 1"):
+        resolve_spec(info, window=13)
+    with pytest.raises(DatasetSpecError, match="--horizons must be increasing"):
+        resolve_spec(info, horizons=[(1, 10), (5, 12)])
+    with pytest.raises(DatasetSpecError, match="--window must be >= 2"):
+        resolve_spec(info, window=1)
+    with pytest.raises(DatasetSpecError, match="--starts must be >= 0"):
+        resolve_spec(info, starts=[-1])
+
+
+def test_the_command_line_overrides_the_spec(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_dataset_spec_arguments(parser)
+    info = open_dataset(make_tiny_dataset(tmp_path / "tiny", res=8, steps=11))
+    args = parser.parse_args(["--stride", "2", "--horizons", "1:4,5:10"])
+    args.starts = None
+    spec = spec_from_args(args, info)
+    assert (spec.stride, spec.window, spec.horizons) == (2, 5, ((1, 4), (5, 10)))
+    assert spec.to_dict()["horizons"] == [[1, 4], [5, 10]]
+    assert parse_horizons("1:20,21:60") == ((1, 20), (21, 60))
+    with pytest.raises(DatasetSpecError, match="FIRST:LAST"):
+        parse_horizons("1-20")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--horizons", "soon"])
+
+
+def test_a_profile_takes_the_datasets_window():
+    spec = resolve_spec(_info(steps=3))  # window 3, stride 1
+    profile = PROFILES["smoke"].for_dataset(spec)
+    assert (profile.emulator.window, profile.emulator.stride) == (3, 1)
+    assert (profile.pixel_emulator.window, profile.pixel_emulator.stride) == (3, 1)
+    assert profile.contexts == (1, 2)  # a window of 3 holds contexts up to 2
+    euler = PROFILES["smoke"].for_dataset(PAPER_SPECS["euler_quadrants"])
+    assert euler.emulator == PROFILES["smoke"].emulator  # the embedded study's ids do not change

@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lolaray.evaluation.metrics import (
-    VRMSE_EPS,
-    EnsembleStatistics,
-    aggregate_by_horizon,
-    horizon_slices,
-    isotropic_power_spectrum,
-)
+from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
+from lolaray.evaluation.metrics import VRMSE_EPS, aggregate_by_horizon, horizon_slices
 from lolaray.evaluation.rollout import lead_times
+from lolaray.evaluation.spectra import isotropic_power_spectrum
 from lolaray.platform.data import DatasetInfo
 
 __all__ = ["ENSEMBLE_METRICS", "METRICS", "REFERENCES", "SEMD_FIELD", "analyse", "rollout_truths"]

@@ -14,7 +14,7 @@ by hand. :func:`assess_findings` is a pure function of the study's long-format r
   (Table 7).
 
 A missing ``context`` means ``"all"``. Repeated keys are averaged exactly as in the study's
-tables (:func:`~lolaray.evaluation.report.metric_table`). Methods are the study's labels:
+tables (:func:`~lolaray.evaluation.tables.metric_table`). Methods are the study's labels:
 ``autoencoder``, ``diffusion`` and ``solver`` (latent space, ÷ > 1) and ``pixel solver``;
 other rows (``guided diffusion``, ...) bear on no finding and are ignored.
 
@@ -65,7 +65,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from lolaray.evaluation import report
+from lolaray.evaluation import tables
 
 __all__ = [
     "BARELY_MOVES_CONTEXT",
@@ -151,7 +151,7 @@ class Finding:
 _Cells = dict[tuple[str, float], tuple[float, ...]]
 
 
-def _cells(table: report.MetricTable) -> _Cells:
+def _cells(table: tables.MetricTable) -> _Cells:
     return {(str(keys[0]), float(keys[1])): cells for keys, cells in table.rows}
 
 
@@ -171,11 +171,11 @@ def _relative_range(values: Sequence[float]) -> float:
 
 
 def _rate(rate: float) -> str:
-    return "÷" + report.format_compression(rate)
+    return "÷" + tables.format_compression(rate)
 
 
 def _rates(rates: Iterable[float]) -> str:
-    return "÷" + "/".join(report.format_compression(r).removesuffix(" (pixel)") for r in rates)
+    return "÷" + "/".join(tables.format_compression(r).removesuffix(" (pixel)") for r in rates)
 
 
 def _values(values: Iterable[float], digits: int = 3) -> str:
@@ -217,14 +217,14 @@ def _reconstruction_grows(vrmse: _Cells, horizons: Sequence[str]) -> Finding:
     for j, horizon in enumerate(horizons):
         column = [recon[r][j] for r in rates]
         growth = column[-1] / column[0] if column[0] > 0 else math.inf
-        parts.append(f"{report.horizon_title(horizon)}: {_values(column)} (×{growth:.1f})")
+        parts.append(f"{tables.horizon_title(horizon)}: {_values(column)} (×{growth:.1f})")
         falls = [
             f"{_rate(a)}→{_rate(b)}" for a, b, va, vb in zip(rates, rates[1:], column, column[1:]) if vb <= va
         ]
         if falls:
-            failures.append(f"does not rise {', '.join(falls)} at {report.horizon_title(horizon)}")
+            failures.append(f"does not rise {', '.join(falls)} at {tables.horizon_title(horizon)}")
         elif growth < CLEAR_GROWTH:
-            failures.append(f"grows only ×{growth:.2f} at {report.horizon_title(horizon)}")
+            failures.append(f"grows only ×{growth:.2f} at {tables.horizon_title(horizon)}")
     figures = f"recon. VRMSE {_rates(rates)} — " + "; ".join(parts)
     unlearned = _unlearned({f"autoencoder {_rate(r)}": v for r, v in recon.items()})
     return _judge(1, figures, failures, unlearned, "rises with ÷ at every horizon")
@@ -239,7 +239,7 @@ def _diffusion_flat_in_rate(vrmse: _Cells, horizons: Sequence[str]) -> Finding:
     rates = list(diffusion)
     ranges = [_relative_range([diffusion[r][j] for r in rates]) for j in range(len(horizons))]
     figures = f"diffusion VRMSE {_rates(rates)} — " + "; ".join(
-        f"{report.horizon_title(h)}: {_values(diffusion[r][j] for r in rates)} (range {ranges[j]:.0%})"
+        f"{tables.horizon_title(h)}: {_values(diffusion[r][j] for r in rates)} (range {ranges[j]:.0%})"
         for j, h in enumerate(horizons)
     )
     recon = _complete(vrmse, AUTOENCODER)
@@ -248,7 +248,7 @@ def _diffusion_flat_in_rate(vrmse: _Cells, horizons: Sequence[str]) -> Finding:
             f"{_relative_range([v[j] for v in recon.values()]):.0%}" for j in range(len(horizons))
         )
     failures = [
-        f"moves {r:.0%} at {report.horizon_title(h)}"
+        f"moves {r:.0%} at {tables.horizon_title(h)}"
         for h, r in zip(horizons, ranges)
         if not r <= BARELY_MOVES_RATE
     ]
@@ -266,7 +266,7 @@ def _diffusion_beats_solver(vrmse: _Cells, horizons: Sequence[str]) -> Finding:
     for rate in rates:
         gaps = [s - d for s, d in zip(solver[rate], diffusion[rate])]
         parts.append(f"{_rate(rate)}: " + ", ".join(f"{g:+.3f}" for g in gaps))
-        behind = [report.horizon_title(h) for h, g in zip(horizons, gaps) if not g > 0]
+        behind = [tables.horizon_title(h) for h, g in zip(horizons, gaps) if not g > 0]
         if behind:
             failures.append(f"diffusion not below the solver at {_rate(rate)}, {', '.join(behind)}")
         elif gaps[-1] < max(gaps):
@@ -292,7 +292,7 @@ def _latent_matches_pixel(vrmse: _Cells, horizons: Sequence[str]) -> Finding:
         f"{label}: {_values(r, 2)}" for label, r in ratios.items()
     )
     failures = [
-        f"{label} ×{r:.2f} at {report.horizon_title(h)}"
+        f"{label} ×{r:.2f} at {tables.horizon_title(h)}"
         for label, values in ratios.items()
         for h, r in zip(horizons, values)
         if not r <= 1 + MATCH_TOLERANCE
@@ -319,7 +319,7 @@ def _spread_skill_near_one(spread: _Cells, vrmse: _Cells, horizons: Sequence[str
             f"; mean {_rate(rates[-1])} {last:.2f} vs {_rate(rates[0])} {first:.2f} ({trend} at high ÷)"
         )
     failures = [
-        f"{v:.2f} at {_rate(rate)}, {report.horizon_title(h)}"
+        f"{v:.2f} at {_rate(rate)}, {tables.horizon_title(h)}"
         for rate, values in diffusion.items()
         for h, v in zip(horizons, values)
         if not low <= v <= high
@@ -333,7 +333,7 @@ def _spread_skill_near_one(spread: _Cells, vrmse: _Cells, horizons: Sequence[str
 
 def _context_barely_matters(rows: list[dict], horizons: Sequence[str]) -> Finding:
     per_context = [r for r in rows if r["context"] != "all" and r["method"] in (DIFFUSION, SOLVER)]
-    table = report.metric_table(
+    table = tables.metric_table(
         per_context,
         metric="vrmse",
         row_keys=("method", "compression", "steps", "context"),
@@ -359,7 +359,7 @@ def _context_barely_matters(rows: list[dict], horizons: Sequence[str]) -> Findin
         ranges = [_relative_range([v[j] for v in by_context.values()]) for j in range(len(horizons))]
         parts.append(f"{name}: " + ", ".join(f"{r:.0%}" for r in ranges))
         failures += [
-            f"{name} moves {r:.0%} at {report.horizon_title(h)}"
+            f"{name} moves {r:.0%} at {tables.horizon_title(h)}"
             for h, r in zip(horizons, ranges)
             if not r <= BARELY_MOVES_CONTEXT
         ]
@@ -386,13 +386,13 @@ def assess_findings(rows: Iterable[Mapping], *, horizons: Sequence[str] | None =
         if row.get("method") in _METHODS
     ]
     if horizons is None:
-        horizons = report.metric_table(kept, metric="vrmse").columns if kept else ()
+        horizons = tables.metric_table(kept, metric="vrmse").columns if kept else ()
     horizons = tuple(horizons)
     if not horizons:
         return [_finding(n, "—", NOT_MEASURED, "no results") for n in FINDINGS]
     overall = [r for r in kept if r["context"] == "all"]
-    vrmse = _cells(report.metric_table(overall, metric="vrmse", columns=horizons, order=_METHODS))
-    spread = _cells(report.metric_table(overall, metric="spread_skill", columns=horizons, order=_METHODS))
+    vrmse = _cells(tables.metric_table(overall, metric="vrmse", columns=horizons, order=_METHODS))
+    spread = _cells(tables.metric_table(overall, metric="spread_skill", columns=horizons, order=_METHODS))
     return [
         _reconstruction_grows(vrmse, horizons),
         _diffusion_flat_in_rate(vrmse, horizons),

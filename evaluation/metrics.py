@@ -15,9 +15,11 @@ Notation: :math:`\langle\cdot\rangle_s` is the mean over the spatial points,
 
 Ensemble scores (:func:`crps`, :func:`coverage`, :func:`rank_histogram`,
 :func:`ensemble_scores`) need all members at once; the point scores of an ensemble that
-arrives in blocks come from the streaming :class:`EnsembleStatistics`, which the evaluation
-stage uses and the tests check against the functions above. :data:`VRMSE_EPS` names the
-two conventions for the ε of :func:`vrmse`.
+arrives in blocks come from the streaming
+:class:`~lolaray.evaluation.ensemble_statistics.EnsembleStatistics`, which the evaluation
+stage uses and the tests check against the functions here. :data:`VRMSE_EPS` names the
+two conventions for the ε of :func:`vrmse`. Spectra are in :mod:`~lolaray.evaluation.spectra`,
+distances between value distributions in :mod:`~lolaray.evaluation.distributions`.
 
 .. note::
    ``the_well.benchmark.metrics`` computes the same point-wise scores but expects
@@ -27,41 +29,36 @@ two conventions for the ε of :func:`vrmse`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "COVERAGE_LEVELS",
     "VRMSE_EPS",
-    "EnsembleStatistics",
     "aggregate_by_horizon",
-    "band_edges",
+    "as_float64",
     "coverage",
     "crps",
     "ensemble_mean",
     "ensemble_scores",
     "horizon_slices",
-    "isotropic_power_spectrum",
+    "is_ensemble",
     "nrmse",
+    "point_prediction",
     "rank_histogram",
     "rmse",
-    "sliced_emd",
-    "spectral_rmse",
+    "spatial_axes",
     "spread_skill",
+    "spread_skill_ratio",
     "vrmse",
-    "wasserstein_1d",
 ]
 
 # Offset of the spread-skill ratio, as in the reference notebooks (figures.ipynb): it keeps
 # the ratio finite for a perfect, zero-spread prediction.
 RATIO_OFFSET = 1e-3
-# Offset of the spectral ratio p_v / p_u (method.md §8), so empty high-k power is not 0/0.
-SPECTRAL_EPS = 1e-6
 #: The ε on the spatial variance of :func:`vrmse`, per convention: the reference code of the
 #: paper (LOLA) uses 1e-6, The Well's benchmark ``sqrt(MSE / (var + 1e-7))``.
 VRMSE_EPS = {"lola": 1e-6, "well": 1e-7}
@@ -69,17 +66,19 @@ VRMSE_EPS = {"lola": 1e-6, "well": 1e-7}
 COVERAGE_LEVELS = (0.5, 0.9)
 
 
-def _f64(x: Tensor) -> Tensor:
+def as_float64(x: Tensor) -> Tensor:
+    """``x`` as a float64 tensor (every score is computed in float64)."""
     return torch.as_tensor(x).to(torch.float64)
 
 
-def _spatial_axes(spatial_dims: int) -> tuple[int, ...]:
+def spatial_axes(spatial_dims: int) -> tuple[int, ...]:
+    """The trailing ``spatial_dims`` axes, ``(-spatial_dims, …, -1)``; at least one."""
     if spatial_dims < 1:
         raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}")
     return tuple(range(-spatial_dims, 0))
 
 
-def _is_ensemble(pred: Tensor, truth: Tensor) -> bool:
+def is_ensemble(pred: Tensor, truth: Tensor) -> bool:
     """Whether ``pred`` is an ensemble ``(K, *truth.shape)`` rather than one state ``truth.shape``.
 
     Shapes must match exactly: silent broadcasting would hide a misplaced axis.
@@ -94,10 +93,10 @@ def _is_ensemble(pred: Tensor, truth: Tensor) -> bool:
     )
 
 
-def _point_prediction(pred: Tensor, truth: Tensor) -> Tensor:
+def point_prediction(pred: Tensor, truth: Tensor) -> Tensor:
     """The ensemble mean of an ensemble, the prediction itself otherwise (float64)."""
-    pred = _f64(pred)
-    return pred.mean(dim=0) if _is_ensemble(pred, truth) else pred
+    pred = as_float64(pred)
+    return pred.mean(dim=0) if is_ensemble(pred, truth) else pred
 
 
 # --------------------------------------------------------------------------- point-wise
@@ -109,13 +108,13 @@ def ensemble_mean(ensemble: Tensor) -> Tensor:
     :param ensemble: members ``(K, ...)``.
     :returns: ``(...)``, float64.
     """
-    return _f64(ensemble).mean(dim=0)
+    return as_float64(ensemble).mean(dim=0)
 
 
 def _mse(pred: Tensor, truth: Tensor, spatial_dims: int) -> Tensor:
-    axes = _spatial_axes(spatial_dims)
-    truth = _f64(truth)
-    return (truth - _point_prediction(pred, truth)).square().mean(dim=axes)
+    axes = spatial_axes(spatial_dims)
+    truth = as_float64(truth)
+    return (truth - point_prediction(pred, truth)).square().mean(dim=axes)
 
 
 def rmse(pred: Tensor, truth: Tensor, *, spatial_dims: int) -> Tensor:
@@ -137,8 +136,8 @@ def nrmse(pred: Tensor, truth: Tensor, *, spatial_dims: int, eps: float = 1e-6) 
     Shapes as in :func:`rmse`; ``eps`` = 1e-6 as in the reference ``eval.py``
     (the_well uses 1e-7).
     """
-    truth = _f64(truth)
-    energy = truth.square().mean(dim=_spatial_axes(spatial_dims))
+    truth = as_float64(truth)
+    energy = truth.square().mean(dim=spatial_axes(spatial_dims))
     return (_mse(pred, truth, spatial_dims) / (energy + eps)).sqrt()
 
 
@@ -150,8 +149,8 @@ def vrmse(pred: Tensor, truth: Tensor, *, spatial_dims: int, eps: float = 1e-6) 
     therefore scores :math:`\sqrt{(N-1)/N} \approx 0.9999`, not exactly 1. Shapes as in
     :func:`rmse`; ``eps`` = 1e-6 as in the reference (the_well: 1e-7).
     """
-    truth = _f64(truth)
-    variance = truth.var(dim=_spatial_axes(spatial_dims), correction=1)
+    truth = as_float64(truth)
+    variance = truth.var(dim=spatial_axes(spatial_dims), correction=1)
     return (_mse(pred, truth, spatial_dims) / (variance + eps)).sqrt()
 
 
@@ -174,17 +173,17 @@ def spread_skill(ensemble: Tensor, truth: Tensor, *, spatial_dims: int) -> tuple
     :param truth: ``(..., C, *spatial)``.
     :returns: ``(spread, skill, ratio)``, each ``(..., C)``.
     """
-    ensemble, truth = _f64(ensemble), _f64(truth)
-    if not _is_ensemble(ensemble, truth):
+    ensemble, truth = as_float64(ensemble), as_float64(truth)
+    if not is_ensemble(ensemble, truth):
         raise ValueError("spread_skill needs an ensemble of shape (K, *truth.shape)")
-    axes = _spatial_axes(spatial_dims)
+    axes = spatial_axes(spatial_dims)
     mean = ensemble.mean(dim=0)
     deviation = (ensemble - mean).square().mean(dim=0).mean(dim=axes)
     skill = (truth - mean).square().mean(dim=axes).sqrt()
-    return _spread_skill_ratio(deviation, skill, members=ensemble.shape[0])
+    return spread_skill_ratio(deviation, skill, members=ensemble.shape[0])
 
 
-def _spread_skill_ratio(deviation: Tensor, skill: Tensor, *, members: int) -> tuple[Tensor, Tensor, Tensor]:
+def spread_skill_ratio(deviation: Tensor, skill: Tensor, *, members: int) -> tuple[Tensor, Tensor, Tensor]:
     """Spread, skill and ratio from the spatial mean of the members' squared deviation from
     the ensemble mean and the skill (see :func:`spread_skill`)."""
     if members == 1:
@@ -216,10 +215,10 @@ def crps(ensemble: Tensor, truth: Tensor, *, spatial_dims: int) -> Tensor:
     :param truth: ``(..., C, *spatial)``.
     :returns: ``(..., C)``.
     """
-    ensemble, truth = _f64(ensemble), _f64(truth)
-    if not _is_ensemble(ensemble, truth):
+    ensemble, truth = as_float64(ensemble), as_float64(truth)
+    if not is_ensemble(ensemble, truth):
         raise ValueError("crps needs an ensemble of shape (K, *truth.shape)")
-    axes = _spatial_axes(spatial_dims)
+    axes = spatial_axes(spatial_dims)
     members = ensemble.shape[0]
     score = (ensemble - truth).abs().mean(dim=0)
     if members > 1:
@@ -254,8 +253,8 @@ def coverage(ensemble: Tensor, truth: Tensor, *, spatial_dims: int, level: float
     :param level: the nominal probability :math:`p \in (0, 1)`.
     :returns: ``(..., C)`` fractions in ``[0, 1]``.
     """
-    ensemble, truth = _f64(ensemble), _f64(truth)
-    if not _is_ensemble(ensemble, truth):
+    ensemble, truth = as_float64(ensemble), as_float64(truth)
+    if not is_ensemble(ensemble, truth):
         raise ValueError("coverage needs an ensemble of shape (K, *truth.shape)")
     if not 0 < level < 1:
         raise ValueError(f"coverage level must lie in (0, 1), got {level}")
@@ -263,7 +262,7 @@ def coverage(ensemble: Tensor, truth: Tensor, *, spatial_dims: int, level: float
     low = _sorted_quantile(ordered, (1 - level) / 2)
     high = _sorted_quantile(ordered, (1 + level) / 2)
     inside = ((truth >= low) & (truth <= high)).to(torch.float64)
-    return inside.mean(dim=_spatial_axes(spatial_dims))
+    return inside.mean(dim=spatial_axes(spatial_dims))
 
 
 def rank_histogram(ensemble: Tensor, truth: Tensor, *, spatial_dims: int) -> Tensor:
@@ -278,10 +277,10 @@ def rank_histogram(ensemble: Tensor, truth: Tensor, *, spatial_dims: int) -> Ten
     :returns: ``(..., C, K + 1)`` counts over the spatial points (float64, so sums over
         trajectories and lead times stay exact).
     """
-    ensemble, truth = _f64(ensemble), _f64(truth)
-    if not _is_ensemble(ensemble, truth):
+    ensemble, truth = as_float64(ensemble), as_float64(truth)
+    if not is_ensemble(ensemble, truth):
         raise ValueError("rank_histogram needs an ensemble of shape (K, *truth.shape)")
-    _spatial_axes(spatial_dims)
+    spatial_axes(spatial_dims)
     members = ensemble.shape[0]
     rank = (ensemble < truth).sum(dim=0).flatten(start_dim=-spatial_dims)  # (..., C, N)
     counts = truth.new_zeros(*rank.shape[:-1], members + 1)
@@ -301,222 +300,6 @@ def ensemble_scores(ensemble: Tensor, truth: Tensor, *, spatial_dims: int) -> di
             scores[name] = torch.full_like(scores["crps"], math.nan)
     scores["rank_histogram"] = rank_histogram(ensemble, truth, spatial_dims=spatial_dims)
     return scores
-
-
-# --------------------------------------------------------------------------- spectra
-
-
-@functools.lru_cache(maxsize=32)
-def _spectral_bins(shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Radial binning of the half (rfftn) spectrum of a field of spatial ``shape``.
-
-    Returns ``(bin_of_point, average_weight, k)``: for every point of the flattened
-    half spectrum, its output bin (``-1`` for the dropped DC bin) and the weight that
-    turns an ``index_add`` into the per-bin average of the *full* spectrum; ``k`` the
-    upper edges of the kept bins. Cached because it depends on the shape only.
-    """
-    ndim = len(shape)
-    freqs = [torch.fft.fftfreq(n, dtype=torch.float64) for n in shape[:-1]]
-    freqs.append(torch.fft.rfftfreq(shape[-1], dtype=torch.float64))
-    grids = torch.meshgrid(*freqs, indexing="ij")
-    radius = torch.sqrt(sum(g.square() for g in grids)).flatten()
-
-    # rfftn stores each column j with 0 < j < n/2 for itself and its conjugate mirror
-    # (same |k|, same power): count it twice so averages equal those of the full fftn.
-    last = shape[-1]
-    column = torch.arange(last // 2 + 1)
-    multiplicity = torch.where((column > 0) & (2 * column < last), 2.0, 1.0).to(torch.float64)
-    multiplicity = multiplicity.expand(*shape[:-1], -1).flatten()
-
-    n_bins = math.floor(math.sqrt(ndim) * min(shape) / 2)
-    if n_bins < 1:
-        raise ValueError(f"spatial shape {shape} is too small for an isotropic spectrum")
-    edges = torch.linspace(0.0, radius.max().item(), n_bins + 1, dtype=torch.float64)
-    # right=False is torch's right-inclusive convention: edges[i-1] < |k| <= edges[i];
-    # bin 0 then holds |k| = 0 only (the DC component). Clamp guards the top edge's rounding.
-    bins = torch.bucketize(radius, edges, right=False).clamp_(max=n_bins)
-    counts = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, bins, multiplicity)
-
-    # Drop the DC bin and bins that hold no wavenumber (possible on odd shapes): renumber
-    # the kept bins 0..B-1 and send the others to -1.
-    kept = counts > 0
-    kept[0] = False
-    new_index = torch.full((n_bins + 1,), -1, dtype=torch.long)
-    new_index[kept] = torch.arange(int(kept.sum()))
-    bin_of_point = new_index[bins]
-    weight = multiplicity / counts[bins]
-    return bin_of_point, weight, edges[kept]
-
-
-def isotropic_power_spectrum(u: Tensor, *, spatial_dims: int) -> tuple[Tensor, Tensor]:
-    r"""Isotropic (radially averaged) power spectrum, as in the reference ``fourier.py``.
-
-    :math:`P(\mathbf k) = |\mathcal F_n(u)(\mathbf k)|^2` with the orthonormal FFT over the
-    spatial axes; :math:`|\mathbf k| = \sqrt{\sum_i f_i^2}` with :math:`f_i` the FFT
-    frequencies in cycles per pixel. :math:`B = \lfloor \sqrt{N} \min(\mathrm{shape})/2
-    \rfloor` bins of equal width on :math:`[0, \max|\mathbf k|]` (:math:`N` = ``spatial_dims``),
-    right-inclusive; :math:`P` is averaged per bin; the DC bin (:math:`|\mathbf k| = 0`)
-    and any empty bin are dropped. Bins are precomputed once per spatial shape.
-
-    :param u: ``(..., *spatial)``.
-    :param spatial_dims: number of trailing spatial axes.
-    :returns: ``(k, P)``: the upper bin edges ``(B',)`` and the spectrum ``(..., B')``,
-        :math:`B' \le B` the number of kept bins.
-    """
-    axes = _spatial_axes(spatial_dims)
-    u = _f64(u)
-    shape = tuple(u.shape[-spatial_dims:])
-    bin_of_point, weight, k = _spectral_bins(shape)
-    bin_of_point, weight = bin_of_point.to(u.device), weight.to(u.device)
-
-    power = torch.fft.rfftn(u, dim=axes, norm="ortho").abs().square()
-    power = power.flatten(start_dim=-spatial_dims) * weight
-    keep = bin_of_point >= 0
-    spectrum = u.new_zeros(*u.shape[:-spatial_dims], k.numel())
-    spectrum.index_add_(-1, bin_of_point[keep], power[..., keep])
-    # A copy: k comes from the cache and must not be mutated through the result.
-    return k.to(u.device, copy=True), spectrum
-
-
-def band_edges(k0: float) -> tuple[float, float, float, float]:
-    r"""Edges :math:`e = 2^{\mathrm{linspace}(\log_2 k_0,\, -1,\, 4)}` of the spectral bands.
-
-    Bands: low :math:`[e_0, e_1]`, mid :math:`[e_1, e_2]`, high :math:`[e_2, 0.5]`
-    (inclusive), with :math:`k_0` the lowest non-DC wavenumber bin and 0.5 the Nyquist
-    frequency in cycles per pixel. For Euler (512²): ≈ 0.00195, 0.0124, 0.0787, 0.5.
-    """
-    exponents = torch.linspace(math.log2(k0), -1.0, 4, dtype=torch.float64)
-    edges = [float(2.0**e) for e in exponents]
-    # Pin the ends exactly: a rounding error on e_0 would drop the first bin from "low".
-    edges[0], edges[-1] = float(k0), 0.5
-    return tuple(edges)
-
-
-def spectral_rmse(pred: Tensor, truth: Tensor, *, spatial_dims: int) -> dict[str, Tensor]:
-    r"""Relative spectral error per frequency band.
-
-    .. math::
-        \mathrm{se}_p(k) = \Big(1 - \frac{p_v(k) + 10^{-6}}{p_u(k) + 10^{-6}}\Big)^2, \qquad
-        \mathrm{band} = \sqrt{\operatorname{mean}_{k \in \mathrm{band}} \mathrm{se}_p(k)},
-
-    with :math:`p_u` the isotropic spectrum of the truth and :math:`p_v` that of the
-    prediction, or the mean of the members' spectra for an ensemble. Bands from
-    :func:`band_edges` with :math:`k_0` the first bin; a band with no bin (tiny grids)
-    is NaN.
-
-    :param pred: prediction ``(..., C, *spatial)`` or ensemble ``(K, ..., C, *spatial)``.
-    :param truth: ``(..., C, *spatial)``.
-    :returns: ``{"low", "mid", "high"}`` → ``(..., C)``.
-    """
-    pred, truth = _f64(pred), _f64(truth)
-    ensemble = _is_ensemble(pred, truth)
-    k, p_u = isotropic_power_spectrum(truth, spatial_dims=spatial_dims)
-    _, p_v = isotropic_power_spectrum(pred, spatial_dims=spatial_dims)
-    if ensemble:
-        p_v = p_v.mean(dim=0)
-    return _band_errors(k, p_v, p_u)
-
-
-def _band_errors(k: Tensor, p_v: Tensor, p_u: Tensor) -> dict[str, Tensor]:
-    """Band errors of :func:`spectral_rmse` from the spectra ``(..., B)`` at wavenumbers ``k``."""
-    squared_error = (1 - (p_v + SPECTRAL_EPS) / (p_u + SPECTRAL_EPS)).square()
-    e0, e1, e2, e3 = band_edges(k[0].item())
-    bands = {"low": (e0, e1), "mid": (e1, e2), "high": (e2, e3)}
-    return {
-        name: squared_error[..., (k >= lo) & (k <= hi)].mean(dim=-1).sqrt()
-        for name, (lo, hi) in bands.items()
-    }
-
-
-# --------------------------------------------------------------------------- distributions
-
-
-def wasserstein_1d(pred: Tensor, truth: Tensor, *, spatial_dims: int) -> Tensor:
-    r"""1-D Wasserstein distance between the value distributions of two fields.
-
-    Each field's :math:`N` spatial values are an empirical distribution;
-    :math:`W_1 = \int |F_v^{-1}(q) - F_u^{-1}(q)|\,dq` in the field's units (paper Tables
-    12–13: RB vertical velocity, TGC density), equal to ``scipy.stats.wasserstein_distance``.
-    For an ensemble, the mean over members of each member's distance.
-
-    :param pred: ``(..., C, *spatial)`` or ensemble ``(K, ..., C, *spatial)``.
-    :param truth: ``(..., C, *spatial)``.
-    :returns: ``(..., C)``.
-    """
-    pred, truth = _f64(pred), _f64(truth)
-    ensemble = _is_ensemble(pred, truth)
-    _spatial_axes(spatial_dims)  # validates spatial_dims
-    # Equal sizes and uniform weights: the optimal coupling matches order statistics,
-    # W1 = mean_i |v_(i) - u_(i)|, the value scipy gives, at the cost of sorts. The
-    # truth is sorted once and broadcast against every member.
-    sorted_v = pred.flatten(start_dim=-spatial_dims).sort(dim=-1).values
-    sorted_u = truth.flatten(start_dim=-spatial_dims).sort(dim=-1).values
-    distance = (sorted_v - sorted_u).abs().mean(dim=-1)
-    return distance.mean(dim=0) if ensemble else distance
-
-
-def _unit_directions(n_projections: int, seed: int) -> Tensor:
-    """``(n_projections, 3)`` random directions, uniform on the sphere and deterministic in ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(n_projections, 3, generator=generator, dtype=torch.float64)
-    return directions / directions.norm(dim=-1, keepdim=True)
-
-
-def sliced_emd(pred: Tensor, truth: Tensor, *, n_projections: int = 64, seed: int = 0) -> Tensor:
-    r"""Sliced earth mover's distance of 2-D scalar fields (paper Table 11, Euler density).
-
-    A field of :math:`H \times W` values becomes the point cloud
-    :math:`\{(x_i, y_j, u_{ij}/\sigma)\}` with positions normalised to :math:`[0, 1]`
-    (:math:`x_i = i/(H-1)`, :math:`y_j = j/(W-1)`) and values divided by the truth's
-    (unbiased) spatial standard deviation :math:`\sigma` (1 if the truth is constant), so
-    that displacement and value errors weigh comparably and the score is unit-free. Both
-    clouds hold the same :math:`HW` equally weighted points; for random unit directions
-    :math:`\theta_1, \dots, \theta_L \in S^2` (seeded, hence deterministic),
-
-    .. math::
-        \mathrm{SEMD} = \frac1L \sum_l W_1\big(\theta_l \cdot X_v,\; \theta_l \cdot X_u\big),
-
-    with :math:`W_1` the 1-D Wasserstein-1 distance of the projected clouds (mean absolute
-    difference of their sorted projections, as in :func:`wasserstein_1d`). A small
-    drift of a structure costs little, whereas point-wise errors would be large.
-
-    :param pred: ``(..., H, W)`` or ensemble ``(K, ..., H, W)`` (then the mean over members).
-    :param truth: ``(..., H, W)``.
-    :param n_projections: number :math:`L` of random directions.
-    :param seed: seed of the directions.
-    :returns: ``(...)`` — e.g. ``(..., C)`` for channels-first fields.
-    """
-    pred, truth = _f64(pred), _f64(truth)
-    ensemble = _is_ensemble(pred, truth)
-    height, width = truth.shape[-2:]
-
-    scale = truth.flatten(start_dim=-2).std(dim=-1)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))[..., None, None]
-    values_v = pred.flatten(start_dim=-2)[..., None, :] / scale  # (K?, ..., 1, HW)
-    values_u = truth.flatten(start_dim=-2)[..., None, :] / scale  # (..., 1, HW)
-
-    positions = torch.stack(
-        torch.meshgrid(
-            torch.linspace(0, 1, height, dtype=torch.float64, device=pred.device),
-            torch.linspace(0, 1, width, dtype=torch.float64, device=pred.device),
-            indexing="ij",
-        ),
-    ).reshape(2, height * width)
-    directions = _unit_directions(n_projections, seed).to(pred.device)
-
-    # Projections are laid out (..., L, HW) so each sort runs along a contiguous axis, and
-    # the truth's projections are sorted once and broadcast against every member. Chunks
-    # of directions bound the memory of a batch of large fields.
-    chunk = max(1, (1 << 24) // max(1, values_v.numel()))
-    total = values_v.new_zeros(torch.broadcast_shapes(values_v.shape, values_u.shape)[:-2])
-    for start in range(0, n_projections, chunk):
-        theta = directions[start : start + chunk]  # (l, 3)
-        offset = theta[:, :2] @ positions  # (l, HW), the same for both clouds
-        sorted_v = (offset + values_v * theta[:, 2:]).sort(dim=-1).values
-        sorted_u = (offset + values_u * theta[:, 2:]).sort(dim=-1).values
-        total += (sorted_v - sorted_u).abs().mean(dim=-1).sum(dim=-1)
-    distance = total / n_projections
-    return distance.mean(dim=0) if ensemble else distance
 
 
 # --------------------------------------------------------------------------- horizons
@@ -557,7 +340,7 @@ def aggregate_by_horizon(
     :returns: label → ``(...)`` mean over the entries in the horizon (lead 0 ignored); a
         horizon with no entry is all-NaN rather than an error, so tables keep their shape.
     """
-    values = _f64(values)
+    values = as_float64(values)
     if values.shape[-1] != torch.as_tensor(lead_times).numel():
         raise ValueError(f"values have {values.shape[-1]} time entries but {len(lead_times)} lead times")
     result = {}
@@ -567,113 +350,3 @@ def aggregate_by_horizon(
         else:
             result[label] = values.index_select(-1, positions.to(values.device)).mean(dim=-1)
     return result
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-class EnsembleStatistics:
-    r"""Streaming sufficient statistics of an ensemble, for members that arrive in blocks.
-
-    Holds :math:`K`, :math:`\sum_k v_k`, :math:`\sum_k v_k^2` and :math:`\sum_k P(v_k)` (the
-    members' isotropic power spectra), in float64, so that an ensemble too large for one
-    process is scored from its blocks: blocks are :meth:`add`-ed or :meth:`merge`-d (in a
-    fixed order, so the sums do not depend on how members were split) and the point scores
-    follow. Equal, up to rounding, to :func:`vrmse`, :func:`nrmse`, :func:`spread_skill` and
-    :func:`spectral_rmse` on the whole ensemble (the tests check it on random data).
-
-    :param spatial_dims: number of trailing spatial axes of the members.
-    """
-
-    def __init__(self, *, spatial_dims: int):
-        _spatial_axes(spatial_dims)
-        self.spatial_dims = spatial_dims
-        self.count = 0
-        self.sum: Tensor | None = None
-        self.sum_squares: Tensor | None = None
-        self.sum_spectra: Tensor | None = None
-
-    def add(self, members: Tensor) -> EnsembleStatistics:
-        """Add a block of members ``(k, ..., C, *spatial)``; returns ``self``."""
-        members = _f64(members)
-        _, spectra = isotropic_power_spectrum(members, spatial_dims=self.spatial_dims)
-        return self._accumulate(members.shape[0], members.sum(0), members.square().sum(0), spectra.sum(0))
-
-    def merge(self, other: EnsembleStatistics) -> EnsembleStatistics:
-        """Add the statistics of another block; returns ``self``."""
-        if other.spatial_dims != self.spatial_dims:
-            raise ValueError("cannot merge statistics of different spatial dimensions")
-        if other.count == 0:
-            return self
-        return self._accumulate(other.count, other.sum, other.sum_squares, other.sum_spectra)
-
-    def _accumulate(self, count: int, total: Tensor, squares: Tensor, spectra: Tensor) -> EnsembleStatistics:
-        if self.count == 0:
-            self.sum, self.sum_squares, self.sum_spectra = total.clone(), squares.clone(), spectra.clone()
-        else:
-            if total.shape != self.sum.shape:
-                raise ValueError(
-                    f"block of shape {tuple(total.shape)} does not match {tuple(self.sum.shape)}"
-                )
-            self.sum += total
-            self.sum_squares += squares
-            self.sum_spectra += spectra
-        self.count += int(count)
-        return self
-
-    def to_dict(self) -> dict:
-        """Plain numpy arrays (for Ray transfer); inverse of :meth:`from_dict`."""
-        return {
-            "count": self.count,
-            "spatial_dims": self.spatial_dims,
-            "sum": self.sum.numpy(),
-            "sum_squares": self.sum_squares.numpy(),
-            "sum_spectra": self.sum_spectra.numpy(),
-        }
-
-    @classmethod
-    def from_dict(cls, state: dict) -> EnsembleStatistics:
-        stats = cls(spatial_dims=int(state["spatial_dims"]))
-        return stats._accumulate(
-            int(state["count"]),
-            _f64(torch.from_numpy(np.asarray(state["sum"]))),
-            _f64(torch.from_numpy(np.asarray(state["sum_squares"]))),
-            _f64(torch.from_numpy(np.asarray(state["sum_spectra"]))),
-        )
-
-    def _check(self, truth: Tensor) -> Tensor:
-        if self.count == 0:
-            raise ValueError("no members were added")
-        truth = _f64(truth)
-        if truth.shape != self.sum.shape:
-            raise ValueError(
-                f"truth of shape {tuple(truth.shape)} for members of shape {tuple(self.sum.shape)}"
-            )
-        return truth
-
-    def mean(self) -> Tensor:
-        r"""The ensemble mean :math:`\bar v`, ``(..., C, *spatial)``."""
-        return self.sum / self.count
-
-    def vrmse(self, truth: Tensor, *, eps: float = 1e-6) -> Tensor:
-        """:func:`vrmse` of the ensemble mean, ``(..., C)``."""
-        return vrmse(self.mean(), self._check(truth), spatial_dims=self.spatial_dims, eps=eps)
-
-    def nrmse(self, truth: Tensor, *, eps: float = 1e-6) -> Tensor:
-        """:func:`nrmse` of the ensemble mean, ``(..., C)``."""
-        return nrmse(self.mean(), self._check(truth), spatial_dims=self.spatial_dims, eps=eps)
-
-    def spread_skill(self, truth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        r""":func:`spread_skill` from the moments: :math:`\frac1K\sum_k (v_k - \bar v)^2 =
-        \frac1K\sum_k v_k^2 - \bar v^2` (clamped at 0 against rounding)."""
-        truth = self._check(truth)
-        axes = _spatial_axes(self.spatial_dims)
-        mean = self.mean()
-        deviation = (self.sum_squares / self.count - mean.square()).clamp_min(0).mean(dim=axes)
-        skill = (truth - mean).square().mean(dim=axes).sqrt()
-        return _spread_skill_ratio(deviation, skill, members=self.count)
-
-    def spectral_rmse(self, truth: Tensor) -> dict[str, Tensor]:
-        """:func:`spectral_rmse` of the ensemble (mean of the members' spectra)."""
-        k, p_u = isotropic_power_spectrum(self._check(truth), spatial_dims=self.spatial_dims)
-        return _band_errors(k, self.sum_spectra / self.count, p_u)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.entities import Metric
 
-from lolaray.evaluation import report
+from lolaray.evaluation import figures, report, tables
 from lolaray.evaluation.aggregation import METRICS, SEMD_FIELD
 from lolaray.evaluation.animation import animation_html, write_rollout_animation
 from lolaray.evaluation.rollout import lead_times
@@ -97,31 +97,35 @@ def write_outputs(
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
     table_rows = [r for r in rows if r["reference"] == "absolute" and r["context"] == "all"]
-    tables = [
-        report.metric_table(table_rows, metric=m, columns=summary["horizons"])
+    metric_tables = [
+        tables.metric_table(table_rows, metric=m, columns=summary["horizons"])
         for m in METRICS
         if m not in ("spread", "skill")  # their ratio stands for them in the text table
     ]
-    (folder / "table.txt").write_text("\n\n".join(f"## {t.metric}\n\n{t.to_text()}" for t in tables) + "\n")
+    (folder / "table.txt").write_text(
+        "\n\n".join(f"## {t.metric}\n\n{t.to_text()}" for t in metric_tables) + "\n"
+    )
 
     absolute = [r for r in per_lead if r["reference"] == "absolute"]
-    figures = {
-        "vrmse_vs_lead": report.metric_vs_lead_figure(absolute, metric="vrmse", title="VRMSE vs lead time"),
-        "spread_skill_vs_lead": report.spread_skill_figure(absolute),
-        "crps_vs_lead": report.metric_vs_lead_figure(absolute, metric="crps", title="Fair CRPS vs lead time"),
+    plots = {
+        "vrmse_vs_lead": figures.metric_vs_lead_figure(absolute, metric="vrmse", title="VRMSE vs lead time"),
+        "spread_skill_vs_lead": figures.spread_skill_figure(absolute),
+        "crps_vs_lead": figures.metric_vs_lead_figure(
+            absolute, metric="crps", title="Fair CRPS vs lead time"
+        ),
     }
     if summary["config"]["members"] > 1:
-        figures["coverage_vs_lead"] = report.coverage_figure(absolute)
+        plots["coverage_vs_lead"] = figures.coverage_figure(absolute)
         ranks = [r for r in data.get("rank_histogram", []) if r["reference"] == "absolute"]
-        figures["rank_histogram"] = report.rank_histogram_figure(ranks)
+        plots["rank_histogram"] = figures.rank_histogram_figure(ranks)
     spectra = data["spectra"]
     names = list(data["field_names"])
     field = names.index(SEMD_FIELD) if SEMD_FIELD in names else 0
     if spectra["truth"]:
-        emulated = {f"{method} ÷{report.format_compression(rate)}": np.mean(spectra["emulated"], 0)[field]}
+        emulated = {f"{method} ÷{tables.format_compression(rate)}": np.mean(spectra["emulated"], 0)[field]}
         if spectra["truth_ae"]:
             emulated["autoencoder D(E(x))"] = np.mean(spectra["truth_ae"], 0)[field]
-        figures["power_spectra"] = report.power_spectrum_figure(
+        plots["power_spectra"] = figures.power_spectrum_figure(
             spectra["k"],
             np.mean(spectra["truth"], 0)[field],
             emulated,
@@ -135,7 +139,7 @@ def write_outputs(
             folder / SNAPSHOT_FILE, **_snapshot_excerpt(snapshot, names[field], field, data["stride"])
         )
         length = snapshot["truth"].shape[1]
-        figures["snapshots"] = report.snapshot_grid_figure(
+        plots["snapshots"] = figures.snapshot_grid_figure(
             snapshot["truth"][field],
             {"member 0": snapshot["member0"][field]},
             leads=lead_times(length, snapshot["context"], data["stride"]).tolist(),
@@ -159,7 +163,7 @@ def write_outputs(
     ]
     files += [folder / SNAPSHOT_FILE] if (folder / SNAPSHOT_FILE).exists() else []
     files += [animation] if animation is not None else []
-    for name, fig in figures.items():
+    for name, fig in plots.items():
         # plotly.js from its CDN: each inlined copy weighs ~4.8 MB, and report.html already
         # holds every figure with plotly.js inlined once (the offline, self-contained view).
         fig.write_html(folder / f"{name}.html", include_plotlyjs="cdn", include_mathjax=False)
@@ -177,8 +181,8 @@ def write_outputs(
     ]
     sections = [
         report.Section("Summary", lines),
-        report.Section("Tables (absolute, averaged over contexts)", tables),
-        report.Section("Figures", list(figures.values())),
+        report.Section("Tables (absolute, averaged over contexts)", metric_tables),
+        report.Section("Figures", list(plots.values())),
     ]
     if animation is not None:
         sections.append(
@@ -194,7 +198,7 @@ def write_outputs(
     files.append(
         report.write_html_report(
             folder / "report.html",
-            f"Evaluation: {method} ÷{report.format_compression(rate)}",
+            f"Evaluation: {method} ÷{tables.format_compression(rate)}",
             sections,
             description=f"contexts {summary['config']['contexts']}, members {summary['config']['members']}, "
             f"trajectories {summary['config']['trajectories']}",

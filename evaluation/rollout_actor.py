@@ -6,7 +6,7 @@ block)`` through ``ray.data.from_items → map_batches(RolloutActor, ActorPoolSt
 item it rolls out its block of members from the true states ``s .. s+c-1`` (encoded for
 latent emulators), member ``k`` seeded by (seed, trajectory, s, k) whatever the split,
 decodes in chunks, returns to physical units, and returns **sufficient statistics** of the
-block (:class:`~lolaray.evaluation.metrics.EnsembleStatistics`: :math:`K`,
+block (:class:`~lolaray.evaluation.ensemble_statistics.EnsembleStatistics`: :math:`K`,
 :math:`\sum_k v_k`, :math:`\sum_k v_k^2`, :math:`\sum_k` member power spectra; and the
 per-member SEMD / Wasserstein sums against the truth :math:`u = x` and the auto-encoded
 truth :math:`u_{ae} = D(E(x))`), the block size and the rollout wall time (decoding
@@ -33,14 +33,9 @@ import ray.data
 import torch
 
 from lolaray.evaluation.aggregation import SEMD_FIELD
-from lolaray.evaluation.metrics import (
-    VRMSE_EPS,
-    EnsembleStatistics,
-    ensemble_scores,
-    sliced_emd,
-    vrmse,
-    wasserstein_1d,
-)
+from lolaray.evaluation.distributions import sliced_emd, wasserstein_1d
+from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
+from lolaray.evaluation.metrics import VRMSE_EPS, ensemble_scores, vrmse
 from lolaray.evaluation.rollout import (
     decode_in_chunks,
     diffusion_step,

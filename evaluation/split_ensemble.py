@@ -2,7 +2,7 @@ r"""Probabilistic scores of an ensemble rolled out in member blocks, in bounded 
 
 Fair CRPS, interval coverage and the rank histogram
 (:func:`~lolaray.evaluation.metrics.ensemble_scores`) need every member at a point at
-once. Unlike the moments of :class:`~lolaray.evaluation.metrics.EnsembleStatistics` they
+once. Unlike the moments of :class:`~lolaray.evaluation.ensemble_statistics.EnsembleStatistics` they
 have no statistic that adds over member blocks: CRPS's pair term
 :math:`\sum_{k,j} |v_k - v_j|` pairs members of different blocks, and a quantile needs them
 all. They are, however, separate at every lead time, so an ensemble too large for one

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lolaray.evaluation import figures, report, tables
 from lolaray.evaluation import findings as paper_findings
-from lolaray.evaluation import report
 from lolaray.evaluation.animation import animation_html
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 
@@ -126,7 +126,7 @@ def _read_snapshot(store: ArtifactStore, artifact: Artifact) -> dict | None:
 def _guided_snapshot_figures(evaluations: Sequence[Evaluation]) -> list:
     """The Figure 6 analogue: per guided evaluation with snapshots, the truth, the unguided
     member 0 and the guided member 0 of the same emulator (same seeds, same trajectory)."""
-    figures = []
+    plots = []
     for guided in evaluations:
         guidance = guided.summary.get("config", {}).get("guidance")
         if not guidance or guided.snapshot is None:
@@ -142,9 +142,9 @@ def _guided_snapshot_figures(evaluations: Sequence[Evaluation]) -> list:
         if not twins:
             continue
         plain, snap = twins[0].snapshot, guided.snapshot
-        rate = report.format_compression(guided.summary["compression"])
-        figures.append(
-            report.snapshot_grid_figure(
+        rate = tables.format_compression(guided.summary["compression"])
+        plots.append(
+            figures.snapshot_grid_figure(
                 snap["truth"],
                 {"diffusion": plain["member0"], "guided diffusion": snap["member0"]},
                 leads=snap["leads"].tolist(),
@@ -154,7 +154,7 @@ def _guided_snapshot_figures(evaluations: Sequence[Evaluation]) -> list:
                 f" (observations: {guidance['operator']} ×{guidance['factor']}, σ_y={guidance['sigma_y']:g})",
             )
         )
-    return figures
+    return plots
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class StudyReport:
     """What :func:`write_study_report` wrote: the files and the tables (``print`` them)."""
 
     files: list[Path]
-    tables: dict[str, report.MetricTable]
+    tables: dict[str, tables.MetricTable]
     #: The paper's six findings tested on this study's numbers (``print(findings_text(...))``).
     findings: list[paper_findings.Finding] = field(default_factory=list)
 
@@ -174,7 +174,7 @@ def _animations(evaluations: Sequence[Evaluation]) -> list:
     for e in evaluations:
         if e.animation is None:
             continue
-        label = f"{e.summary['method']} ÷{report.format_compression(e.summary['compression'])}"
+        label = f"{e.summary['method']} ÷{tables.format_compression(e.summary['compression'])}"
         items.append(report.RawHTML(animation_html(e.animation, caption=label)))
     return items or ["no rollout animations (evaluations of 3-D data or from an older lolaray)"]
 
@@ -248,11 +248,11 @@ def write_study_report(
         for e in evaluations
     ]
 
-    table = lambda rows, metric, **kw: report.metric_table(
+    table = lambda rows, metric, **kw: tables.metric_table(
         rows, metric=metric, columns=kw.pop("columns", horizons), order=METHOD_ORDER, **kw
     )
     context_keys = ("method", "compression", "context", *(("steps",) if by_steps else ()))
-    tables = {
+    metric_tables = {
         "vrmse": table(recon + overall, "vrmse"),
         "context": table(per_context, "vrmse", row_keys=context_keys),
         "spread_skill": table([r for r in overall if r["method"] == "diffusion"], "spread_skill"),
@@ -274,22 +274,22 @@ def write_study_report(
     }
 
     files: list[Path] = []
-    for name, t in tables.items():
+    for name, t in metric_tables.items():
         (folder / f"study_{name}.csv").write_text(t.to_csv())
         (folder / f"study_{name}.txt").write_text(f"{captions[name]}\n\n{t.to_text()}\n")
         files += [folder / f"study_{name}.csv", folder / f"study_{name}.txt"]
 
-    figures = [
-        report.metric_vs_lead_figure(per_lead, metric="vrmse", title="VRMSE vs lead time", log_y=True),
-        report.spread_skill_figure([r for r in per_lead if r["method"] == "diffusion"]),
-        report.coverage_figure([r for r in per_lead if r["method"] == "diffusion"]),
-        report.metric_vs_lead_figure(
+    plots = [
+        figures.metric_vs_lead_figure(per_lead, metric="vrmse", title="VRMSE vs lead time", log_y=True),
+        figures.spread_skill_figure([r for r in per_lead if r["method"] == "diffusion"]),
+        figures.coverage_figure([r for r in per_lead if r["method"] == "diffusion"]),
+        figures.metric_vs_lead_figure(
             per_lead, metric="psrmse_high", title="Power-spectrum RMSE (high band) vs lead time", log_y=True
         ),
     ]
     if recon:
-        figures.insert(1, report.reconstruction_figure(recon))
-    figures += _guided_snapshot_figures(evaluations)
+        plots.insert(1, figures.reconstruction_figure(recon))
+    plots += _guided_snapshot_figures(evaluations)
     # The six findings, from the same rows as the tables (absolute reference).
     findings = paper_findings.assess_findings(recon + overall + per_context, horizons=horizons)
     (folder / "study_findings.csv").write_text(paper_findings.findings_csv(findings))
@@ -304,18 +304,18 @@ def write_study_report(
         ),
         report.Section(
             "Tables",
-            [report.RawHTML(t.to_html(caption=captions[name])) for name, t in tables.items()],
+            [report.RawHTML(t.to_html(caption=captions[name])) for name, t in metric_tables.items()],
         ),
-        report.Section("Figures", figures),
+        report.Section("Figures", plots),
         report.Section("Rollouts", _animations(evaluations)),
         report.Section(
             "Evaluations",
             [
-                f"{e.summary['method']} ÷{report.format_compression(e.summary['compression'])}"
+                f"{e.summary['method']} ÷{tables.format_compression(e.summary['compression'])}"
                 f" (steps {e.steps}): {e.artifact.uri}"
                 for e in evaluations
             ],
         ),
     ]
     files.append(report.write_html_report(folder / "study.html", title, sections, description=description))
-    return StudyReport(files=files, tables=tables, findings=findings)
+    return StudyReport(files=files, tables=metric_tables, findings=findings)

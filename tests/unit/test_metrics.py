@@ -9,20 +9,10 @@ import scipy.stats
 import torch
 from the_well.benchmark.metrics import NRMSE, RMSE, VRMSE
 
-from lolaray.evaluation import aggregation, metrics, split_ensemble
-from lolaray.evaluation.metrics import (
-    aggregate_by_horizon,
-    band_edges,
-    horizon_slices,
-    isotropic_power_spectrum,
-    nrmse,
-    rmse,
-    sliced_emd,
-    spectral_rmse,
-    spread_skill,
-    vrmse,
-    wasserstein_1d,
-)
+from lolaray.evaluation import aggregation, distributions, ensemble_statistics, metrics, split_ensemble
+from lolaray.evaluation.distributions import sliced_emd, wasserstein_1d
+from lolaray.evaluation.metrics import aggregate_by_horizon, horizon_slices, nrmse, rmse, spread_skill, vrmse
+from lolaray.evaluation.spectra import band_edges, isotropic_power_spectrum, spectral_rmse
 
 
 def _random(*shape, seed=0):
@@ -261,7 +251,7 @@ def test_sliced_emd_matches_scipy():
     scale = truth.numpy().std(ddof=1)
     cloud_v = np.stack([xs.ravel(), ys.ravel(), pred.numpy().ravel() / scale], axis=1)
     cloud_u = np.stack([xs.ravel(), ys.ravel(), truth.numpy().ravel() / scale], axis=1)
-    directions = metrics._unit_directions(n_projections, seed=3).numpy()
+    directions = distributions._unit_directions(n_projections, seed=3).numpy()
     np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0)
     expected = np.mean([scipy.stats.wasserstein_distance(cloud_v @ d, cloud_u @ d) for d in directions])
     assert ours.item() == pytest.approx(expected, rel=1e-12)
@@ -410,12 +400,14 @@ def test_ensemble_scores_of_a_single_member():
 def test_streaming_statistics_equal_reference_functions(split, spatial_dims):
     ensemble = 1.5 + _random(6, 5, 2, *[12] * spatial_dims, seed=11)  # (K, L, C, *spatial)
     truth = _random(5, 2, *[12] * spatial_dims, seed=12)
-    stats = metrics.EnsembleStatistics(spatial_dims=spatial_dims)
+    stats = ensemble_statistics.EnsembleStatistics(spatial_dims=spatial_dims)
     start = 0
     for size in split:
-        block = metrics.EnsembleStatistics(spatial_dims=spatial_dims).add(ensemble[start : start + size])
+        block = ensemble_statistics.EnsembleStatistics(spatial_dims=spatial_dims).add(
+            ensemble[start : start + size]
+        )
         # Through the numpy form the Ray actors return.
-        stats.merge(metrics.EnsembleStatistics.from_dict(block.to_dict()))
+        stats.merge(ensemble_statistics.EnsembleStatistics.from_dict(block.to_dict()))
         start += size
     assert stats.count == 6
     for got, expected in zip(
@@ -430,7 +422,7 @@ def test_streaming_statistics_equal_reference_functions(split, spatial_dims):
 
 
 def test_streaming_statistics_reject_mismatched_blocks():
-    stats = metrics.EnsembleStatistics(spatial_dims=2).add(_random(2, 3, 8, 8))
+    stats = ensemble_statistics.EnsembleStatistics(spatial_dims=2).add(_random(2, 3, 8, 8))
     with pytest.raises(ValueError, match="does not match"):
         stats.add(_random(2, 3, 8, 4))
     with pytest.raises(ValueError, match="truth of shape"):
@@ -441,7 +433,7 @@ def test_streaming_vrmse_under_the_well_convention_agrees_with_the_well():
 
     ensemble = _random(4, 2, 3, 16, 16, seed=13)  # (K, T, C, H, W)
     truth = _random(2, 3, 16, 16, seed=14)
-    stats = metrics.EnsembleStatistics(spatial_dims=2).add(ensemble[:1]).add(ensemble[1:])
+    stats = ensemble_statistics.EnsembleStatistics(spatial_dims=2).add(ensemble[:1]).add(ensemble[1:])
     ours = stats.vrmse(truth, eps=metrics.VRMSE_EPS["well"])
     mean_last, truth_last = ensemble.mean(0).movedim(-3, -1), truth.movedim(-3, -1)
     theirs = VRMSE.eval(mean_last[None], truth_last[None], types.SimpleNamespace(n_spatial_dims=2))[0]
@@ -467,7 +459,7 @@ def test_the_evaluation_stage_aggregation_equals_reference_functions(split, tmp_
                 "count": size,
                 "seconds": 1.0,
                 "warmup": False,
-                "moments": metrics.EnsembleStatistics(spatial_dims=2).add(members).to_dict(),
+                "moments": ensemble_statistics.EnsembleStatistics(spatial_dims=2).add(members).to_dict(),
                 "absolute": {"wasserstein": (wasserstein_1d(members, truth, spatial_dims=2) * size).numpy()},
             }
         )

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from lolaray.evaluation.metrics import EnsembleStatistics, vrmse
+from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
+from lolaray.evaluation.metrics import vrmse
 from lolaray.evaluation.rollout_actor import RolloutActor
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.embedded import EmbeddedPreset, generate_dataset

@@ -24,27 +24,31 @@ from browser import _chromium_executable, assert_page_ok
 from PIL import Image
 
 from lolaray.evaluation.animation import animation_html, write_rollout_animation
-from lolaray.evaluation.headline import headline_metrics
-from lolaray.evaluation.metrics import isotropic_power_spectrum
-from lolaray.evaluation.report import (
-    MetricTable,
-    RawHTML,
-    Section,
+from lolaray.evaluation.figures import (
     coverage_figure,
-    format_compression,
-    horizon_title,
-    metric_table,
     metric_vs_lead_figure,
     power_spectrum_figure,
     rank_histogram_figure,
     reconstruction_figure,
     snapshot_grid_figure,
     spread_skill_figure,
+)
+from lolaray.evaluation.headline import headline_metrics
+from lolaray.evaluation.report import (
+    RawHTML,
+    Section,
     write_figure_html,
     write_html_report,
 )
 from lolaray.evaluation.rollout import lead_times
+from lolaray.evaluation.spectra import isotropic_power_spectrum
 from lolaray.evaluation.study import Evaluation, write_study_report
+from lolaray.evaluation.tables import (
+    MetricTable,
+    format_compression,
+    horizon_title,
+    metric_table,
+)
 from lolaray.platform.artifacts import Artifact
 
 # ------------------------------------------------------------------ synthetic study

@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lolaray.evaluation.rollout import rollout_steps
 from lolaray.platform.data import DatasetInfo, locate_dataset, read_dataset_info
+from lolaray.platform.dataset_specs import spec_from_args
 from lolaray.platform.embedded import EMBEDDED_PRESETS
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.sweeps.chain import Profile
@@ -769,6 +770,7 @@ def print_plan(
     assumptions = {"gpu": gpu, "peak_tflops": args.plan_peak_tflops, "utilisation": args.plan_utilisation}
     try:
         info, trajectories = plan_dataset(args.dataset or profile.dataset, data_root=args.data_root)
+        profile = profile.for_dataset(spec_from_args(args, info))  # the stride and window it would train
         if contexts is None:
             plan = plan_study(
                 profile,

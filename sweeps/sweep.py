@@ -33,7 +33,8 @@ import ray.tune
 from lolaray.evaluation.headline import log_headline_metrics
 from lolaray.evaluation.study import load_evaluations, write_study_report
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
-from lolaray.platform.data import locate_dataset
+from lolaray.platform.data import locate_dataset, read_dataset_info
+from lolaray.platform.dataset_specs import spec_from_args
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.platform.stages import add_stage_arguments
 from lolaray.platform.tracking import ensure_experiment, open_client, stage_run, tracking_uri
@@ -95,13 +96,17 @@ def check_mlflow(uri: str, *, timeout: float = 10.0) -> None:
 def check_inputs(args: argparse.Namespace, *, default_dataset: str) -> tuple[ArtifactStore, str, str]:
     """Validate a sweep's inputs before any work: ``(store, tracking URI, dataset)``.
 
-    :raises SweepInputError: unknown dataset, store without write permission, unreachable MLflow.
+    :raises SweepInputError: unknown dataset, a folder whose trajectories cannot hold the
+        window (``--stride``/``--window``/``--horizons``), store without write permission,
+        unreachable MLflow.
     """
 
     dataset = args.dataset or default_dataset
     try:
-        locate_dataset(dataset, data_root=args.data_root)
-    except (ValueError, FileNotFoundError) as error:
+        kind, location = locate_dataset(dataset, data_root=args.data_root)
+        if kind == "root":  # headers only: a window the folder cannot hold fails here, not after Ray
+            spec_from_args(args, read_dataset_info(location))
+    except (ValueError, FileNotFoundError) as error:  # DatasetSpecError, DatasetFormatError among them
         raise SweepInputError(str(error)) from error
     try:
         store = ArtifactStore(args.store)

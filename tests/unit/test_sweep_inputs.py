@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from wellfiles import make_tiny_dataset
 
 from lolaray.sweeps import compression, context
 from lolaray.sweeps.sweep import SweepInputError, check_mlflow, default_concurrency
@@ -111,3 +112,26 @@ def test_check_mlflow_accepts_a_local_store(tmp_path):
 )
 def test_default_concurrency(resources, workers, expected):
     assert default_concurrency(resources, workers) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--stride", "4"],
+            "spans 17 steps, longer than its shortest trajectory (12 steps); pass --stride 2",
+        ),
+        (["--window", "13"], "pass --window 12 --stride 1"),
+        (["--horizons", "1:8,4:10"], "--horizons must be increasing, non-overlapping"),
+        (["--starts", "-1"], "--starts must be >= 0"),
+    ],
+)
+def test_a_folder_that_cannot_hold_the_window_is_refused_before_work(
+    argv, message, ok_args, capsys, tmp_path
+):
+    """An unseen folder of 12 snapshots (the 3-D folder of issue 16 was this short): its
+    inferred stride fits, an override that does not names the option to change."""
+    folder = make_tiny_dataset(tmp_path / "short", res=8, steps=12)
+    status, err = _run(compression.main, ok_args + ["--dataset", str(folder), *argv], capsys, tmp_path)
+    assert status == 2 and "compression.py: error:" in err and message in err, err
+    assert not (tmp_path / "store").exists() and not (tmp_path / "m.db").exists()

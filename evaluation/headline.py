@@ -16,13 +16,14 @@ compression rate won". Metric parts keep the evaluation's shared names
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mlflow.entities import Metric
+
+from lolaray.evaluation.tables import finite_or_none
 
 __all__ = ["HEADLINE_METRICS", "headline_metrics", "log_headline_metrics"]
 
@@ -45,14 +46,6 @@ def _shared_name(metric: str) -> str:
     return metric.replace("psrmse_", "psrmse/")
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def headline_metrics(evaluations: Iterable[Any]) -> dict[str, float]:
     """The headline metrics of the study's evaluations.
 
@@ -71,14 +64,14 @@ def headline_metrics(evaluations: Iterable[Any]) -> dict[str, float]:
             if row.get("reference") != "absolute" or str(row.get("context")) != "all":
                 continue
             for name, lower_is_better in HEADLINE_METRICS.items():
-                value = _finite(row.get(name))
+                value = finite_or_none(row.get(name))
                 if value is None:
                     continue
                 metrics[f"{prefix}/{_shared_name(name)}/{row['horizon']}"] = value
                 if lower_is_better:
                     candidates.setdefault((method, name, row["horizon"]), []).append((value, rate))
         for name in ("infer_ms_per_state", "recon_vrmse"):
-            if (value := _finite(summary.get(name))) is not None:
+            if (value := finite_or_none(summary.get(name))) is not None:
                 metrics[f"{prefix}/{name}"] = value
     for (method, name, horizon), scored in candidates.items():
         if len({rate for _, rate in scored}) > 1:

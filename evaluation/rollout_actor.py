@@ -89,7 +89,6 @@ class RolloutActor:
         vrmse_eps: float = VRMSE_EPS["lola"],
         scratch: str | None = None,
     ):
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.emulator, self.config = load_emulator(emulator_dir)
         self.emulator.to(self.device)

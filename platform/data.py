@@ -114,7 +114,6 @@ class DatasetInfo:
 
 
 def _well_dataset_names() -> tuple[str, ...]:
-
     return tuple(WELL_DATASETS)
 
 

@@ -338,6 +338,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # Run the installed module's main, so Tune ships trial functions by reference to
+    # lolaray.sweeps.context rather than pickling this script's __main__ by value.
     from lolaray.sweeps.context import main as _main
 
     sys.exit(_main())

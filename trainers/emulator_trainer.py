@@ -117,7 +117,6 @@ class EmulatorTask:
     """Windows (latent: from the cache's Ray Data stream; pixel: from the files) and the objective."""
 
     def __init__(self, cfg: dict):
-
         self.cfg = cfg
         self.config = EmulatorConfig.from_dict(cfg["config"])
         self.state_shape, self.theta_dim = tuple(cfg["state_shape"]), cfg["theta_dim"]

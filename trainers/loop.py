@@ -201,7 +201,6 @@ def endless_batches(
 
 
 def _world() -> tuple[int, int]:
-
     context = ray.train.get_context()
     return context.get_world_rank(), context.get_world_size()
 

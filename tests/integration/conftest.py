@@ -10,7 +10,6 @@ from lolaray.platform.session import start_ray
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix-socket paths are length-limited
     resources = start_ray(num_cpus=4, object_store_memory=512 * 1024**2, temp_dir=temp_dir)
     ctx = ray.data.DataContext.get_current()

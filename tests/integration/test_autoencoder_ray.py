@@ -31,7 +31,6 @@ def config(**loop):
 
 
 def test_two_workers_log_to_mlflow_and_the_model_reloads(ray_cluster, tiny, local_stage, mlflow_uri):
-
     artifact = train_autoencoder(config(), tiny, local_stage.replace(scaling=TWO_WORKERS))
     assert artifact.manifest["optimizer_steps"] == 9
     client = MlflowClient(mlflow_uri)

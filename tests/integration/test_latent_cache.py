@@ -121,7 +121,6 @@ def test_windows_stay_inside_trajectories(ray_cluster, setup):
 
 
 def test_two_train_workers_see_disjoint_shards(ray_cluster, setup, tmp_path):
-
     def _consume(config):  # defined here so that it pickles by value: workers cannot import tests
         import ray.train
 

@@ -129,7 +129,6 @@ def test_the_study_table_has_the_rows_of_table_6(swept):
 
 
 def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
-
     page = swept["resumed"].study.path / "study.html"
     # VRMSE vs lead, reconstruction vs compression, spread-skill, coverage, high-band spectral error
     result = chromium.load(page, expected_figures=5)
@@ -144,7 +143,10 @@ def test_two_studies_at_once_on_a_fresh_folder_equal_the_resumed_sweep(swept, da
     it; and these uninterrupted runs give the artifacts and metrics of the sweep that was
     killed before its last stage and resumed."""
     command = [sys.executable, str(STUDY), "--profile", "smoke", "--latent-channels", "16", "--no-pixel"]
-    env = {**os.environ, "LOLARAY_DATA_DIR": str(data_cache)}
+    # The defaults, not a database an earlier test left in MLFLOW_TRACKING_URI (MLflow's
+    # set_tracking_uri exports it to the environment of the process that logged a model).
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["LOLARAY_DATA_DIR"] = str(data_cache)
     logs = [tmp_path / f"study-{i}.log" for i in range(2)]
     studies = []
     for log in logs:

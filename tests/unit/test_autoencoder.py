@@ -417,7 +417,6 @@ def test_rejects_unknown_preset_and_optimizer():
 
 
 def test_psgd_settings_step_time_and_state_dict():
-
     model = build_autoencoder("smoke", pixel_channels=5, latent_channels=4, dropout=0.0)
     optimizer = build_optimizer(model.parameters(), name="psgd", lr=1e-3)
     assert isinstance(optimizer, heavyball.PSGDKron)

@@ -28,7 +28,6 @@ def config(**loop_kwargs):
 
 
 def test_trains_logs_and_reuses(tiny, local_stage, tmp_path, mlflow_uri, monkeypatch):
-
     threads = torch.get_num_threads()
     artifact = train_autoencoder(config(), tiny, local_stage)
     # Local mode trains in this process and must leave its thread count alone.
@@ -67,7 +66,6 @@ def test_nonfinite_steps_are_skipped_and_counted(tiny, local_stage, tmp_path, ml
 
 
 def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, local_stage, tmp_path, mlflow_uri):
-
     cfg = config(fault=FaultInjection(nonfinite_steps=(4, 5, 6)), max_nonfinite_in_a_row=3)
     with pytest.raises(NonFiniteTrainingError, match="3 consecutive steps had a non-finite loss"):
         train_autoencoder(cfg, tiny, local_stage)

@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def schema():
-
     return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 
 
@@ -23,7 +22,6 @@ def load():
 
 
 def test_cluster_yaml_is_valid():
-
     config = load()
     jsonschema.validate(config, schema())
     validate_config(prepare_config(copy.deepcopy(config)))  # provider defaults + cross-field checks

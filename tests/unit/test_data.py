@@ -32,7 +32,6 @@ def tiny_root(tmp_path):
 
 
 def test_the_well_reads_our_files(tiny_root):
-
     ds = WellDataset(path=str(tiny_root / "data" / "train"), n_steps_input=4, n_steps_output=1)
     assert ds.metadata.field_names[0] == ["energy", "density", "pressure"]
     assert ds.metadata.field_names[1] == ["momentum_x", "momentum_y"]
@@ -138,7 +137,6 @@ def test_nan_in_a_field(tiny_root):
 
 
 def test_stats_yaml_matches_numpy(tiny_root):
-
     stats = yaml.safe_load((tiny_root / "stats.yaml").read_text())
     assert set(stats) == {"mean", "std", "rms", "mean_delta", "std_delta", "rms_delta"}
     values, momenta = [], []

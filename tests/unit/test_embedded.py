@@ -18,7 +18,6 @@ VECTOR_AXIS = (None, None, None, 0, 1)
 
 
 def test_smoke_dataset_layout_and_the_well_loader(smoke_dataset):
-
     info = smoke_dataset
     assert info.name == "euler_quadrants"
     assert info.field_names == ("energy", "density", "pressure", "momentum_x", "momentum_y")
@@ -41,7 +40,6 @@ def test_smoke_dataset_layout_and_the_well_loader(smoke_dataset):
 
 
 def test_statistics_are_of_the_order_of_the_wells_euler(smoke_dataset):
-
     stats = yaml.safe_load(Path(smoke_dataset.root, "stats.yaml").read_text())
     # The Well (open / periodic): density 0.90 ± 0.6, pressure 0.9 ± 0.8, energy 3.0 ± 3.2, momentum std ~0.5.
     assert 0.45 < stats["mean"]["density"] < 1.8 and 0.3 < stats["std"]["density"] < 1.2

@@ -233,7 +233,6 @@ def test_mmps_through_a_decoder_in_2d_and_3d(preset, spatial, operator):
 
 
 def test_command_line_guidance_options_match_the_operators_and_solvers():
-
     assert set(OPERATOR_NAMES) == set(OPERATORS) and set(SOLVER_NAMES) == set(SOLVERS)
     parser = argparse.ArgumentParser()
     add_guidance_arguments(parser, what="guide")

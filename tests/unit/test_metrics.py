@@ -56,7 +56,6 @@ def test_predicting_spatial_mean_gives_vrmse_just_below_one():
 
 
 def test_pointwise_metrics_agree_with_the_well():
-
     meta = types.SimpleNamespace(n_spatial_dims=2)
     # the_well is channels-last (B, T, H, W, C); its eps is fixed at 1e-7.
     pred_last = _random(2, 3, 16, 24, 4, seed=1)
@@ -81,7 +80,6 @@ def test_pointwise_metrics_agree_with_the_well():
 
 
 def test_vrmse_3d_agrees_with_the_well():
-
     pred_last = _random(2, 8, 10, 12, 3, seed=3)
     truth_last = _random(2, 8, 10, 12, 3, seed=4)
     ours = vrmse(pred_last.movedim(-1, -4), truth_last.movedim(-1, -4), spatial_dims=3, eps=1e-7)
@@ -430,7 +428,6 @@ def test_streaming_statistics_reject_mismatched_blocks():
 
 
 def test_streaming_vrmse_under_the_well_convention_agrees_with_the_well():
-
     ensemble = _random(4, 2, 3, 16, 16, seed=13)  # (K, T, C, H, W)
     truth = _random(2, 3, 16, 16, seed=14)
     stats = ensemble_statistics.EnsembleStatistics(spatial_dims=2).add(ensemble[:1]).add(ensemble[1:])

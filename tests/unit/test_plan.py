@@ -220,7 +220,6 @@ def test_plan_rejects_a_bad_utilisation():
 
 
 def test_context_sweep_plan_counts_one_evaluation_per_emulator_context_and_steps(capsys):
-
     profile = PROFILES["smoke"]
     info, trajectories = plan_dataset(profile.dataset)
     plan = plan_context_sweep(profile, info, (4,), contexts=(1, 2), steps=(4, 8), trajectories=trajectories)

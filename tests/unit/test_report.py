@@ -350,7 +350,6 @@ def test_metric_table_type_is_exported():
 
 
 def test_coverage_and_rank_histogram_figures():
-
     rows = [
         {"method": "diffusion", "compression": 64, "lead": lead, "coverage_50": 0.4, "coverage_90": 0.8}
         for lead in (2, 4, 6)
@@ -374,7 +373,6 @@ def test_coverage_and_rank_histogram_figures():
 
 @pytest.mark.parametrize("shape", [(5, 8, 8), (3, 6, 6, 4)], ids=["2d", "3d"])
 def test_rollout_animation_opens_with_one_frame_per_state(tmp_path, shape):
-
     rng = np.random.default_rng(0)
     truth = rng.normal(size=shape)
     # Two identical consecutive states must still be two frames.
@@ -390,7 +388,6 @@ def test_rollout_animation_opens_with_one_frame_per_state(tmp_path, shape):
 
 
 def test_headline_metrics_per_method_and_rate_with_the_best_rate():
-
     def evaluation(method, rate, vrmse):
         rows = [
             {
@@ -426,7 +423,6 @@ def test_headline_metrics_per_method_and_rate_with_the_best_rate():
 
 
 def test_study_report_shows_crps_coverage_and_rollouts(tmp_path):
-
     horizons = ["lead_1-20", "lead_21-60"]
     gif = write_rollout_animation(tmp_path / "r.gif", {"truth": np.zeros((3, 4, 4))}).read_bytes()
 

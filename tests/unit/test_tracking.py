@@ -22,7 +22,6 @@ def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
 
 
 def test_experiments_are_model_training_experiments(tmp_path):
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     created = ensure_experiment("fresh", uri=uri)

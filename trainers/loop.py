@@ -278,21 +278,34 @@ def _state_to_resume(run_storage: str | None, world: int) -> dict | None:
     return read_state(filesystem, choice[0])
 
 
-def _mlflow_logger(run_id: str | None, tracking_uri: str | None):
-    """``log(metrics, step)`` into the driver's MLflow run (rank 0 only), or a no-op."""
-    if run_id is None:
-        return lambda metrics, step: None
+class _RunLogger:
+    """Logs epoch metrics into the driver's MLflow run (rank 0 only); a no-op without a run."""
 
-    client = MlflowClient(tracking_uri)
+    def __init__(self, run_id: str | None, tracking_uri: str | None):
+        self.run_id = run_id
+        self.client = None if run_id is None else MlflowClient(tracking_uri)
 
-    def log(metrics: dict, step: int) -> None:
+    def __call__(self, metrics: dict, step: int) -> None:
+        if self.client is None:
+            return
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)
         ]
-        client.log_batch(run_id, metrics=batch)
+        self.client.log_batch(self.run_id, metrics=batch)
 
-    return log
+    def catch_up(self, metrics: dict | None, step: int) -> None:
+        """Log a resumed checkpoint's epoch ``metrics`` unless the run already holds ``step``.
+
+        Rank 0 logs an epoch only after marking its checkpoint complete; a worker group torn
+        down between the two leaves a checkpoint the restart resumes from whose metrics were
+        never logged. Checking the history keeps each epoch logged exactly once.
+        """
+        if self.client is None or not metrics:
+            return
+        history = self.client.get_metric_history(self.run_id, "train/optimizer_steps")
+        if all(m.step != step for m in history):
+            self(metrics, step)
 
 
 def run_training(
@@ -346,8 +359,9 @@ def run_training(
         if len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank])
 
-    log = _mlflow_logger(mlflow_run_id if rank == 0 else None, tracking_uri)
+    log = _RunLogger(mlflow_run_id if rank == 0 else None, tracking_uri)
     if state is not None:
+        log.catch_up(state.get("metrics"), step)
         log({"train/resumed_from_step": step}, step)
     fault = loop.fault
     params = [p for p in core.parameters() if p.requires_grad]
@@ -456,6 +470,7 @@ def run_training(
                     "resumes": resumes,
                     "rng": rng_states,
                     "loop": loop.to_dict(),
+                    "metrics": metrics,  # logged by a restart if this process dies before logging them
                 },
                 os.path.join(folder, STATE_FILE),
             )

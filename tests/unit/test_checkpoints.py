@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pyarrow.fs as pafs
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from lolaray.trainers.checkpoints import (
     COMPLETE_MARKER,
@@ -17,6 +18,7 @@ from lolaray.trainers.checkpoints import (
     run_folder,
     run_uri,
 )
+from lolaray.trainers.loop import _RunLogger
 
 
 @pytest.fixture
@@ -89,3 +91,19 @@ def test_run_uri_is_absolute_for_a_relative_folder_and_kept_for_a_uri(tmp_path, 
     assert run_uri("store/_train_runs", "x") == f"{tmp_path}/store/_train_runs/x"
     assert run_uri("s3://bucket/store/", "x") == "s3://bucket/store/x"
     assert isinstance(run_folder(run_uri("store", "x"))[0], pafs.LocalFileSystem)
+
+
+def test_a_restart_logs_the_resumed_epoch_once_when_the_dead_group_never_did(mlflow_uri):
+    """The group can die after marking a checkpoint complete and before logging its epoch:
+    the restart logs that epoch, and a second restart from the same checkpoint does not."""
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("catch-up")).info.run_id
+    log = _RunLogger(run_id, mlflow_uri)
+    epoch = {"train/optimizer_steps": 3, "train/loss": 0.5}
+    log.catch_up(epoch, 3)
+    log.catch_up(epoch, 3)
+    log({"train/optimizer_steps": 6}, 6)
+    assert [m.step for m in client.get_metric_history(run_id, "train/optimizer_steps")] == [3, 6]
+    assert [m.value for m in client.get_metric_history(run_id, "train/loss")] == [0.5]
+    _RunLogger(None, None).catch_up(epoch, 3)  # ranks other than 0: a no-op

@@ -37,7 +37,13 @@ from lolaray.platform.embedded import (
     data_cache_dir,
     ensure_embedded_dataset,
 )
-from lolaray.platform.preprocessing import KNOWN_PREPROCESSING, Standardizer, fit_standardizer
+from lolaray.platform.preprocessing import (
+    KNOWN_PREPROCESSING,
+    Standardizer,
+    ThetaStandardizer,
+    fit_standardizer,
+    fit_theta_standardizer,
+)
 from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_split, filesystem
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "open_dataset",
     "ray_dataset",
     "standardizer_for",
+    "theta_standardizer_for",
 ]
 
 SPLITS = ("train", "valid", "test")
@@ -95,6 +102,13 @@ class DatasetInfo:
     def state_shape(self) -> tuple[int, ...]:
         """Channels-first shape of one state, ``(C, *spatial)``."""
         return (self.n_fields, *self.resolution)
+
+    def parameter_samples(self, split: str = "train") -> np.ndarray:
+        """The parameters of every trajectory of ``split``, ``(trajectories, parameters)``
+        (each file holds one parameter set for all its trajectories)."""
+        layout = self.splits[split]
+        rows = [values for values, n in zip(layout.parameter_values, layout.n_trajectories) for _ in range(n)]
+        return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.parameter_names))
 
     def boundary_codes(self, split: str) -> list[tuple[str, ...]]:
         """Per file of ``split``, the boundary type of each axis (e.g. ``("PERIODIC", "PERIODIC")``)."""
@@ -366,6 +380,22 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
         except OSError:
             continue
     return fitted
+
+
+def theta_standardizer_for(info: DatasetInfo, log_parameters: Sequence[str]) -> ThetaStandardizer:
+    """How the emulators standardize θ on ``info``: ``log_parameters`` as logarithms, the
+    statistics over the train split's trajectories (read from the file headers).
+
+    :raises ValueError: a name of ``log_parameters`` is not a parameter of the data, or a
+        logged parameter is ``<= 0`` on the train split (:func:`~lolaray.platform.dataset_specs.resolve_spec`
+        checks every split, naming the file).
+    """
+    return fit_theta_standardizer(
+        info.parameter_samples("train"),
+        parameter_names=info.parameter_names,
+        log_parameters=log_parameters,
+        boundary_codes=2 * info.n_spatial_dims,
+    )
 
 
 @functools.lru_cache(maxsize=8)

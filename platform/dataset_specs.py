@@ -56,7 +56,9 @@ class DatasetSpec:
         test trajectory).
     :param augmentations: those of :data:`AUGMENTATIONS` valid for the grid and its
         boundaries (no permutation on a non-square grid, no roll without a periodic axis).
-    :param log_parameters: constant scalars that enter θ as their natural logarithm.
+    :param log_parameters: constant scalars that enter θ as their natural logarithm (the
+        emulators standardize θ from the train split after it; see
+        :class:`~lolaray.platform.preprocessing.ThetaStandardizer`).
     :param compression_rates: the paper's rates, ``numel(x) / numel(z)`` (``()``: not set).
     :param spatial_downsample: the autoencoder's reduction per spatial axis in the paper.
     :param wasserstein_field: the field scored by a Wasserstein distance (paper Tables 11–13).
@@ -100,7 +102,8 @@ class DatasetSpec:
         return (
             f"dataset settings ({self.source}): stride {self.stride}, window {self.window} "
             f"(spans {self.span} steps), horizons {horizons}, starts {list(self.starts)}, "
-            f"augmentations {'/'.join(self.augmentations) or 'none'}"
+            f"augmentations {'/'.join(self.augmentations) or 'none'}, "
+            f"log parameters {', '.join(self.log_parameters) or 'none'}"
         )
 
 
@@ -182,12 +185,25 @@ def _valid_augmentations(info: DatasetInfo) -> tuple[str, ...]:
     return tuple(valid)
 
 
+def _inferred_log_parameters(info: DatasetInfo) -> tuple[str, ...]:
+    """The parameters positive in every file that span a decade or more over the train split."""
+    values = info.parameter_samples("train")
+    every = [v for layout in info.splits.values() for v in layout.parameter_values]
+    logged = []
+    for i, name in enumerate(info.parameter_names):
+        column = values[:, i]
+        if len(column) and all(v[i] > 0 for v in every) and column.max() >= 10 * column.min():
+            logged.append(name)
+    return tuple(logged)
+
+
 def infer_spec(info: DatasetInfo) -> DatasetSpec:
     """Defaults for a dataset the platform has no settings for, from its headers.
 
     The window keeps the paper's 5 states when it fits the shortest trajectory, at the
     largest stride up to :data:`MAX_INFERRED_STRIDE` that fits; a shorter folder gets a
-    shorter window at stride 1. Horizons split the rollout's lead times in thirds.
+    shorter window at stride 1. Horizons split the rollout's lead times in thirds. A
+    parameter positive everywhere and spanning a decade or more enters θ as a logarithm.
 
     :raises DatasetSpecError: the trajectories have fewer than 2 states.
     """
@@ -209,6 +225,7 @@ def infer_spec(info: DatasetInfo) -> DatasetSpec:
         horizons=_inferred_horizons(n, stride),
         starts=(0,),
         augmentations=_valid_augmentations(info),
+        log_parameters=_inferred_log_parameters(info),
         source="inferred",
     )
 
@@ -234,21 +251,41 @@ def resolve_spec(
     window: int | None = None,
     horizons: Sequence[tuple[int, int]] | None = None,
     starts: Sequence[int] | None = None,
+    log_parameters: Sequence[str] | None = None,
 ) -> DatasetSpec:
     """The paper's spec of ``info`` (else :func:`infer_spec`), with the given overrides,
     checked against the data.
+
+    The paper's log parameters are matched to the folder's names case-insensitively (The
+    Well spells them ``Rayleigh``, the reference code ``rayleigh``); those the folder lacks
+    are dropped.
 
     An inferred spec whose stride is overridden gets horizons recomputed for that stride
     unless they are given too.
 
     :raises DatasetSpecError: a window that does not fit the shortest trajectory (naming
         ``--stride`` / ``--window``), horizons that are empty, overlapping or out of order
-        (``--horizons``), negative start states (``--starts``).
+        (``--horizons``), negative start states (``--starts``), a log parameter the data
+        does not have (``--log-parameters``).
     """
-    spec = PAPER_SPECS.get(info.name) or infer_spec(info)
+    spec = PAPER_SPECS.get(info.name)
+    if spec is None:
+        spec = infer_spec(info)
+    else:
+        by_lower = {name.lower(): name for name in info.parameter_names}
+        spec = dataclasses.replace(
+            spec,
+            log_parameters=tuple(by_lower[n.lower()] for n in spec.log_parameters if n.lower() in by_lower),
+        )
     changes = {
         key: value
-        for key, value in (("stride", stride), ("window", window), ("horizons", horizons), ("starts", starts))
+        for key, value in (
+            ("stride", stride),
+            ("window", window),
+            ("horizons", horizons),
+            ("starts", starts),
+            ("log_parameters", None if log_parameters is None else tuple(log_parameters)),
+        )
         if value is not None
     }
     if changes:
@@ -294,6 +331,20 @@ def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
         previous = last
     if any(s < 0 for s in spec.starts):
         raise DatasetSpecError(f"--starts must be >= 0, got {list(spec.starts)}")
+    unknown = [name for name in spec.log_parameters if name not in info.parameter_names]
+    if unknown:
+        raise DatasetSpecError(
+            f"--log-parameters: {', '.join(unknown)} not among the parameters of {info.name} "
+            f"({', '.join(info.parameter_names) or 'none'})"
+        )
+    for layout in info.splits.values():
+        for file, values in zip(layout.files, layout.parameter_values):
+            for name, value in zip(info.parameter_names, values):
+                if name in spec.log_parameters and value <= 0:
+                    raise DatasetSpecError(
+                        f"{file}: parameter {name!r} = {value:g} cannot enter θ as a logarithm; "
+                        "leave it out of --log-parameters"
+                    )
 
 
 def _horizons_option(text: str) -> tuple[tuple[int, int], ...]:
@@ -301,6 +352,10 @@ def _horizons_option(text: str) -> tuple[tuple[int, int], ...]:
         return parse_horizons(text)
     except DatasetSpecError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _names_option(text: str) -> tuple[str, ...]:
+    return () if text.strip().lower() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool = True) -> None:
@@ -322,6 +377,13 @@ def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool
         metavar="FIRST:LAST,...",
         help="lead-time horizons in simulation steps, e.g. 1:20,21:60,61:100",
     )
+    group.add_argument(
+        "--log-parameters",
+        type=_names_option,
+        default=None,
+        metavar="NAME,...|none",
+        help="parameters that enter θ as logarithms (default: the paper's, else those spanning a decade)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, info: DatasetInfo) -> DatasetSpec:
@@ -332,4 +394,5 @@ def spec_from_args(args: argparse.Namespace, info: DatasetInfo) -> DatasetSpec:
         window=getattr(args, "window", None),
         horizons=getattr(args, "horizons", None),
         starts=getattr(args, "starts", None),
+        log_parameters=getattr(args, "log_parameters", None),
     )

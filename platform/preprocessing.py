@@ -5,16 +5,30 @@ channel ``c``, where ``T_c`` is the field's transform (``log1p`` for non-negativ
 fields, ``log(x + 1e-6)`` for the gravity-cooling ones, identity otherwise) and ``μ``,
 ``σ`` are statistics of the transformed train split. Metrics are computed after
 :meth:`Standardizer.inverse`, in physical units.
+
+The conditioning vector ``θ = [parameters..., boundary codes]`` stays in physical units
+everywhere (data, latent caches, rollouts, tables); :class:`ThetaStandardizer` says how
+the emulators' label embedding standardizes it, ``(ln? θ_i − μ_i) / σ_i`` per parameter
+with the boundary codes raw, and is saved inside the network (never inverted).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
-__all__ = ["KNOWN_PREPROCESSING", "TRANSFORMS", "Standardizer", "fit_standardizer"]
+__all__ = [
+    "KNOWN_PREPROCESSING",
+    "TRANSFORMS",
+    "Standardizer",
+    "ThetaStandardizer",
+    "fit_standardizer",
+    "fit_theta_standardizer",
+]
 
 #: name -> (forward, inverse) on tensors.
 TRANSFORMS = {
@@ -141,3 +155,110 @@ def fit_standardizer(
     mean = first / count
     std = (second / count - mean**2).clamp_min(1e-12).sqrt()
     return Standardizer(tuple(field_names), tuple(transforms), tuple(mean.tolist()), tuple(std.tolist()))
+
+
+@dataclass(frozen=True)
+class ThetaStandardizer:
+    """How the emulators standardize ``θ = [parameters..., boundary codes]``: parameter
+    ``i`` becomes ``(T_i(θ_i) − μ_i) / σ_i`` with ``T_i = ln`` where ``log[i]``; the
+    boundary codes (small integers) enter raw.
+
+    :param parameter_names: in θ order.
+    :param log: per parameter, whether it enters as its natural logarithm.
+    :param mean, std: per parameter, of the transformed values over the train split's
+        trajectories (``std`` 1 for a parameter constant there).
+    :param boundary_codes: entries after the parameters (two per spatial axis).
+    """
+
+    parameter_names: tuple[str, ...]
+    log: tuple[bool, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    boundary_codes: int
+
+    def label_standardization(self) -> dict:
+        """The ``log``/``mean``/``std`` keywords of
+        :class:`~lolaray.trainers.transformer.LabelEmbedding`, over the whole of θ."""
+        codes = self.boundary_codes
+        return {
+            "log": [*self.log, *([False] * codes)],
+            "mean": [*self.mean, *([0.0] * codes)],
+            "std": [*self.std, *([1.0] * codes)],
+        }
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """Standardized θ, ``(..., |θ|)`` (what the label embedding computes)."""
+        spec = self.label_standardization()
+        log = torch.tensor(spec["log"], device=theta.device)
+        theta = theta.double()
+        logged = torch.where(log, theta.clamp_min(1e-300).log(), theta)
+        mean = torch.tensor(spec["mean"], dtype=theta.dtype, device=theta.device)
+        std = torch.tensor(spec["std"], dtype=theta.dtype, device=theta.device)
+        return (logged - mean) / std
+
+    def describe(self) -> str:
+        """One line for the start of a study, e.g. ``θ: ln rayleigh (μ 17.3, σ 1.2), ...``."""
+        parts = [
+            f"{'ln ' if log else ''}{name} (μ {mean:.3g}, σ {std:.3g})"
+            for name, log, mean, std in zip(self.parameter_names, self.log, self.mean, self.std)
+        ]
+        return (
+            "θ standardized from the train split: "
+            + (", ".join(parts) or "no parameters")
+            + (f"; {self.boundary_codes} boundary codes raw")
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **{k: list(v) for k, v in asdict(self).items() if k != "boundary_codes"},
+            "boundary_codes": self.boundary_codes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ThetaStandardizer:
+        return cls(
+            parameter_names=tuple(d["parameter_names"]),
+            log=tuple(bool(v) for v in d["log"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            boundary_codes=int(d["boundary_codes"]),
+        )
+
+
+def fit_theta_standardizer(
+    values: np.ndarray,
+    *,
+    parameter_names: Sequence[str],
+    log_parameters: Sequence[str],
+    boundary_codes: int,
+) -> ThetaStandardizer:
+    """Statistics of the parameters of the train split's trajectories.
+
+    :param values: ``(trajectories, parameters)``, one row per train trajectory.
+    :param log_parameters: names of ``parameter_names`` that enter as logarithms.
+    :raises ValueError: an unknown name in ``log_parameters``, or a logged parameter with a
+        value ``<= 0``.
+    """
+    names = tuple(parameter_names)
+    values = np.asarray(values, dtype=np.float64).reshape(-1, len(names))
+    unknown = sorted(set(log_parameters) - set(names))
+    if unknown:
+        raise ValueError(
+            f"log parameter(s) {unknown} are not parameters of the data ({', '.join(names) or 'none'})"
+        )
+    log = tuple(name in set(log_parameters) for name in names)
+    mean, std = [], []
+    for i, name in enumerate(names):
+        column = values[:, i]
+        if log[i]:
+            if (column <= 0).any():
+                raise ValueError(
+                    f"parameter {name!r} takes values <= 0 ({column.min():g}): it cannot enter θ as a log"
+                )
+            column = np.log(column)
+        m = float(column.mean()) if len(column) else 0.0
+        s = float(column.std()) if len(column) else 0.0
+        mean.append(m)
+        # A parameter constant over the train split carries no information: θ̃ = 0 for it.
+        std.append(s if s > 1e-9 * max(1.0, abs(m)) and math.isfinite(s) else 1.0)
+    return ThetaStandardizer(names, log, tuple(mean), tuple(std), int(boundary_codes))

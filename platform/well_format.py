@@ -51,7 +51,7 @@ def write_well_file(
     parameters: Mapping[str, float],
     time: np.ndarray,
     coordinates: Mapping[str, np.ndarray],
-    boundary: str,
+    boundary: str | Mapping[str, str],
 ) -> None:
     """Write one HDF5 file in The Well's layout.
 
@@ -61,12 +61,16 @@ def write_well_file(
     :param parameters: simulation parameters, written as 0-d float32 ``/scalars`` and root attributes.
     :param time: snapshot times ``(T,)``.
     :param coordinates: axis name -> cell-centre coordinates, in axis order (e.g. ``x``, ``y``).
-    :param boundary: ``"periodic"``, ``"open"`` or ``"wall"``, the same on every axis.
+    :param boundary: ``"periodic"``, ``"open"`` or ``"wall"`` on every axis, or one of them
+        per axis name (e.g. ``{"x": "periodic", "y": "wall"}`` for Rayleigh–Bénard).
     """
-    bc_type = boundary.upper()
-    if bc_type not in BC_CODES:
-        raise ValueError(f"unknown boundary condition {boundary!r}; expected one of periodic, open, wall")
     axes = list(coordinates)
+    per_axis = {axis: boundary for axis in axes} if isinstance(boundary, str) else dict(boundary)
+    if sorted(per_axis) != sorted(axes):
+        raise ValueError(f"boundary conditions for axes {sorted(per_axis)}, but the axes are {axes}")
+    for kind in per_axis.values():
+        if kind.upper() not in BC_CODES:
+            raise ValueError(f"unknown boundary condition {kind!r}; expected one of periodic, open, wall")
     first = next(iter({**t0_fields, **t1_fields}.values()))
     n_trajectories = int(first.shape[0])
     with h5py.File(path, "w") as f:
@@ -90,8 +94,8 @@ def write_well_file(
 
         bcs = f.create_group("boundary_conditions")
         for axis, coords in coordinates.items():
-            group = bcs.create_group(f"{axis}_{boundary.lower()}")
-            group.attrs["bc_type"] = bc_type
+            group = bcs.create_group(f"{axis}_{per_axis[axis].lower()}")
+            group.attrs["bc_type"] = per_axis[axis].upper()
             group.attrs["associated_dims"] = [axis]
             group.attrs["associated_fields"] = []
             group.attrs["sample_varying"] = False
@@ -192,6 +196,7 @@ class SplitLayout:
     :param parameter_names: the constant scalars (simulation parameters), in file order.
     :param n_trajectories: per file. ``n_steps``: per file (time length).
     :param boundary_types: per file, the ``bc_type`` per axis (e.g. ``("PERIODIC", "PERIODIC")``).
+    :param parameter_values: per file, the value of each parameter (one parameter set per file).
     """
 
     files: tuple[str, ...]
@@ -205,6 +210,7 @@ class SplitLayout:
     n_trajectories: tuple[int, ...]
     n_steps: tuple[int, ...]
     boundary_types: tuple[tuple[str, ...], ...]
+    parameter_values: tuple[tuple[float, ...], ...] = ()
 
 
 def _read_header(path: str, fs) -> dict:
@@ -273,6 +279,7 @@ def _read_header(path: str, fs) -> dict:
                 "fields": tuple(fields),
                 "vector_axis": tuple(vector_axis),
                 "params": params,
+                "param_values": tuple(float(np.asarray(f["scalars"][n][()]).reshape(-1)[0]) for n in params),
                 "n_trajectories": int(f.attrs["n_trajectories"]),
                 "n_steps": int(f["dimensions"]["time"].shape[-1]),
                 "bcs": tuple(bc_by_axis.get(a, "WALL") for a in axes),
@@ -333,6 +340,7 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
         n_trajectories=tuple(h["n_trajectories"] for h in headers),
         n_steps=tuple(h["n_steps"] for h in headers),
         boundary_types=tuple(h["bcs"] for h in headers),
+        parameter_values=tuple(h["param_values"] for h in headers),
     )
 
 

@@ -75,8 +75,15 @@ class Profile:
             )
         return dataclasses.replace(
             self,
-            emulator=dataclasses.replace(self.emulator, window=spec.window, stride=spec.stride),
-            pixel_emulator=dataclasses.replace(self.pixel_emulator, window=spec.window, stride=spec.stride),
+            emulator=dataclasses.replace(
+                self.emulator, window=spec.window, stride=spec.stride, log_parameters=spec.log_parameters
+            ),
+            pixel_emulator=dataclasses.replace(
+                self.pixel_emulator,
+                window=spec.window,
+                stride=spec.stride,
+                log_parameters=spec.log_parameters,
+            ),
             contexts=contexts,
         )
 

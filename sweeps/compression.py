@@ -40,7 +40,7 @@ from lolaray.evaluation.findings import findings_text, log_findings
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import ArtifactStore
-from lolaray.platform.data import open_dataset
+from lolaray.platform.data import open_dataset, theta_standardizer_for
 from lolaray.platform.dataset_specs import (
     DatasetSpec,
     DatasetSpecError,
@@ -369,6 +369,7 @@ def main(argv=None) -> int:
         print(f"compression.py: error: {error}", file=sys.stderr)
         return 2
     print(f"[lolaray] {spec.describe()}")
+    print(f"[lolaray] {theta_standardizer_for(info, spec.log_parameters).describe()}")
     scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
     try:
         outcome = run_compression_sweep(

@@ -12,7 +12,7 @@ Masks are boolean, ``True`` = known (context) entry. A time mask of shape
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -313,6 +313,8 @@ class ElucidatedDenoiser(nn.Module):
             ``mod_features`` and ``cond_channels``).
         schedule: The noise schedule (default :class:`LogLogitSchedule`).
         label_features: The size :math:`|\theta|` of the conditioning vector (0 for none).
+        label_standardization: ``log``, ``mean`` and ``std`` of
+            :class:`~lolaray.trainers.transformer.LabelEmbedding` (default: raw :math:`\theta`).
     """
 
     def __init__(
@@ -321,6 +323,7 @@ class ElucidatedDenoiser(nn.Module):
         *,
         schedule: Schedule | None = None,
         label_features: int = 0,
+        label_standardization: Mapping | None = None,
     ):
         super().__init__()
 
@@ -330,7 +333,11 @@ class ElucidatedDenoiser(nn.Module):
 
         mod = backbone.mod_features
         self.time_embedding = TimeEmbedding(mod)
-        self.label_embedding = LabelEmbedding(label_features, mod) if label_features > 0 else None
+        self.label_embedding = (
+            LabelEmbedding(label_features, mod, **(label_standardization or {}))
+            if label_features > 0
+            else None
+        )
 
     def modulation(self, c_noise: Tensor, label: Tensor | None) -> Tensor:
         r"""Returns :math:`m = \mathrm{TimeEmb}(c_\text{noise}) + \mathrm{LabelEmb}(\theta)`,

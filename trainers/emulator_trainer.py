@@ -34,9 +34,16 @@ from mlflow.models import infer_signature
 from torch import nn
 
 from lolaray.platform.artifacts import Artifact, open_artifact
-from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
+from lolaray.platform.data import (
+    DatasetInfo,
+    WellWindows,
+    open_dataset,
+    standardizer_for,
+    theta_standardizer_for,
+)
+from lolaray.platform.dataset_specs import resolve_spec
 from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
-from lolaray.platform.preprocessing import Standardizer
+from lolaray.platform.preprocessing import Standardizer, ThetaStandardizer
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
@@ -120,11 +127,14 @@ class EmulatorTask:
         self.cfg = cfg
         self.config = EmulatorConfig.from_dict(cfg["config"])
         self.state_shape, self.theta_dim = tuple(cfg["state_shape"]), cfg["theta_dim"]
+        self.theta_standardizer = ThetaStandardizer.from_dict(cfg["theta_standardizer"])
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
 
     def build_model(self) -> nn.Module:
-        return Objective(build_emulator(self.config, self.state_shape, self.theta_dim))
+        return Objective(
+            build_emulator(self.config, self.state_shape, self.theta_dim, self.theta_standardizer)
+        )
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
         if self.config.space == "latent":
@@ -232,6 +242,7 @@ def _train(
     identity: dict,
     state_shape: tuple[int, ...],
     theta_dim: int,
+    theta_standardizer: ThetaStandardizer,
     worker_config: dict,
     datasets: dict | None,
     manifest: dict,
@@ -249,6 +260,7 @@ def _train(
                 "config": config.to_dict(),
                 "state_shape": list(state_shape),
                 "theta_dim": theta_dim,
+                "theta_standardizer": theta_standardizer.to_dict(),
                 "mlflow_run_id": run.run_id,
                 "tracking_uri": run.uri,
             },
@@ -257,12 +269,12 @@ def _train(
             scaling=context.scaling,
             datasets=datasets,
         )
-        objective = Objective(build_emulator(config, state_shape, theta_dim))
+        objective = Objective(build_emulator(config, state_shape, theta_dim, theta_standardizer))
         objective.load_state_dict(state["model"])
         emulator = objective.emulator.eval()
 
         def write(folder: Path, manifest: dict) -> None:
-            save_emulator(folder, emulator, config, state_shape, theta_dim)
+            save_emulator(folder, emulator, config, state_shape, theta_dim, theta_standardizer)
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
             if log_model:
                 manifest["mlflow_model_uri"] = _log_mlflow_model(
@@ -276,6 +288,7 @@ def _train(
                 "space": config.space,
                 "state_shape": list(state_shape),
                 "theta_dim": theta_dim,
+                "theta_standardizer": theta_standardizer.to_dict(),
                 "window": config.window,
                 "stride": config.stride,
                 "optimizer_steps": state["step"],
@@ -326,6 +339,15 @@ def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri
     return info.model_uri
 
 
+def _theta_standardizer(config: EmulatorConfig, info: DatasetInfo) -> ThetaStandardizer:
+    """θ's standardization from the train split: the config's log parameters, else the
+    dataset spec's (the paper's, or those spanning a decade)."""
+    names = config.log_parameters
+    if names is None:
+        names = resolve_spec(info).log_parameters
+    return theta_standardizer_for(info, names)
+
+
 def _latent_stage(
     kind: str,
     config: EmulatorConfig,
@@ -350,6 +372,7 @@ def _latent_stage(
         raise ValueError("the train and valid caches come from different latent spaces")
     cache = LatentCache(train_cache.uri, train_cache.manifest)
     first = next(cache.trajectories())
+    info = open_dataset(autoencoder.manifest["dataset_root"])
     # Trajectories go to the workers, which cut the windows themselves with a seeded draw
     # (draw_windows): a Ray Data map would draw unseeded and in arrival order, and training
     # would not be reproducible for a seed.
@@ -362,6 +385,7 @@ def _latent_stage(
         identity={},
         state_shape=state_shape,
         theta_dim=int(first["theta"].numel()),
+        theta_standardizer=_theta_standardizer(config, info),
         worker_config={
             "valid_cache": str(valid_cache.uri),
             "valid_manifest": valid_cache.manifest,
@@ -407,6 +431,7 @@ def train_pixel_solver(
         identity={"dataset": info.fingerprint()},
         state_shape=info.state_shape,
         theta_dim=info.theta_dim,
+        theta_standardizer=_theta_standardizer(config, info),
         worker_config={"dataset_root": info.root, "standardizer": standardizer.to_dict()},
         datasets=None,
         manifest={

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from lolaray.platform.preprocessing import ThetaStandardizer
 from lolaray.trainers.diffusion import ElucidatedDenoiser
 from lolaray.trainers.loop import LoopConfig, StageConfig
 from lolaray.trainers.optim import OPTIMIZERS
@@ -36,6 +37,9 @@ class EmulatorConfig(StageConfig):
     :param mask_distribution: ``paper`` (c ~ Poisson(2) truncated to [1, n], forward) or
         ``reference`` (1 + Poisson(1) mod n, 34 % backward).
     :param windows_per_trajectory: random windows drawn per cached trajectory per pass.
+    :param log_parameters: the parameters that enter θ as logarithms before the label
+        embedding standardizes it (``None``: the dataset's spec,
+        :func:`~lolaray.platform.dataset_specs.resolve_spec`).
     :param loop: the optimization (the paper: AdamW, lr 1e-4, betas (0.9, 0.99), cosine, clip 1).
     """
 
@@ -50,7 +54,12 @@ class EmulatorConfig(StageConfig):
     batch_size: int = 16
     windows_per_trajectory: int = 4
     valid_windows: int = 64
+    log_parameters: tuple[str, ...] | None = None
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="adamw", lr=1e-4))
+
+    def __post_init__(self):
+        if self.log_parameters is not None:  # a list after a JSON round trip
+            object.__setattr__(self, "log_parameters", tuple(self.log_parameters))
 
     def backbone_kwargs(self) -> dict:
         return {**EMULATOR_PRESETS.get(self.preset, {}), **self.architecture}
@@ -107,11 +116,20 @@ class EmulatorConfig(StageConfig):
                 )
 
 
-def build_emulator(config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int) -> nn.Module:
-    """The denoiser or solver for states of ``state_shape`` ``(C, *spatial)``."""
+def build_emulator(
+    config: EmulatorConfig,
+    state_shape: tuple[int, ...],
+    theta_dim: int,
+    theta_standardizer: ThetaStandardizer | None = None,
+) -> nn.Module:
+    """The denoiser or solver for states of ``state_shape`` ``(C, *spatial)``, conditioned on
+    θ of ``theta_dim`` entries standardized by ``theta_standardizer`` (default: raw θ)."""
     backbone = build_backbone(
         config.preset, in_channels=state_shape[0], spatial_dims=len(state_shape) - 1, **config.architecture
     )
+    label = None if theta_standardizer is None else theta_standardizer.label_standardization()
+    if label is not None and len(label["log"]) != theta_dim:
+        raise ValueError(f"the θ standardizer covers {len(label['log'])} entries, θ has {theta_dim}")
     if config.kind == "diffusion":
-        return ElucidatedDenoiser(backbone, label_features=theta_dim)
-    return NeuralSolver(backbone, label_features=theta_dim)
+        return ElucidatedDenoiser(backbone, label_features=theta_dim, label_standardization=label)
+    return NeuralSolver(backbone, label_features=theta_dim, label_standardization=label)

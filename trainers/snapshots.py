@@ -7,7 +7,8 @@ resumable training state is in the run's checkpoints, :mod:`~lolaray.trainers.ch
   :class:`~lolaray.trainers.autoencoder.AutoEncoder` constructor keywords and weights) and
   ``standardizer.json`` (the standardization the network was trained with);
 - emulator artifacts: ``emulator.pt`` (``{"config", "state_shape", "theta_dim",
-  "state_dict"}``, rebuilt by :func:`~lolaray.trainers.emulators.build_emulator`).
+  "theta_standardizer", "state_dict"}``, rebuilt by
+  :func:`~lolaray.trainers.emulators.build_emulator`).
 
 Snapshots are written into a stage's staging folder (:meth:`ArtifactStore.build
 <lolaray.platform.artifacts.ArtifactStore.build>`) and read back from wherever the store
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from lolaray.platform.artifacts import Artifact, filesystem_for
-from lolaray.platform.preprocessing import Standardizer
+from lolaray.platform.preprocessing import Standardizer, ThetaStandardizer
 from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 
@@ -83,26 +84,49 @@ def load_autoencoder(artifact: Artifact | str | os.PathLike) -> tuple[AutoEncode
 
 
 def save_emulator(
-    folder: Path, emulator: nn.Module, config: EmulatorConfig, state_shape: tuple[int, ...], theta_dim: int
+    folder: Path,
+    emulator: nn.Module,
+    config: EmulatorConfig,
+    state_shape: tuple[int, ...],
+    theta_dim: int,
+    theta_standardizer: ThetaStandardizer | None = None,
 ) -> None:
     """Writes an emulator's snapshot into a (local staging) folder.
 
     :param state_shape: ``(C, *spatial)`` of one state in the emulator's space.
-    :param theta_dim: number of simulation parameters it is conditioned on.
+    :param theta_dim: number of entries of the θ it is conditioned on.
+    :param theta_standardizer: how its label embedding standardizes θ (also in its weights).
     """
     snapshot = {
         "config": config.to_dict(),
         "state_shape": list(state_shape),
         "theta_dim": int(theta_dim),
+        "theta_standardizer": None if theta_standardizer is None else theta_standardizer.to_dict(),
         "state_dict": emulator.state_dict(),
     }
     torch.save(snapshot, Path(folder) / EMULATOR_FILE)
+
+
+#: Buffers of the label embedding that snapshots written before θ was standardized lack.
+_LABEL_BUFFERS = ("label_embedding.theta_log", "label_embedding.theta_mean", "label_embedding.theta_std")
 
 
 def load_emulator(artifact: Artifact | str | os.PathLike) -> tuple[nn.Module, EmulatorConfig]:
     """The trained denoiser or solver (eval mode, CPU) and its config."""
     snapshot = _torch_load(artifact, EMULATOR_FILE)
     config = EmulatorConfig.from_dict(snapshot["config"])
-    emulator = build_emulator(config, tuple(snapshot["state_shape"]), snapshot["theta_dim"])
-    emulator.load_state_dict(snapshot["state_dict"])
+    theta = snapshot.get("theta_standardizer")
+    emulator = build_emulator(
+        config,
+        tuple(snapshot["state_shape"]),
+        snapshot["theta_dim"],
+        None if theta is None else ThetaStandardizer.from_dict(theta),
+    )
+    # An older snapshot conditioned on raw θ has no standardization buffers: the identity
+    # they are built with is what it was trained with.
+    missing, unexpected = emulator.load_state_dict(snapshot["state_dict"], strict=False)
+    if unexpected or any(not key.endswith(_LABEL_BUFFERS) for key in missing):
+        raise RuntimeError(
+            f"emulator snapshot of {artifact}: missing keys {missing}, unexpected keys {unexpected}"
+        )
     return emulator.eval(), config

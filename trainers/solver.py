@@ -11,6 +11,8 @@ trained with :math:`\operatorname{mean}\big((x - \hat{x})^2\big)` over all entri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -29,15 +31,21 @@ class NeuralSolver(nn.Module):
         label_features: The size :math:`|\theta|` of the conditioning vector (0 for
             none, then the modulation is a zero vector and the blocks' modulation
             reduces to learned constants).
+        label_standardization: ``log``, ``mean`` and ``std`` of
+            :class:`~lolaray.trainers.transformer.LabelEmbedding` (default: raw :math:`\theta`).
     """
 
-    def __init__(self, backbone: nn.Module, *, label_features: int = 0):
+    def __init__(
+        self, backbone: nn.Module, *, label_features: int = 0, label_standardization: Mapping | None = None
+    ):
         super().__init__()
 
         self.backbone = backbone
         self.label_features = label_features
         self.label_embedding = (
-            LabelEmbedding(label_features, backbone.mod_features) if label_features > 0 else None
+            LabelEmbedding(label_features, backbone.mod_features, **(label_standardization or {}))
+            if label_features > 0
+            else None
         )
 
     def modulation(self, label: Tensor | None, batch: int, like: Tensor) -> Tensor:

@@ -133,18 +133,66 @@ class SineEncoding(nn.Module):
 
 class LabelEmbedding(nn.Sequential):
     r"""Embedding of the conditioning vector :math:`\theta` (physical parameters and
-    boundary-condition codes), ``Linear(|θ| → M) → SiLU → Linear(M → M)``.
+    boundary-condition codes), ``Linear(|θ| → M) → SiLU → Linear(M → M)`` applied to the
+    standardized vector
+
+    .. math:: \tilde\theta_i = (T_i(\theta_i) - \mu_i) / \sigma_i, \quad
+        T_i = \ln \text{ where } \ell_i \text{ else the identity,}
+
+    so that a Rayleigh number of :math:`10^8` enters the first ``Linear`` as a number of
+    order one. :math:`\ell, \mu, \sigma` are buffers (saved with the weights, never
+    trained), fitted on the train split by
+    :func:`~lolaray.platform.preprocessing.fit_theta_standardizer`; by default the
+    identity (:math:`\ell = 0, \mu = 0, \sigma = 1`), the paper's raw :math:`\theta`.
+
+    Arguments:
+        label_features: :math:`|\theta|`.
+        mod_features: :math:`M`.
+        log: :math:`\ell`, which entries enter as their natural logarithm, :math:`(|\theta|,)`.
+        mean, std: :math:`\mu, \sigma`, :math:`(|\theta|,)`, of the transformed entries.
 
     Shapes:
-        label: :math:`(B, |\theta|)`; returns :math:`(B, M)`.
+        label: :math:`(B, |\theta|)` in physical units; returns :math:`(B, M)`.
     """
 
-    def __init__(self, label_features: int, mod_features: int):
+    def __init__(
+        self,
+        label_features: int,
+        mod_features: int,
+        *,
+        log: Sequence[bool] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
         super().__init__(
             nn.Linear(label_features, mod_features),
             nn.SiLU(),
             nn.Linear(mod_features, mod_features),
         )
+
+        def vector(values, default):
+            values = [default] * label_features if values is None else list(values)
+            if len(values) != label_features:
+                raise ValueError(f"expected {label_features} standardization entries, got {len(values)}")
+            return values
+
+        log, mean, std = vector(log, False), vector(mean, 0.0), vector(std, 1.0)
+        if min(std, default=1.0) <= 0:
+            raise ValueError(f"standard deviations must be positive, got {std}")
+        self.register_buffer("theta_log", torch.tensor(log, dtype=torch.bool))
+        self.register_buffer("theta_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("theta_std", torch.tensor(std, dtype=torch.float32))
+
+    def standardize(self, label: Tensor) -> Tensor:
+        r"""Returns :math:`\tilde\theta`, :math:`(B, |\theta|)` float32."""
+
+        label = label.float()
+        # ln of a non-positive entry would be NaN; where() evaluates both branches, so clamp.
+        logged = torch.where(self.theta_log, label.clamp_min(torch.finfo(label.dtype).tiny).log(), label)
+        return (logged - self.theta_mean) / self.theta_std
+
+    def forward(self, label: Tensor) -> Tensor:
+        return super().forward(self.standardize(label))
 
 
 def _layer_norm(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -1,6 +1,7 @@
 """Dataset settings: the paper's per dataset, inferred ones for unseen folders, overrides."""
 
 import argparse
+import dataclasses
 
 import pytest
 from wellfiles import make_tiny_dataset
@@ -19,21 +20,27 @@ from lolaray.platform.well_format import SplitLayout
 from lolaray.sweeps.chain import PROFILES
 
 
-def _info(name="unseen", *, steps=101, resolution=(32, 32), boundaries=("OPEN", "OPEN")) -> DatasetInfo:
-    """A dataset's headers, without files: only what the specs read."""
+def _info(
+    name="unseen", *, steps=101, resolution=(32, 32), boundaries=("OPEN", "OPEN"), parameters=None
+) -> DatasetInfo:
+    """A dataset's headers, without files: only what the specs read. ``parameters`` maps
+    each parameter to its value in each file (default: one file with gamma 1.4)."""
+    parameters = {"gamma": (1.4,)} if parameters is None else parameters
+    n_files = len(next(iter(parameters.values()), (0,)))
     dims = ("x", "y", "z")[: len(resolution)]
     layout = SplitLayout(
-        files=("a.hdf5",),
-        file_sizes=(1,),
+        files=tuple(f"f{i}.hdf5" for i in range(n_files)),
+        file_sizes=(1,) * n_files,
         dataset_name=name,
         field_names=("density",),
         vector_axis=(None,),
         spatial_dims=dims,
         resolution=resolution,
-        parameter_names=("gamma",),
-        n_trajectories=(2,),
-        n_steps=(steps,),
-        boundary_types=(boundaries,),
+        parameter_names=tuple(parameters),
+        n_trajectories=(2,) * n_files,
+        n_steps=(steps,) * n_files,
+        boundary_types=(boundaries,) * n_files,
+        parameter_values=tuple(zip(*parameters.values())) if parameters else ((),) * n_files,
     )
     return DatasetInfo(
         name=name,
@@ -42,7 +49,7 @@ def _info(name="unseen", *, steps=101, resolution=(32, 32), boundaries=("OPEN", 
         vector_axis=(None,),
         spatial_dims=dims,
         resolution=resolution,
-        parameter_names=("gamma",),
+        parameter_names=tuple(parameters),
         n_steps=steps,
         splits={"train": layout, "valid": layout, "test": layout},
     )
@@ -64,7 +71,14 @@ def test_the_papers_datasets_take_the_papers_settings():
     assert (tgc.stride, tgc.starts, tgc.horizons) == (1, (4,), ((1, 10), (11, 30), (31, 50)))
     assert tgc.compression_rates == (48, 192, 768) and tgc.spatial_downsample == 8
     assert PAPER_SPECS["euler_quadrants"].horizons == euler.horizons  # the embedded Euler data
-    assert resolve_spec(_info("rayleigh_benard", steps=200, resolution=(512, 128))) == rb
+    # The Well spells RB's parameters Rayleigh and Prandtl: matched case-insensitively.
+    well_rb = _info(
+        "rayleigh_benard",
+        steps=200,
+        resolution=(512, 128),
+        parameters={"Rayleigh": (1e8,), "Prandtl": (1.0,)},
+    )
+    assert resolve_spec(well_rb) == dataclasses.replace(rb, log_parameters=("Rayleigh", "Prandtl"))
 
 
 @pytest.mark.parametrize(
@@ -149,4 +163,28 @@ def test_a_profile_takes_the_datasets_window():
     assert (profile.pixel_emulator.window, profile.pixel_emulator.stride) == (3, 1)
     assert profile.contexts == (1, 2)  # a window of 3 holds contexts up to 2
     euler = PROFILES["smoke"].for_dataset(PAPER_SPECS["euler_quadrants"])
-    assert euler.emulator == PROFILES["smoke"].emulator  # the embedded study's ids do not change
+    # The embedded study's emulators differ from the profile's only by the spec's (empty) log parameters.
+    assert euler.emulator == dataclasses.replace(PROFILES["smoke"].emulator, log_parameters=())
+
+
+def test_positive_parameters_spanning_a_decade_enter_theta_as_logarithms():
+    info = _info(
+        parameters={
+            "reynolds": (1e3, 1e4, 1e5),  # positive, five decades: logged
+            "gamma": (1.3, 1.4, 1.6),  # positive, less than a decade: raw
+            "tilt": (-1.0, 10.0, 100.0),  # spans decades but not positive: raw
+        }
+    )
+    assert infer_spec(info).log_parameters == ("reynolds",)
+    assert resolve_spec(info, log_parameters=[]).log_parameters == ()
+    assert resolve_spec(info, log_parameters=["gamma"]).log_parameters == ("gamma",)
+    with pytest.raises(DatasetSpecError, match="--log-parameters: mach not among the parameters"):
+        resolve_spec(info, log_parameters=["mach"])
+    with pytest.raises(
+        DatasetSpecError, match="f0.hdf5: parameter 'tilt' = -1 cannot enter θ as a logarithm"
+    ):
+        resolve_spec(info, log_parameters=["tilt"])
+    parser = argparse.ArgumentParser()
+    add_dataset_spec_arguments(parser)
+    assert parser.parse_args(["--log-parameters", "none"]).log_parameters == ()
+    assert parser.parse_args(["--log-parameters", "reynolds, gamma"]).log_parameters == ("reynolds", "gamma")

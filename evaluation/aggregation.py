@@ -19,11 +19,19 @@ import torch
 
 from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
 from lolaray.evaluation.metrics import VRMSE_EPS, aggregate_by_horizon, horizon_slices
-from lolaray.evaluation.rollout import lead_times
+from lolaray.evaluation.rollout import lead_times, rollout_origin
 from lolaray.evaluation.spectra import isotropic_power_spectrum
 from lolaray.platform.data import DatasetInfo
 
-__all__ = ["ENSEMBLE_METRICS", "METRICS", "REFERENCES", "SEMD_FIELD", "analyse", "rollout_truths"]
+__all__ = [
+    "ENSEMBLE_METRICS",
+    "METRICS",
+    "REFERENCES",
+    "SEMD_FIELD",
+    "analyse",
+    "primary_key",
+    "rollout_truths",
+]
 
 #: The per-lead metrics (averaged over fields), in CSV column order.
 METRICS = (
@@ -114,21 +122,30 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def rollout_truths(
-    results: dict, *, indices: list[int], starts: list[int], contexts: list[int]
+    results: dict, *, indices: list[int], starts: list[int], contexts: list[int], stride: int
 ) -> dict[tuple[int, int, int], dict[str, np.ndarray]]:
-    """``(trajectory, start, context) → reference → (L, C, *spatial)`` physical truth from
-    each rollout's first state on, from the trajectories' primary results."""
+    """``(trajectory, origin, context) → reference → (L, C, *spatial)`` physical truth from
+    each rollout's first state on, from the trajectories' primary results (the origin of
+    start ``s`` and context ``c``: :func:`~lolaray.evaluation.rollout.rollout_origin`)."""
     truths = {}
     for t in indices:
-        primary = results[(t, starts[0], contexts[0], 0)]
+        primary = results[primary_key(t, starts, contexts, stride)]
         full = {"absolute": primary["truth"]}
         if "truth_ae" in primary:
             full["relative"] = primary["truth_ae"]
-        for origin in starts:
-            by_reference = {ref: np.moveaxis(u[:, origin:], 1, 0) for ref, u in full.items()}
+        for s in starts:
             for c in contexts:
-                truths[(t, origin, c)] = by_reference
+                origin = rollout_origin(s, c, stride)
+                truths[(t, origin, c)] = {ref: np.moveaxis(u[:, origin:], 1, 0) for ref, u in full.items()}
     return truths
+
+
+def primary_key(
+    trajectory: int, starts: list[int], contexts: list[int], stride: int
+) -> tuple[int, int, int, int]:
+    """The results key ``(trajectory, origin, context, first member)`` of a trajectory's
+    primary item (first start, first context, first block), which also returns its truth."""
+    return (trajectory, rollout_origin(starts[0], contexts[0], stride), contexts[0], 0)
 
 
 def analyse(
@@ -170,7 +187,7 @@ def analyse(
     recon_by_horizon: dict[str, list[float]] = {}
     snapshot = None
     for t in indices:
-        primary = results[(t, starts[0], contexts[0], 0)]
+        primary = results[primary_key(t, starts, contexts, stride)]
         truth = torch.from_numpy(primary["truth"])
         full_truths = {"absolute": truth}
         if latent:
@@ -183,10 +200,11 @@ def analyse(
                 per_state, torch.arange(per_state.numel()), horizons
             ).items():
                 recon_by_horizon.setdefault(label, []).append(float(value))
-        for origin in starts:
-            truths = {ref: u[:, origin:] for ref, u in full_truths.items()}
-            length = truths["absolute"].shape[1]
+        for s in starts:
             for c in contexts:
+                origin = rollout_origin(s, c, stride)
+                truths = {ref: u[:, origin:] for ref, u in full_truths.items()}
+                length = truths["absolute"].shape[1]
                 group = [results[(t, origin, c, b.start)] for b in blocks]
                 scores = group[0]["scores"] if len(blocks) == 1 else split_scores[(t, origin, c)]
                 leads = lead_times(length, c, stride)
@@ -199,7 +217,7 @@ def analyse(
                         # Time per state: per member and per *generated* state.
                         states += sums["count"] * int(generated.sum())
                         timed_states += sums["timed_count"] * int(generated.sum())
-                    if ref == "absolute" and c == contexts[0] and origin == starts[0]:
+                    if ref == "absolute" and c == contexts[0] and s == starts[0]:
                         k, p_u = isotropic_power_spectrum(truths[ref], spatial_dims=spatial_dims)
                         spectra["k"] = k.numpy()
                         spectra["truth"].append(p_u[:, generated].mean(1).numpy())
@@ -224,7 +242,7 @@ def analyse(
                         "reference": ref,
                         "context": c,
                         "trajectory": t,
-                        "start": origin,
+                        "start": s,
                     }
                     for name, values in metrics.items():
                         for label, value in aggregate_by_horizon(
@@ -253,15 +271,14 @@ def analyse(
                             for name, value in fields.items():
                                 if name != "semd":
                                     cell.setdefault(name, []).append(float(value[i, f]))
-        snapshot_item = results.get((t, starts[0], contexts[0], 0), {})
+        key = primary_key(t, starts, contexts, stride)
+        snapshot_item = results.get(key, {})
         if "member0" in snapshot_item and snapshot is None:
             snapshot = {
-                "truth": primary["truth"][:, starts[0] :],
+                "truth": primary["truth"][:, key[1] :],
                 "member0": snapshot_item["member0"],
                 "animated": snapshot_item["animated"],
-                "mean": _combine([results[(t, starts[0], contexts[0], b.start)] for b in blocks], "absolute")[
-                    "moments"
-                ]
+                "mean": _combine([results[(*key[:3], b.start)] for b in blocks], "absolute")["moments"]
                 .mean()
                 .movedim(1, 0)
                 .float()

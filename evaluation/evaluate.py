@@ -52,7 +52,7 @@ from lolaray.evaluation.aggregation import analyse, rollout_truths
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_config, guidance_from_args
 from lolaray.evaluation.metrics import VRMSE_EPS
 from lolaray.evaluation.outputs import log_mlflow, write_outputs
-from lolaray.evaluation.rollout import split_members
+from lolaray.evaluation.rollout import rollout_origin, split_members
 from lolaray.evaluation.rollout_actor import run_rollouts
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.evaluation.split_ensemble import remove_scratch, score_split_ensembles, scratch_folder
@@ -133,9 +133,12 @@ def evaluate(
     :param trajectories: the first ``N`` test trajectories, or explicit indices.
     :param trajectory_seed: draw the ``N`` test trajectories at random with this seed
         instead of taking the first ``N`` (as the paper does); ``None``: the first ``N``.
-    :param starts: rollout start states: the index, in the strided trajectory, of the
-        first context state of each rollout (default ``(0,)``: the trajectory's start).
-        Every (trajectory, start) is one more sample of every metric.
+    :param starts: rollout initial states, in simulation steps (multiples of Δ): each
+        rollout's last context state, its leads counted from there, its ``c`` context
+        states the ones before it at stride Δ (moved forward to begin at the trajectory's
+        first state when there are not enough:
+        :func:`~lolaray.evaluation.rollout.rollout_origin`). Default ``(0,)``. Every
+        (trajectory, start) is one more sample of every metric.
     :param vrmse_convention: the ε on the spatial variance of VRMSE (and on the energy of
         NRMSE): ``"lola"`` (1e-6, the paper's code) or ``"well"`` (1e-7, The Well's benchmark).
     :param seed, sampler, steps: the sampling (member ``k`` of the rollout from start ``s``
@@ -194,6 +197,11 @@ def evaluate(
     starts = sorted({int(s) for s in (starts if starts is not None else (0,))})
     if not starts or starts[0] < 0:
         raise ValueError(f"rollout start states {starts} must be >= 0")
+    if any(s % stride for s in starts):
+        raise ValueError(
+            f"--starts {' '.join(map(str, starts))}: start states are simulation steps on the strided "
+            f"trajectory, multiples of the stride {stride}"
+        )
 
     if autoencoder is not None:
         _, standardizer = load_autoencoder(autoencoder)
@@ -203,10 +211,11 @@ def evaluate(
     indices = _resolve_trajectories(trajectories, len(test), selection_seed=trajectory_seed)
     n_states = test.length
     length = (n_states - 1) // stride + 1
-    if length - starts[-1] <= max(contexts):
+    if max(starts[-1] // stride, max(contexts) - 1) + 1 >= length:
         raise ValueError(
-            f"test trajectories give {length} states at stride {stride}: too short for contexts "
-            f"{contexts} from start state {starts[-1]}"
+            f"test trajectories give {length} states at stride {stride} (steps 0..{(length - 1) * stride}): "
+            f"nothing left to predict after start state {starts[-1]} with contexts {contexts}; "
+            "pass smaller --starts"
         )
 
     config = {
@@ -218,9 +227,10 @@ def evaluate(
         "steps": steps if kind == "diffusion" else None,
         "horizons": [list(h) for h in horizons],
     }
-    # Recorded only when not the default, so the ids of earlier evaluations stay valid.
+    # Recorded only when not the default, so the ids of earlier evaluations stay valid (under
+    # a new key: starts used to be strided indices of the first context state).
     if starts != [0]:
-        config["starts"] = starts
+        config["initial_states"] = starts
     if trajectory_seed is not None:
         config["trajectory_seed"] = int(trajectory_seed)
     if vrmse_convention != "lola":
@@ -239,7 +249,7 @@ def evaluate(
     items = [
         {
             "trajectory": t,
-            "origin": s,
+            "origin": rollout_origin(s, c, stride),
             "context": c,
             "start": b.start,
             "stop": b.stop,
@@ -280,7 +290,7 @@ def evaluate(
             if scratch is not None:
                 split_scores = score_split_ensembles(
                     scratch,
-                    rollout_truths(results, indices=indices, starts=starts, contexts=contexts),
+                    rollout_truths(results, indices=indices, starts=starts, contexts=contexts, stride=stride),
                     starts=[b.start for b in blocks],
                     members=members,
                     spatial_dims=info.n_spatial_dims,

@@ -66,6 +66,7 @@ __all__ = [
     "member_seed",
     "observe_states",
     "rollout",
+    "rollout_origin",
     "rollout_steps",
     "solver_step",
     "split_members",
@@ -441,6 +442,30 @@ def lead_times(length: int, context: int, stride: int) -> Tensor:
     if length < 0 or context < 1 or stride < 1:
         raise ValueError(f"need length >= 0, context >= 1, stride >= 1, got {length}, {context}, {stride}")
     return (torch.arange(length, dtype=torch.int64) - context + 1) * stride
+
+
+def rollout_origin(start: int, context: int, stride: int) -> int:
+    r"""Returns the index, in the strided trajectory :math:`x_{0}, x_{\Delta}, \dots`, of
+    the first context state of the rollout whose initial state (its last context state)
+    is simulation step :math:`s`: the :math:`c` context states are
+    :math:`s - (c - 1)\Delta, \dots, s`, moved forward to begin at the trajectory's first
+    state when :math:`s < (c - 1)\Delta` (the reference's ``x[max(0, s − (c−1)Δ)::Δ]``).
+    Every context length thus predicts from the same initial state.
+
+    Arguments:
+        start: The initial state's simulation step :math:`s`, a multiple of :math:`\Delta`.
+        context: The context length :math:`c`.
+        stride: The time stride :math:`\Delta` between states.
+    """
+
+    if start < 0 or context < 1 or stride < 1:
+        raise ValueError(f"need start >= 0, context >= 1, stride >= 1, got {start}, {context}, {stride}")
+    if start % stride:
+        raise ValueError(
+            f"start state {start} is not a multiple of the stride {stride}: a rollout's states lie on "
+            "the strided trajectory"
+        )
+    return max(0, start // stride - (context - 1))
 
 
 def ensemble_rollout(

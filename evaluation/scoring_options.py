@@ -1,8 +1,9 @@
 """The scoring setting of an evaluation (which rollouts are scored, and how): its
 command-line options, shared by ``evaluation/evaluate.py`` and the sweeps.
 
-- ``--starts``: rollout start states (index of the first context state in the strided
-  test trajectory); each (trajectory, start) is one more sample of every metric.
+- ``--starts``: rollout initial states, in simulation steps (multiples of Δ): the last
+  context state of each rollout, leads counted from it; each (trajectory, start) is one
+  more sample of every metric.
 - ``--trajectory-seed``: draw the test trajectories with a fixed seed (as the paper
   does) instead of taking the first ``N``.
 - ``--vrmse-convention``: the ε of VRMSE: ``lola`` (1e-6, the paper's code, default) or
@@ -30,8 +31,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="STATE",
-        help="rollout start states: index of the first context state in the strided test trajectory "
-        "(default: the dataset's: 0 for Euler, 32 for rayleigh_benard, 4 for turbulence_gravity_cooling)",
+        help="rollout initial states (the last context state), in simulation steps, multiples of the "
+        "stride (default: the dataset's: 0 for Euler, 32 for rayleigh_benard, 4 for turbulence_gravity_cooling)",
     )
     group.add_argument(
         "--trajectory-seed",

@@ -52,8 +52,9 @@ class DatasetSpec:
     :param stride: Δ, simulation steps between consecutive states of a window.
     :param window: states per emulator window, ``n + 1`` (context + generated).
     :param horizons: inclusive lead-time ranges in simulation steps, scored separately.
-    :param starts: rollout start states (index of the first context state in the strided
-        test trajectory).
+    :param starts: rollout initial states in simulation steps, multiples of ``stride``: the
+        last context state of each rollout, leads counted from it (the paper's: Euler 0,
+        Rayleigh–Bénard 32, turbulence_gravity_cooling 4).
     :param augmentations: those of :data:`AUGMENTATIONS` valid for the grid and its
         boundaries (no permutation on a non-square grid, no roll without a periodic axis).
     :param log_parameters: constant scalars that enter θ as their natural logarithm (the
@@ -331,6 +332,25 @@ def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
         previous = last
     if any(s < 0 for s in spec.starts):
         raise DatasetSpecError(f"--starts must be >= 0, got {list(spec.starts)}")
+    if any(s % spec.stride for s in spec.starts):
+        raise DatasetSpecError(
+            f"--starts {' '.join(map(str, spec.starts))}: start states are simulation steps on the "
+            f"strided trajectory, multiples of the stride {spec.stride}"
+        )
+    test_steps = min(info.splits["test"].n_steps) if "test" in info.splits else info.n_steps
+    if max(spec.starts) + spec.stride >= test_steps:
+        raise DatasetSpecError(
+            f"{info.name}: start state {max(spec.starts)} leaves nothing to predict in test trajectories "
+            f"of {test_steps} steps at stride {spec.stride}; pass smaller --starts (e.g. --starts 0)"
+        )
+    first_lead = spec.horizons[-1][0]
+    reachable = test_steps - 1 - max(spec.starts)
+    if first_lead > reachable:
+        raise DatasetSpecError(
+            f"{info.name}: rollouts from start state {max(spec.starts)} reach lead {reachable} at most in "
+            f"test trajectories of {test_steps} steps, before the last horizon ({first_lead}:...); "
+            "pass --horizons or --starts"
+        )
     unknown = [name for name in spec.log_parameters if name not in info.parameter_names]
     if unknown:
         raise DatasetSpecError(

@@ -249,7 +249,7 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         "members": 4,
         "trajectories": 2,
         "trajectory_seed": 3,
-        "starts": (0, 1),
+        "starts": (0, 2),  # simulation steps, on the stride-2 grid
         "vrmse_convention": "well",
         "steps": 3,
     }
@@ -293,15 +293,15 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
     assert len(trajectories) == 2 and trajectories == sorted(trajectories)
     per_trajectory = _numeric_rows(whole.path / "per_trajectory.csv")
     assert {(r["trajectory"], r["start"]) for r in per_trajectory if r["reference"] == "absolute"} == {
-        (float(t), float(s)) for t in trajectories for s in (0, 1)
+        (float(t), float(s)) for t in trajectories for s in (0, 2)
     }
     fields = {r["field"] for r in _numeric_rows(whole.path / "per_field_lead.csv")}
     assert fields == set(info.field_names)
     params = MlflowClient(context.tracking_uri).get_run(whole.manifest["mlflow_run_id"]).data.params
     assert params["vrmse_convention"] == "well" and params["vrmse_eps"] == "1e-07"
-    assert params["starts"] == "[0, 1]" and params["trajectory_selection"] == "seed 3"
+    assert params["starts"] == "[0, 2]" and params["trajectory_selection"] == "seed 3"
     # The options are part of the artifact's identity; the defaults leave ids unchanged.
-    assert whole.manifest["vrmse_convention"] == "well" and whole.manifest["starts"] == [0, 1]
+    assert whole.manifest["vrmse_convention"] == "well" and whole.manifest["initial_states"] == [0, 2]
 
 
 def test_guided_rollouts_from_a_later_start_state(setup):
@@ -313,17 +313,17 @@ def test_guided_rollouts_from_a_later_start_state(setup):
         contexts=(1,),
         members=2,
         trajectories=1,
-        starts=(0, 2),
+        starts=(0, 4),
         steps=2,
         guidance={"operator": "subsample", "factor": 2, "sigma_y": 0.1},
         context=context,
     )
     rows = _numeric_rows(artifact.path / "per_trajectory.csv")
-    assert sorted(r["start"] for r in rows if r["reference"] == "absolute") == [0.0, 2.0]
+    assert sorted(r["start"] for r in rows if r["reference"] == "absolute") == [0.0, 4.0]
     # The later start has fewer generated states, hence fewer per-lead rows.
     per_lead = _numeric_rows(artifact.path / "per_lead.csv")
-    leads = {s: {r["lead"] for r in per_lead if r["start"] == s} for s in (0.0, 2.0)}
-    assert leads[2.0] < leads[0.0] and all(math.isfinite(r["crps"]) for r in per_lead)
+    leads = {s: {r["lead"] for r in per_lead if r["start"] == s} for s in (0.0, 4.0)}
+    assert leads[4.0] < leads[0.0] and all(math.isfinite(r["crps"]) for r in per_lead)
 
 
 def test_solver_has_zero_spread_skill(setup):

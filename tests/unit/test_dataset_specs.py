@@ -138,6 +138,15 @@ def test_overrides_are_checked_and_name_the_option_to_change():
         resolve_spec(info, window=1)
     with pytest.raises(DatasetSpecError, match="--starts must be >= 0"):
         resolve_spec(info, starts=[-1])
+    with pytest.raises(DatasetSpecError, match="multiples of the stride 2"):
+        resolve_spec(info, starts=[3])
+    with pytest.raises(DatasetSpecError, match="start state 10 leaves nothing to predict"):
+        resolve_spec(info, starts=[10])
+    with pytest.raises(DatasetSpecError, match="reach lead 3 at most .* before the last horizon"):
+        resolve_spec(info, starts=[8], horizons=[(1, 2), (4, 6)])
+    # The paper's Rayleigh–Bénard horizons from its start state 32 need more than 60 steps.
+    with pytest.raises(DatasetSpecError, match="reach lead 27 at most .*; pass --horizons or --starts"):
+        resolve_spec(_info("rayleigh_benard", steps=60, resolution=(16, 8)))
 
 
 def test_the_command_line_overrides_the_spec(tmp_path):

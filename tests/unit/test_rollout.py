@@ -15,6 +15,7 @@ from lolaray.evaluation.rollout import (
     member_generators,
     member_seed,
     rollout,
+    rollout_origin,
     rollout_steps,
     solver_step,
     split_members,
@@ -335,3 +336,25 @@ def test_ensemble_rollout_takes_one_trajectory():
     with pytest.raises(ValueError, match="one trajectory"):
         ensemble_rollout(noise_step, torch.zeros(1, 2, 1, 2, 2), torch.zeros(3), **kw)
     assert ensemble_rollout(noise_step, torch.zeros(1, 2, 1, 2, 2), **kw).shape == (2, 2, 4, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("start", "context", "stride", "origin"),
+    [
+        (32, 1, 4, 8),  # Rayleigh–Bénard's start 32 at Δ = 4: the initial state is strided state 8
+        (32, 3, 4, 6),  # ... with context states 24, 28, 32
+        (4, 3, 1, 2),  # turbulence_gravity_cooling: steps 2, 3, 4
+        (0, 3, 4, 0),  # Euler from the first state: the context begins there
+        (4, 3, 4, 0),  # not enough states before step 4: moved forward to the first state
+    ],
+)
+def test_every_context_predicts_from_the_same_initial_state(start, context, stride, origin):
+    assert rollout_origin(start, context, stride) == origin
+    leads = lead_times(10, context, stride)
+    if start >= (context - 1) * stride:  # the last context state is the start state
+        assert (origin + context - 1) * stride == start and leads[context - 1] == 0
+
+
+def test_a_start_off_the_strided_grid_is_refused():
+    with pytest.raises(ValueError, match="not a multiple of the stride 4"):
+        rollout_origin(6, 1, 4)

@@ -62,6 +62,7 @@ class DatasetSpec:
         :class:`~lolaray.platform.preprocessing.ThetaStandardizer`).
     :param compression_rates: the paper's rates, ``numel(x) / numel(z)`` (``()``: not set).
     :param spatial_downsample: the autoencoder's reduction per spatial axis in the paper.
+    :param spatial_dims: 2 or 3, the dimension of the grid (what the networks are built for).
     :param wasserstein_field: the field scored by a Wasserstein distance (paper Tables 11–13).
     :param guidance: the guidance setting of the paper's figures (MMPS; ``None``: none).
     :param source: ``"paper"`` or ``"inferred"``, with ``" + overrides"`` when the command
@@ -77,6 +78,7 @@ class DatasetSpec:
     log_parameters: tuple[str, ...] = ()
     compression_rates: tuple[int, ...] = ()
     spatial_downsample: int | None = None
+    spatial_dims: int = 2
     wasserstein_field: str | None = None
     guidance: dict | None = None
     source: str = "paper"
@@ -152,6 +154,7 @@ PAPER_SPECS: dict[str, DatasetSpec] = {
             log_parameters=("rho0", "T0"),
             compression_rates=(48, 192, 768),
             spatial_downsample=8,
+            spatial_dims=3,
             wasserstein_field="density",
             guidance={"operator": "boundary", "width": 4, "sigma_y": 1e-2, "var_y": 1e-4, "iterations": 2},
         ),
@@ -227,6 +230,7 @@ def infer_spec(info: DatasetInfo) -> DatasetSpec:
         starts=(0,),
         augmentations=_valid_augmentations(info),
         log_parameters=_inferred_log_parameters(info),
+        spatial_dims=info.n_spatial_dims,
         source="inferred",
     )
 
@@ -307,6 +311,11 @@ def resolve_spec(
 
 
 def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
+    if spec.spatial_dims != info.n_spatial_dims:
+        raise DatasetSpecError(
+            f"{info.root}: named {info.name!r} but {info.n_spatial_dims}-D, where the paper's {info.name} "
+            f"is {spec.spatial_dims}-D"
+        )
     if spec.stride < 1:
         raise DatasetSpecError(f"--stride must be >= 1, got {spec.stride}")
     if spec.window < 2:

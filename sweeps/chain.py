@@ -29,6 +29,7 @@ from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import DatasetInfo
 from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError
 from lolaray.platform.stages import ScalingSpec, StageContext
+from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.emulator_trainer import train_diffusion, train_pixel_solver, train_solver
 from lolaray.trainers.emulators import EmulatorConfig
@@ -65,16 +66,33 @@ class Profile:
     actors: int = 1
 
     def for_dataset(self, spec: DatasetSpec) -> Profile:
-        """This profile with the dataset's window and stride in both emulators, and only
-        the context lengths such a window holds (at least one state to predict)."""
+        """This profile with the dataset's window, stride and log parameters in both
+        emulators, only the context lengths such a window holds (at least one state to
+        predict), and on a 3-D dataset the 3-D counterpart of a 2-D autoencoder preset
+        (``paper`` → ``paper_3d``, the reference's TGC autoencoder)."""
         contexts = tuple(c for c in self.contexts if c <= spec.window - 1)
         if not contexts:
             raise DatasetSpecError(
                 f"a window of {spec.window} states holds none of the context lengths {list(self.contexts)}: "
                 f"pass --window {max(self.contexts) + 1} or --contexts 1"
             )
+        autoencoder = self.autoencoder
+        declared = AUTOENCODER_PRESETS.get(autoencoder.preset, {}).get("spatial_dims", spec.spatial_dims)
+        if declared != spec.spatial_dims:
+            counterpart = (
+                f"{autoencoder.preset}_3d"
+                if spec.spatial_dims == 3
+                else autoencoder.preset.removesuffix("_3d")
+            )
+            if counterpart not in AUTOENCODER_PRESETS:
+                raise DatasetSpecError(
+                    f"the {autoencoder.preset!r} autoencoder is {declared}-D and {spec.name} is "
+                    f"{spec.spatial_dims}-D, with no {counterpart!r} preset"
+                )
+            autoencoder = dataclasses.replace(autoencoder, preset=counterpart)
         return dataclasses.replace(
             self,
+            autoencoder=autoencoder,
             emulator=dataclasses.replace(
                 self.emulator, window=spec.window, stride=spec.stride, log_parameters=spec.log_parameters
             ),

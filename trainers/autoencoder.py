@@ -482,12 +482,21 @@ def compression_rate(pixel_shape: Sequence[int], latent_shape: Sequence[int]) ->
 
 #: Keyword arguments of :class:`AutoEncoder` (without ``pixel_channels`` / ``latent_channels``).
 #: ``paper`` / ``paper_small`` / ``paper_3d`` are the reference configs ``dcae_f32c64_large`` /
-#: ``dcae_f32c64_small`` / ``dcae_3d_f8c64_large``; the others are small CPU presets.
+#: ``dcae_f32c64_small`` / ``dcae_3d_f8c64_large``; the others are small CPU presets. A preset
+#: without ``spatial_dims`` takes the data's (the paper's are 2-D or 3-D by design).
 AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
     # r=32; ≈3.13e8 parameters at C_pix=5, C_lat=64.
-    "paper": {"hidden_channels": (64, 128, 256, 512, 768, 1024), "hidden_blocks": (3,) * 6},
+    "paper": {
+        "hidden_channels": (64, 128, 256, 512, 768, 1024),
+        "hidden_blocks": (3,) * 6,
+        "spatial_dims": 2,
+    },
     # r=32; ≈7.9e7 parameters.
-    "paper_small": {"hidden_channels": (32, 64, 128, 256, 384, 512), "hidden_blocks": (3,) * 6},
+    "paper_small": {
+        "hidden_channels": (32, 64, 128, 256, 384, 512),
+        "hidden_blocks": (3,) * 6,
+        "spatial_dims": 2,
+    },
     # 3-D, r=8; ≈7.4e8 parameters at C_pix=6, C_lat=64.
     "paper_3d": {"hidden_channels": (64, 256, 512, 1024), "hidden_blocks": (3,) * 4, "spatial_dims": 3},
     # Tiny, r=2: unit tests and wiring checks (seconds on a CPU).

@@ -76,6 +76,7 @@ class AutoencoderConfig(StageConfig):
 
     def model_kwargs(self, info: DatasetInfo) -> dict:
         return {
+            "spatial_dims": info.n_spatial_dims,  # unless the preset is 2-D or 3-D by design
             **AUTOENCODER_PRESETS.get(self.preset, {}),
             **self.architecture,
             "pixel_channels": info.n_fields,
@@ -98,9 +99,13 @@ class AutoencoderConfig(StageConfig):
             raise ValueError("batch_size and valid_states must be >= 1")
         kwargs = self.model_kwargs(info)
         r = 2 ** (len(kwargs["hidden_channels"]) - 1)
-        dims = kwargs.get("spatial_dims", 2)
+        dims = kwargs["spatial_dims"]
         if dims != info.n_spatial_dims:
-            raise ValueError(f"preset {self.preset!r} is {dims}-D but {info.name} is {info.n_spatial_dims}-D")
+            counterpart = f"{self.preset}_3d" if info.n_spatial_dims == 3 else self.preset.removesuffix("_3d")
+            hint = f"; use preset {counterpart!r}" if counterpart in AUTOENCODER_PRESETS else ""
+            raise ValueError(
+                f"preset {self.preset!r} is {dims}-D but {info.name} is {info.n_spatial_dims}-D{hint}"
+            )
         for axis, size in zip(info.spatial_dims, info.resolution):
             if size % r:
                 raise ValueError(

@@ -244,6 +244,13 @@ def _read_header(path: str, fs) -> dict:
                     if name not in group:
                         raise DatasetFormatError(f"{path}: field {name!r} is listed but has no dataset")
                     shape = group[name].shape
+                    if not bool(group[name].attrs.get("time_varying", True)):
+                        # Known conditioning (issue 16, point 3): not carried through the
+                        # networks yet, so refused by name rather than by a shape mismatch.
+                        raise DatasetFormatError(
+                            f"{path}: field {name!r} is time-invariant (time_varying: false); "
+                            "constant fields are not supported yet"
+                        )
                     n_traj = int(f.attrs["n_trajectories"])
                     steps = int(f["dimensions"]["time"].shape[-1])
                     expected = (n_traj, steps, *resolution) + (len(axes),) * order

@@ -117,6 +117,16 @@ def test_fields_disagree_with_siblings(tiny_root):
         open_dataset(tiny_root)
 
 
+def test_a_time_invariant_field_is_refused_by_name(tiny_root):
+    victim = min((tiny_root / "data" / "train").glob("*.hdf5"))
+    with h5py.File(victim, "r+") as f:
+        group = f["t0_fields"]
+        group.create_dataset("depth", data=np.ones((2, 8, 8), dtype=np.float32)).attrs["time_varying"] = False
+        group.attrs["field_names"] = [*group.attrs["field_names"], "depth"]
+    with pytest.raises(DatasetFormatError, match=f"{victim.name}: field 'depth' is time-invariant"):
+        open_dataset(tiny_root)
+
+
 def test_resolution_disagrees_between_splits(tiny_root):
     for f in (tiny_root / "data" / "test").glob("*.hdf5"):
         f.unlink()

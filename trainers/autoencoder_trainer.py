@@ -37,7 +37,7 @@ from lolaray.platform.stages import StageContext, StageOutput, add_stage_argumen
 from lolaray.platform.tracking import StageRun
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import fit_stage
-from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training
+from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training, trained_weights
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.snapshots import save_autoencoder
 
@@ -215,7 +215,7 @@ def train_autoencoder(
             scaling=context.scaling,
         )
         model = AutoEncoder(**config.model_kwargs(info))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(trained_weights(state))
         model.eval()
 
         def write(folder: Path, manifest: dict) -> None:

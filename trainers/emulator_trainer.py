@@ -51,7 +51,7 @@ from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import fit_stage
-from lolaray.trainers.loop import LoopConfig, endless_batches, run_training
+from lolaray.trainers.loop import LoopConfig, endless_batches, run_training, trained_weights
 from lolaray.trainers.snapshots import save_emulator
 from lolaray.trainers.solver import solver_loss
 from lolaray.trainers.transformer import EMULATOR_PRESETS
@@ -270,7 +270,7 @@ def _train(
             datasets=datasets,
         )
         objective = Objective(build_emulator(config, state_shape, theta_dim, theta_standardizer))
-        objective.load_state_dict(state["model"])
+        objective.load_state_dict(trained_weights(state))
         emulator = objective.emulator.eval()
 
         def write(folder: Path, manifest: dict) -> None:

@@ -24,6 +24,7 @@ models and neural solvers:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -53,6 +54,7 @@ from lolaray.trainers.checkpoints import (
     read_state,
     run_folder,
 )
+from lolaray.trainers.ema import WeightAverage
 from lolaray.trainers.hardware import (
     autocast_context,
     compile_backbones,
@@ -71,6 +73,7 @@ __all__ = [
     "endless_batches",
     "load_training_state",
     "run_training",
+    "trained_weights",
 ]
 
 
@@ -107,6 +110,9 @@ class LoopConfig:
     :param precision: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16 on CUDA and on AMX-BF16 CPUs
         where a probe measured it faster, else fp32 (:func:`~lolaray.trainers.hardware.resolve_precision`).
     :param seed: base seed; rank ``r`` seeds with ``seed + r``.
+    :param ema_decay: keep an exponential moving average of the weights with this decay
+        (:class:`~lolaray.trainers.ema.WeightAverage`): validation runs on it and it is the
+        trained network a stage ships. ``None``: the last weights.
     """
 
     epochs: int = 10
@@ -121,6 +127,7 @@ class LoopConfig:
     precision: str = "auto"
     seed: int = 0
     fault: FaultInjection = field(default_factory=FaultInjection)
+    ema_decay: float | None = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.steps_per_epoch < 1:
@@ -131,13 +138,18 @@ class LoopConfig:
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.lr <= 0 or self.grad_clip <= 0 or self.max_nonfinite_in_a_row < 1:
             raise ValueError("lr and grad_clip must be > 0 and max_nonfinite_in_a_row >= 1")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {self.ema_decay}")
 
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["ema_decay"] is None:  # left out when off, so that earlier artifacts keep their ids
+            del d["ema_decay"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LoopConfig:
@@ -308,6 +320,12 @@ class _RunLogger:
             self(metrics, step)
 
 
+def trained_weights(state: dict) -> dict:
+    """The weights a stage ships from a training state (:func:`load_training_state`): the
+    moving average when :attr:`LoopConfig.ema_decay` was set, else the last weights."""
+    return state["ema"]["average"] if state.get("ema") else state["model"]
+
+
 def run_training(
     task: TrainingTask,
     loop: LoopConfig,
@@ -346,11 +364,14 @@ def run_training(
         loop.precision, device.type, measured_speedup=lambda: measure_bf16_speedup(core)
     )
     autocast = autocast_context(precision, device.type)
+    ema = WeightAverage(core, loop.ema_decay) if loop.ema_decay is not None else None
 
     start_epoch, step, iteration, skipped_total, resumes = 0, 0, 0, 0, []
     state = _state_to_resume(run_storage, world)
     if state is not None:
         core.load_state_dict(state["model"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
@@ -419,6 +440,8 @@ def run_training(
                 first_step_at = time.time()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(core)
             step += 1
             losses.append(float(loss.detach()))
             norms.append(grad_norm)
@@ -427,7 +450,11 @@ def run_training(
         elapsed = time.perf_counter() - began
         model.eval()
         valid_losses, valid_n = 0.0, 0
-        with torch.no_grad(), autocast():
+        with (
+            torch.no_grad(),
+            autocast(),
+            ema.swapped_into(core) if ema is not None else contextlib.nullcontext(),
+        ):
             for batch in task.valid_batches():
                 loss, n = task.loss(model, batch, device)
                 valid_losses += float(loss) * n
@@ -470,6 +497,7 @@ def run_training(
                     "resumes": resumes,
                     "rng": rng_states,
                     "loop": loop.to_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
                     "metrics": metrics,  # logged by a restart if this process dies before logging them
                 },
                 os.path.join(folder, STATE_FILE),

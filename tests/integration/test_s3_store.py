@@ -33,7 +33,17 @@ def _manifests(s3, stage: str) -> list[str]:
 def s3_study(data_cache, smoke_dataset, tmp_path_factory):
     work = tmp_path_factory.mktemp("s3-study")
     with s3_server() as s3:
-        command = [sys.executable, str(STUDY), "--profile", "smoke", "--latent-channels", "4"]
+        # One context: what is tested is where artifacts land, not the contexts' scores.
+        command = [
+            sys.executable,
+            str(STUDY),
+            "--profile",
+            "smoke",
+            "--latent-channels",
+            "4",
+            "--contexts",
+            "1",
+        ]
         command += ["--store", f"s3://{s3.bucket}/store", "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}"]
         env = {**os.environ, "LOLARAY_DATA_DIR": str(data_cache), **s3.env}
         runs = {}

@@ -1,6 +1,8 @@
 """The compression sweep end to end on the smoke profile (2 rates, both emulators, the
 pixel baseline, evaluations): Ray Tune trials, the MLflow layout, resuming after a
-crash, and the context sweep on the trained emulators."""
+crash, and the context sweep on the trained emulators. The resumed sweep is also the
+test of the per-rate stage chain resuming with only its missing stages (a stage chain
+test of its own cost two more minutes of suite time for the same property)."""
 
 import csv
 import json
@@ -228,7 +230,16 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         done = subprocess.run(
             [sys.executable, str(STUDY)]
-            + ["--profile", "smoke", "--latent-channels", "4", "--address", cluster.address]
+            + [
+                "--profile",
+                "smoke",
+                "--latent-channels",
+                "4",
+                "--contexts",
+                "1",
+                "--address",
+                cluster.address,
+            ]
             + ["--store", str(tmp_path / "store"), "--mlflow-uri", uri, "--max-concurrent-trials", "2"],
             capture_output=True,
             check=False,

@@ -45,6 +45,7 @@ from lolaray.platform.dataset_specs import (
     DatasetSpec,
     DatasetSpecError,
     add_dataset_spec_arguments,
+    resolve_spec,
     spec_from_args,
 )
 from lolaray.platform.session import start_ray
@@ -221,10 +222,18 @@ def run_compression_sweep(
     :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
         convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`), and
         their ``horizons``.
-    :param dataset_spec: the dataset's settings the profile was fitted to
-        (:meth:`~lolaray.sweeps.chain.Profile.for_dataset`), logged on the parent run.
+    :param dataset_spec: the dataset's settings (default: :func:`~lolaray.platform.dataset_specs.resolve_spec`
+        of ``dataset``): the profile is fitted to them
+        (:meth:`~lolaray.sweeps.chain.Profile.for_dataset`), the evaluations take their start
+        states and horizons unless ``scoring`` gives them, and they are logged on the parent run.
     :returns: the :class:`SweepOutcome`; the parent run is ``FAILED`` if a trial failed.
     """
+    # Fitted here too, not only by main(): a sweep called from Python trains the same
+    # artifacts (same ids) as the command line on the same data.
+    dataset_spec = dataset_spec or resolve_spec(dataset)
+    profile = profile.for_dataset(dataset_spec)
+    given = {key: value for key, value in (scoring or {}).items() if value is not None}
+    scoring = {"starts": list(dataset_spec.starts), "horizons": dataset_spec.horizons, **given}
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
     # are more trials than slots it frees its slot early instead of running alone at the end.
     chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]
@@ -241,7 +250,7 @@ def run_compression_sweep(
         "max_concurrent_trials": max_concurrent,
         "guidance": guidance,
         **(scoring or {}),
-        **({"dataset_spec": dataset_spec.to_dict()} if dataset_spec is not None else {}),
+        "dataset_spec": dataset_spec.to_dict(),
     }
     with sweep_run(
         experiment,

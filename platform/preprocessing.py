@@ -186,16 +186,6 @@ class ThetaStandardizer:
             "std": [*self.std, *([1.0] * codes)],
         }
 
-    def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        """Standardized θ, ``(..., |θ|)`` (what the label embedding computes)."""
-        spec = self.label_standardization()
-        log = torch.tensor(spec["log"], device=theta.device)
-        theta = theta.double()
-        logged = torch.where(log, theta.clamp_min(1e-300).log(), theta)
-        mean = torch.tensor(spec["mean"], dtype=theta.dtype, device=theta.device)
-        std = torch.tensor(spec["std"], dtype=theta.dtype, device=theta.device)
-        return (logged - mean) / std
-
     def describe(self) -> str:
         """One line for the start of a study, e.g. ``θ: ln rayleigh (μ 17.3, σ 1.2), ...``."""
         parts = [

@@ -11,6 +11,7 @@ from lolaray.platform.data import WellWindows, open_dataset, theta_standardizer_
 from lolaray.platform.preprocessing import ThetaStandardizer, fit_theta_standardizer
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.snapshots import EMULATOR_FILE, load_emulator, save_emulator
+from lolaray.trainers.transformer import LabelEmbedding
 
 RB_LIKE = ThetaStandardizer(
     parameter_names=("rayleigh", "prandtl"),
@@ -31,7 +32,8 @@ def test_fitted_statistics_are_those_of_the_logged_train_parameters():
     np.testing.assert_allclose(fitted.std, (math.log(100) * math.sqrt(2 / 3), 1.0, math.sqrt(8 / 3)))
     # pr is constant over the split: std 1, so it enters as 0 rather than dividing by zero.
     theta = torch.tensor([[1e8, 1.0, 5.0, 2, 2, 0, 0]])
-    torch.testing.assert_close(fitted.forward(theta), torch.tensor([[0.0, 0.0, 0.0, 2, 2, 0, 0]]).double())
+    embedding = LabelEmbedding(7, 4, **fitted.label_standardization())
+    torch.testing.assert_close(embedding.standardize(theta), torch.tensor([[0.0, 0.0, 0.0, 2, 2, 0, 0]]))
     assert ThetaStandardizer.from_dict(fitted.to_dict()) == fitted
     with pytest.raises(ValueError, match="'pr' takes values <= 0"):
         fit_theta_standardizer(

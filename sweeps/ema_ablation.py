@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         f"{what + ' ' + h:>22}" for what in ("diffusion", "solver", "spread-skill") for h in horizons
     )
     print(
-        f"\nVRMSE by lead-time horizon (physical units, all contexts) and spread-skill, ÷ at C_lat {args.latent_channels}"
+        f"\nVRMSE by lead-time horizon (physical units, all contexts) and spread-skill, at {args.latent_channels} latent channels"
     )
     print(header)
     print("-" * len(header))

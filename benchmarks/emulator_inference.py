@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout, solver_step
+from lolaray.evaluation.emulator_steps import diffusion_step, solver_step
+from lolaray.evaluation.rollout import decode_in_chunks, ensemble_rollout
 from lolaray.trainers.autoencoder import build_autoencoder
 from lolaray.trainers.diffusion import ElucidatedDenoiser
 from lolaray.trainers.solver import NeuralSolver

@@ -21,8 +21,9 @@ import time
 
 import torch
 
+from lolaray.evaluation.emulator_steps import diffusion_step
 from lolaray.evaluation.evaluate import evaluate
-from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout
+from lolaray.evaluation.rollout import decode_in_chunks, ensemble_rollout
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.session import start_ray

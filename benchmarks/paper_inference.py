@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from lolaray.evaluation.rollout import decode_in_chunks, diffusion_step, ensemble_rollout, solver_step
+from lolaray.evaluation.emulator_steps import diffusion_step, solver_step
+from lolaray.evaluation.rollout import decode_in_chunks, ensemble_rollout
 from lolaray.trainers.autoencoder import build_autoencoder
 from lolaray.trainers.diffusion import ElucidatedDenoiser
 from lolaray.trainers.hardware import autocast_context, resolve_precision

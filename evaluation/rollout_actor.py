@@ -34,18 +34,15 @@ import torch
 
 from lolaray.evaluation.aggregation import SEMD_FIELD
 from lolaray.evaluation.distributions import sliced_emd, wasserstein_1d
-from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
-from lolaray.evaluation.metrics import VRMSE_EPS, ensemble_scores, vrmse
-from lolaray.evaluation.rollout import (
-    decode_in_chunks,
+from lolaray.evaluation.emulator_steps import (
     diffusion_step,
     guided_diffusion_step,
-    member_generators,
-    member_seed,
     observe_states,
-    rollout,
     solver_step,
 )
+from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
+from lolaray.evaluation.metrics import VRMSE_EPS, ensemble_scores, vrmse
+from lolaray.evaluation.rollout import decode_in_chunks, member_generators, member_seed, rollout
 from lolaray.evaluation.split_ensemble import write_block
 from lolaray.platform.data import DatasetInfo, WellWindows
 from lolaray.platform.preprocessing import Standardizer

@@ -38,6 +38,7 @@ import numpy as np
 from lolaray.evaluation import figures, report, tables
 from lolaray.evaluation import findings as paper_findings
 from lolaray.evaluation.animation import animation_html
+from lolaray.evaluation.findings_table import findings_csv, findings_html, findings_text
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 
 __all__ = ["Evaluation", "StudyReport", "load_evaluations", "write_study_report"]
@@ -292,15 +293,15 @@ def write_study_report(
     plots += _guided_snapshot_figures(evaluations)
     # The six findings, from the same rows as the tables (absolute reference).
     findings = paper_findings.assess_findings(recon + overall + per_context, horizons=horizons)
-    (folder / "study_findings.csv").write_text(paper_findings.findings_csv(findings))
+    (folder / "study_findings.csv").write_text(findings_csv(findings))
     (folder / "study_findings.txt").write_text(
-        f"The paper's findings, tested on this study\n\n{paper_findings.findings_text(findings)}\n"
+        f"The paper's findings, tested on this study\n\n{findings_text(findings)}\n"
     )
     files += [folder / "study_findings.csv", folder / "study_findings.txt"]
     sections = [
         report.Section(
             "Findings",
-            [report.RawHTML(paper_findings.findings_html(findings, caption=FINDINGS_CAPTION))],
+            [report.RawHTML(findings_html(findings, caption=FINDINGS_CAPTION))],
         ),
         report.Section(
             "Tables",

@@ -36,7 +36,7 @@ import ray
 import ray.tune
 from mlflow.tracking import MlflowClient
 
-from lolaray.evaluation.findings import findings_text, log_findings
+from lolaray.evaluation.findings_table import findings_text, log_findings
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_from_args
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import ArtifactStore

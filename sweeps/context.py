@@ -27,7 +27,7 @@ import ray.tune
 from mlflow.tracking import MlflowClient
 
 from lolaray.evaluation.evaluate import evaluate
-from lolaray.evaluation.findings import log_findings
+from lolaray.evaluation.findings_table import log_findings
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import open_dataset

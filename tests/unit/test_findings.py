@@ -22,6 +22,8 @@ from lolaray.evaluation.findings import (
     NOT_SHOWN,
     SHOWN,
     assess_findings,
+)
+from lolaray.evaluation.findings_table import (
     findings_csv,
     findings_html,
     findings_metrics,

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from lolaray.evaluation.emulator_steps import diffusion_step, solver_step
 from lolaray.evaluation.rollout import (
     decode_in_chunks,
-    diffusion_step,
     ensemble_rollout,
     lead_times,
     member_generators,
@@ -17,7 +17,6 @@ from lolaray.evaluation.rollout import (
     rollout,
     rollout_origin,
     rollout_steps,
-    solver_step,
     split_members,
 )
 from lolaray.trainers.autoencoder import build_autoencoder

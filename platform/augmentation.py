@@ -11,6 +11,11 @@ the component of a vector field along spatial axis ``vector_axis[c]``:
 
 Each is a symmetry of the (isotropic) Euler equations, so an augmented trajectory is
 again a solution. The draw is shared by every time step of the item, as in The Well.
+
+A stage names the augmentations it applies by an *augmentation setting*
+(:func:`augmentation_setting`): ``True`` for all three (each where the grid allows it),
+``False`` for none, or the tuple of names of a subset, in :data:`AUGMENTATIONS` order. A
+dataset's spec chooses them (``platform/dataset_specs.py``, ``--augmentations``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,29 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Augmentation", "flip_axis", "permute_axes", "roll_axis"]
+__all__ = ["AUGMENTATIONS", "Augmentation", "augmentation_setting", "flip_axis", "permute_axes", "roll_axis"]
 
 PERIODIC = 2
+#: The augmentations of The Well, in the order settings list them.
+AUGMENTATIONS = ("flip", "permute", "roll")
+
+
+def augmentation_setting(names: Sequence[str] | bool) -> bool | tuple[str, ...]:
+    """The canonical setting of a set of augmentation names: ``True`` for all of
+    :data:`AUGMENTATIONS`, ``False`` for none, else the names in :data:`AUGMENTATIONS` order
+    (so two spellings of one set give one artifact id).
+
+    :raises ValueError: an unknown name.
+    """
+    if isinstance(names, bool):
+        return names
+    unknown = sorted(set(names) - set(AUGMENTATIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation(s) {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}"
+        )
+    chosen = tuple(name for name in AUGMENTATIONS if name in names)
+    return True if chosen == AUGMENTATIONS else (chosen or False)
 
 
 def flip_axis(
@@ -71,6 +96,17 @@ class Augmentation:
     flip: bool = True
     permute: bool = True
     roll: bool = True
+
+    @classmethod
+    def from_setting(
+        cls, vector_axis: Sequence[int | None], setting: bool | Sequence[str]
+    ) -> Augmentation | None:
+        """The augmentation an :func:`augmentation_setting` names (``None`` for none)."""
+        setting = augmentation_setting(setting)
+        if setting is False:
+            return None
+        names = AUGMENTATIONS if setting is True else setting
+        return cls(vector_axis, **{name: name in names for name in AUGMENTATIONS})
 
     def __call__(
         self, x: torch.Tensor, bc: torch.Tensor, generator: torch.Generator | None = None

@@ -252,6 +252,9 @@ class WellWindows(Dataset):
 
     :param length: states per window (``None``: whole trajectories).
     :param stride: time steps between consecutive states of a window (Δ).
+    :param augment: an :class:`~lolaray.platform.augmentation.Augmentation`, or a setting of
+        :func:`~lolaray.platform.augmentation.augmentation_setting` (``True``: all, ``False``:
+        none, or names such as ``("flip", "roll")``).
     :raises ValueError: the window does not fit in the trajectories.
     """
 
@@ -263,7 +266,7 @@ class WellWindows(Dataset):
         length: int | None = 1,
         stride: int = 1,
         standardizer: Standardizer | None = None,
-        augment: Augmentation | bool = False,
+        augment: Augmentation | bool | Sequence[str] = False,
         generator: torch.Generator | None = None,
     ):
         if split not in info.splits:
@@ -282,9 +285,9 @@ class WellWindows(Dataset):
 
         self.info, self.split, self.length, self.stride = info, split, length, stride
         self.standardizer = standardizer
-        if augment is True:
-            augment = Augmentation(info.vector_axis)
-        self.augment = augment or None
+        if not isinstance(augment, Augmentation):
+            augment = Augmentation.from_setting(info.vector_axis, augment)
+        self.augment = augment
         self.generator = generator
         self.files = layout.files
         self.windows_per_trajectory = [n - span + 1 for n in layout.n_steps]

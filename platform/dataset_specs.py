@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lolaray.platform.augmentation import AUGMENTATIONS, augmentation_setting
 from lolaray.platform.data import DatasetInfo
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "spec_from_args",
 ]
 
-#: The augmentations of The Well (``platform/augmentation.py``).
-AUGMENTATIONS = ("flip", "permute", "roll")
 #: Largest stride an inferred spec takes: the paper's Δ on its 2-D datasets.
 MAX_INFERRED_STRIDE = 4
 
@@ -55,8 +54,10 @@ class DatasetSpec:
     :param starts: rollout initial states in simulation steps, multiples of ``stride``: the
         last context state of each rollout, leads counted from it (the paper's: Euler 0,
         Rayleigh–Bénard 32, turbulence_gravity_cooling 4).
-    :param augmentations: those of :data:`AUGMENTATIONS` valid for the grid and its
-        boundaries (no permutation on a non-square grid, no roll without a periodic axis).
+    :param augmentations: those of :data:`~lolaray.platform.augmentation.AUGMENTATIONS` the
+        training data draws from (the autoencoder's states, the latent cache's augmented
+        copies, the pixel solver's windows); only those valid for the grid and its boundaries
+        (no permutation on a non-square grid, no roll without a periodic axis).
     :param log_parameters: constant scalars that enter θ as their natural logarithm (the
         emulators standardize θ from the train split after it; see
         :class:`~lolaray.platform.preprocessing.ThetaStandardizer`).
@@ -65,6 +66,10 @@ class DatasetSpec:
     :param spatial_dims: 2 or 3, the dimension of the grid (what the networks are built for).
     :param wasserstein_field: the field scored by a Wasserstein distance (paper Tables 11–13).
     :param guidance: the guidance setting of the paper's figures (MMPS; ``None``: none).
+    :param augment: :attr:`augmentations` as the stages take them (an
+        :func:`~lolaray.platform.augmentation.augmentation_setting`), set by
+        :func:`resolve_spec`: ``True`` when they are every one the grid allows (the stages'
+        default, so a study's artifacts are those of the stages run alone).
     :param source: ``"paper"`` or ``"inferred"``, with ``" + overrides"`` when the command
         line changed anything.
     """
@@ -81,6 +86,7 @@ class DatasetSpec:
     spatial_dims: int = 2
     wasserstein_field: str | None = None
     guidance: dict | None = None
+    augment: bool | tuple[str, ...] = True
     source: str = "paper"
 
     @property
@@ -90,8 +96,10 @@ class DatasetSpec:
 
     def to_dict(self) -> dict:
         """Plain types, for the MLflow parameters of a study."""
+        plain = dataclasses.asdict(self)
+        del plain["augment"]  # the stages' spelling of `augmentations`
         return {
-            **dataclasses.asdict(self),
+            **plain,
             "horizons": [list(h) for h in self.horizons],
             "starts": list(self.starts),
             "augmentations": list(self.augmentations),
@@ -257,13 +265,15 @@ def resolve_spec(
     horizons: Sequence[tuple[int, int]] | None = None,
     starts: Sequence[int] | None = None,
     log_parameters: Sequence[str] | None = None,
+    augmentations: Sequence[str] | None = None,
 ) -> DatasetSpec:
     """The paper's spec of ``info`` (else :func:`infer_spec`), with the given overrides,
     checked against the data.
 
     The paper's log parameters are matched to the folder's names case-insensitively (The
     Well spells them ``Rayleigh``, the reference code ``rayleigh``); those the folder lacks
-    are dropped.
+    are dropped, and so are the paper's augmentations the folder's grid does not allow (no
+    roll on a folder with no periodic axis, e.g. ``euler_multi_quadrants_openBC``).
 
     An inferred spec whose stride is overridden gets horizons recomputed for that stride
     unless they are given too.
@@ -271,16 +281,19 @@ def resolve_spec(
     :raises DatasetSpecError: a window that does not fit the shortest trajectory (naming
         ``--stride`` / ``--window``), horizons that are empty, overlapping or out of order
         (``--horizons``), negative start states (``--starts``), a log parameter the data
-        does not have (``--log-parameters``).
+        does not have (``--log-parameters``), an augmentation unknown or not valid for the
+        grid (``--augmentations``).
     """
     spec = PAPER_SPECS.get(info.name)
     if spec is None:
         spec = infer_spec(info)
     else:
         by_lower = {name.lower(): name for name in info.parameter_names}
+        valid = _valid_augmentations(info)
         spec = dataclasses.replace(
             spec,
             log_parameters=tuple(by_lower[n.lower()] for n in spec.log_parameters if n.lower() in by_lower),
+            augmentations=tuple(a for a in spec.augmentations if a in valid),
         )
     changes = {
         key: value
@@ -290,6 +303,7 @@ def resolve_spec(
             ("horizons", horizons),
             ("starts", starts),
             ("log_parameters", None if log_parameters is None else tuple(log_parameters)),
+            ("augmentations", None if augmentations is None else tuple(augmentations)),
         )
         if value is not None
     }
@@ -307,7 +321,10 @@ def resolve_spec(
         }
         spec = dataclasses.replace(spec, **changes, source=f"{spec.source} + overrides")
     _check(spec, info)
-    return spec
+    covers_grid = set(spec.augmentations) == set(_valid_augmentations(info))
+    return dataclasses.replace(
+        spec, augment=True if covers_grid else augmentation_setting(spec.augmentations)
+    )
 
 
 def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
@@ -360,6 +377,7 @@ def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
             f"test trajectories of {test_steps} steps, before the last horizon ({first_lead}:...); "
             "pass --horizons or --starts"
         )
+    _check_augmentations(spec.augmentations, info)
     unknown = [name for name in spec.log_parameters if name not in info.parameter_names]
     if unknown:
         raise DatasetSpecError(
@@ -376,6 +394,26 @@ def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
                     )
 
 
+def _check_augmentations(names: Sequence[str], info: DatasetInfo) -> None:
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise DatasetSpecError(
+            f"--augmentations: unknown {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)} or none"
+        )
+    valid = _valid_augmentations(info)
+    grid = "×".join(map(str, info.resolution))
+    why = {
+        "permute": f"its {grid} grid is not square" if info.n_spatial_dims > 1 else "it has one axis",
+        "roll": "none of its axes is periodic",
+    }
+    invalid = [name for name in names if name not in valid]
+    if invalid:
+        raise DatasetSpecError(
+            f"--augmentations: {', '.join(f'{n} is not a symmetry of {info.name} ({why[n]})' for n in invalid)}; "
+            f"valid: {', '.join(valid)}"
+        )
+
+
 def _horizons_option(text: str) -> tuple[tuple[int, int], ...]:
     try:
         return parse_horizons(text)
@@ -388,8 +426,9 @@ def _names_option(text: str) -> tuple[str, ...]:
 
 
 def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool = True) -> None:
-    """``--stride``, ``--window`` (unless ``windows`` is false: an evaluation takes them from
-    its emulator) and ``--horizons``: overrides of the dataset's spec. ``--starts``, one of
+    """``--stride``, ``--window``, ``--augmentations`` (unless ``windows`` is false: an
+    evaluation takes them from its emulator), ``--horizons`` and ``--log-parameters``:
+    overrides of the dataset's spec. ``--starts``, one of
     the scoring options, overrides the spec's start states."""
     group = parser.add_argument_group(
         "dataset settings (default: the paper's for its datasets, else inferred from the data)"
@@ -399,6 +438,14 @@ def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool
             "--stride", type=int, default=None, help="simulation steps between window states (Δ)"
         )
         group.add_argument("--window", type=int, default=None, help="states per emulator window (n + 1)")
+        group.add_argument(
+            "--augmentations",
+            type=_names_option,
+            default=None,
+            metavar="NAME,...|none",
+            help=f"what the training data draws from ({', '.join(AUGMENTATIONS)}; default: every one valid "
+            "for the grid)",
+        )
     group.add_argument(
         "--horizons",
         type=_horizons_option,
@@ -424,4 +471,5 @@ def spec_from_args(args: argparse.Namespace, info: DatasetInfo) -> DatasetSpec:
         horizons=getattr(args, "horizons", None),
         starts=getattr(args, "starts", None),
         log_parameters=getattr(args, "log_parameters", None),
+        augmentations=getattr(args, "augmentations", None),
     )

@@ -38,7 +38,7 @@ import ray.data
 import torch
 
 from lolaray.platform.artifacts import filesystem_for
-from lolaray.platform.augmentation import Augmentation
+from lolaray.platform.augmentation import Augmentation, augmentation_setting
 from lolaray.platform.data import WellWindows, cached_windows, read_dataset_info
 from lolaray.platform.preprocessing import Standardizer
 
@@ -93,6 +93,7 @@ class _Source:
     standardizer: dict
     repeat: int
     seed: int
+    augment: bool | tuple[str, ...] = True
 
 
 def _read_trajectories(batch: dict, *, source: _Source) -> dict:
@@ -101,7 +102,7 @@ def _read_trajectories(batch: dict, *, source: _Source) -> dict:
     windows = cached_windows(source.root, source.split, None, 1, False)
     info = windows.info
     standardizer = Standardizer.from_dict(source.standardizer)
-    augment = Augmentation(info.vector_axis)
+    augment = Augmentation.from_setting(info.vector_axis, source.augment)
     out: dict[str, list] = {k: [] for k in ("trajectory_id", "file", "trajectory", "copy", "theta", "x")}
     for index, copy in zip(batch["index"], batch["copy"]):
         item = windows[int(index)]
@@ -132,6 +133,7 @@ def build_latent_cache(
     encoder_cls,
     encoder_kwargs: dict,
     repeat: int = 1,
+    augment: bool | Sequence[str] = True,
     dtype: str = "float32",
     seed: int = 0,
     actors: int = 1,
@@ -148,6 +150,8 @@ def build_latent_cache(
         ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``;
         returns a pyarrow table with the shard columns (``trajectory_id, file, trajectory, copy,
         theta, length, latent``); see :class:`lolaray.trainers.encoding.AutoencoderEncoder`.
+    :param augment: the augmentations of copies 1… (an
+        :func:`~lolaray.platform.augmentation.augmentation_setting`; copy 0 is never augmented).
     :param actors: size of the encoder actor pool; ``actor_gpus`` GPUs per actor on a cluster.
     :returns: the manifest entries describing the shards (``shards``, ``rows``, ``min_length``, ``states``).
     """
@@ -156,10 +160,13 @@ def build_latent_cache(
         raise ValueError(f"unknown latent dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    augment = augmentation_setting(augment)
+    if repeat > 1 and augment is False:
+        raise ValueError(f"repeat={repeat} copies of each trajectory need augmentations to differ; got none")
     info = read_dataset_info(dataset_root)
     count = len(WellWindows(info, split, length=None))
     items = [{"index": i, "copy": c} for i in range(count) for c in range(repeat)]
-    source = _Source(dataset_root, split, standardizer, repeat, seed)
+    source = _Source(dataset_root, split, standardizer, repeat, seed, augment)
     blocks = max(1, -(-len(items) // trajectories_per_batch))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(_read_trajectories, batch_size=trajectories_per_batch, fn_kwargs={"source": source})

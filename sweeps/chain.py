@@ -49,6 +49,8 @@ class Profile:
         autoencoder is replaced per rate).
     :param contexts, members, trajectories, sampler_steps: the evaluation.
     :param repeat: augmented copies per train trajectory in the latent cache.
+    :param augment: the augmentations of the autoencoder's states, the latent cache's copies
+        and the pixel solver's windows (the dataset spec's, set by :meth:`for_dataset`).
     :param workers: Ray Train workers per training stage; ``actors``: encoder / rollout actors.
     """
 
@@ -62,12 +64,14 @@ class Profile:
     trajectories: int = 64
     sampler_steps: int = 16
     repeat: int = 4
+    augment: bool | tuple[str, ...] = True
     workers: int = 1
     actors: int = 1
 
     def for_dataset(self, spec: DatasetSpec) -> Profile:
         """This profile with the dataset's window, stride and log parameters in both
-        emulators, only the context lengths such a window holds (at least one state to
+        emulators, its augmentations in every stage that trains on augmented data, only the
+        context lengths such a window holds (at least one state to
         predict), and on a 3-D dataset the 3-D counterpart of a 2-D autoencoder preset
         (``paper`` → ``paper_3d``, the reference's TGC autoencoder)."""
         contexts = tuple(c for c in self.contexts if c <= spec.window - 1)
@@ -92,7 +96,7 @@ class Profile:
             autoencoder = dataclasses.replace(autoencoder, preset=counterpart)
         return dataclasses.replace(
             self,
-            autoencoder=autoencoder,
+            autoencoder=dataclasses.replace(autoencoder, augment=spec.augment),
             emulator=dataclasses.replace(
                 self.emulator, window=spec.window, stride=spec.stride, log_parameters=spec.log_parameters
             ),
@@ -101,8 +105,12 @@ class Profile:
                 window=spec.window,
                 stride=spec.stride,
                 log_parameters=spec.log_parameters,
+                augment=spec.augment,
             ),
             contexts=contexts,
+            augment=spec.augment,
+            # Without augmentations the cache's copies of a trajectory would all be the same.
+            repeat=self.repeat if spec.augment is not False else 1,
         )
 
     def scaling(self) -> ScalingSpec:
@@ -287,6 +295,7 @@ def run_latent_chain(
                 s,
                 context,
                 repeat=profile.repeat if s == "train" else 1,
+                augment=profile.augment,
                 seed=seed,
             ),
         )

@@ -30,6 +30,7 @@ import torch
 from mlflow.models import infer_signature
 
 from lolaray.platform.artifacts import Artifact
+from lolaray.platform.augmentation import augmentation_setting
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.session import start_ray
@@ -60,7 +61,9 @@ class AutoencoderConfig(StageConfig):
         standardized variances down to 3e-4) those weights span ~100x at 1e-2 and a few
         states dominate loss and gradient; a larger value evens them out (issue 15).
     :param batch_size: states per worker per step. ``valid_states``: validation states per epoch.
-    :param augment: random flips / permutations / periodic rolls of training states.
+    :param augment: the augmentations of training states: ``True`` random flips, permutations
+        (square grids) and periodic rolls, ``False`` none, or a subset's names (an
+        :func:`~lolaray.platform.augmentation.augmentation_setting`; the dataset spec's in a study).
     :param loop: optimizer, schedule, epochs (the paper: PSGD, lr 1e-5, cosine, clip 1).
     """
 
@@ -71,8 +74,12 @@ class AutoencoderConfig(StageConfig):
     loss_eps: float = 1e-2
     batch_size: int = 16
     valid_states: int = 64
-    augment: bool = True
+    augment: bool | tuple[str, ...] = True
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="psgd", lr=1e-4))
+
+    def __post_init__(self):
+        # One spelling per set of augmentations (a list after a JSON round trip), one artifact id.
+        object.__setattr__(self, "augment", augmentation_setting(self.augment))
 
     def model_kwargs(self, info: DatasetInfo) -> dict:
         return {

@@ -171,7 +171,7 @@ class EmulatorTask:
             length=self.config.window,
             stride=self.config.stride,
             standardizer=Standardizer.from_dict(self.cfg["standardizer"]),
-            augment=True,
+            augment=self.config.augment,
         )
         return endless_batches(
             windows,

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from lolaray.platform.augmentation import augmentation_setting
 from lolaray.platform.preprocessing import ThetaStandardizer
 from lolaray.trainers.diffusion import ElucidatedDenoiser
-from lolaray.trainers.loop import LoopConfig, StageConfig
+from lolaray.trainers.loop import ADDED_LATER, LoopConfig, StageConfig
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.solver import NeuralSolver
 from lolaray.trainers.transformer import EMULATOR_PRESETS, build_backbone
@@ -40,6 +41,10 @@ class EmulatorConfig(StageConfig):
     :param log_parameters: the parameters that enter θ as logarithms before the label
         embedding standardizes it (``None``: the dataset's spec,
         :func:`~lolaray.platform.dataset_specs.resolve_spec`).
+    :param augment: the augmentations of a pixel-space emulator's training windows (an
+        :func:`~lolaray.platform.augmentation.augmentation_setting`: ``True`` every one the
+        grid allows; the dataset spec's in a study). Latent emulators train on the latent
+        cache, whose copies were augmented when it was encoded.
     :param loop: the optimization (the paper: AdamW, lr 1e-4, betas (0.9, 0.99), cosine, clip 1).
     """
 
@@ -55,11 +60,13 @@ class EmulatorConfig(StageConfig):
     windows_per_trajectory: int = 4
     valid_windows: int = 64
     log_parameters: tuple[str, ...] | None = None
+    augment: bool | tuple[str, ...] = field(default=True, metadata=ADDED_LATER)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(optimizer="adamw", lr=1e-4))
 
     def __post_init__(self):
         if self.log_parameters is not None:  # a list after a JSON round trip
             object.__setattr__(self, "log_parameters", tuple(self.log_parameters))
+        object.__setattr__(self, "augment", augmentation_setting(self.augment))
 
     def backbone_kwargs(self) -> dict:
         return {**EMULATOR_PRESETS.get(self.preset, {}), **self.architecture}

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from lolaray.platform.artifacts import Artifact, open_artifact
+from lolaray.platform.augmentation import augmentation_setting
 from lolaray.platform.data import DatasetInfo, open_dataset
 from lolaray.platform.latent_cache import LatentCache, build_latent_cache, encode_latents
 from lolaray.platform.session import start_ray
@@ -82,6 +84,7 @@ def cache_latents(
     context: StageContext | None = None,
     *,
     repeat: int | None = None,
+    augment: bool | Sequence[str] = True,
     dtype: str = "float32",
     seed: int = 0,
     encoder_kwargs: dict | None = None,
@@ -92,6 +95,8 @@ def cache_latents(
         ``context.scaling.actors`` encoder actors of ``context.scaling.actor_gpus`` GPUs each.
     :param repeat: copies per trajectory: copy 0 unaugmented, the others randomly augmented.
         Default: 4 for ``train`` (the paper's), 1 for ``valid``/``test`` (never augmented).
+    :param augment: which augmentations the copies draw from (the dataset spec's,
+        :func:`~lolaray.platform.augmentation.augmentation_setting`; ``True``: all valid ones).
     :param encoder_kwargs: extra keywords of :class:`AutoencoderEncoder` (tests' hooks).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
@@ -99,6 +104,9 @@ def cache_latents(
     if split != "train" and repeat != 1:
         raise ValueError(f"only the train split is augmented; got repeat={repeat} for {split!r}")
     config = {"split": split, "repeat": repeat, "dtype": dtype, "seed": seed, "dataset": info.fingerprint()}
+    augment = augmentation_setting(augment) if repeat > 1 else True
+    if augment is not True:  # a subset only: caches with every augmentation keep their earlier ids
+        config["augment"] = augment
     context = context or StageContext.default()
     scaling = context.scaling
     rate = autoencoder.manifest.get("compression")
@@ -120,6 +128,7 @@ def cache_latents(
                     encoder_cls=AutoencoderEncoder,
                     encoder_kwargs={"autoencoder_dir": str(autoencoder.uri), **(encoder_kwargs or {})},
                     repeat=repeat,
+                    augment=augment,
                     dtype=dtype,
                     seed=seed,
                     actors=scaling.actors,

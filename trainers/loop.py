@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,6 +65,7 @@ from lolaray.trainers.hardware import (
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
 
 __all__ = [
+    "ADDED_LATER",
     "FaultInjection",
     "LoopConfig",
     "NonFiniteTrainingError",
@@ -162,12 +163,22 @@ class LoopConfig:
         return cls(**d)
 
 
+#: ``field(metadata=ADDED_LATER)``: a stage-config field added after artifacts were stored
+#: with that config, left out of :meth:`StageConfig.to_dict` (and so of the artifact id)
+#: while it holds its default, which must be what those artifacts did.
+ADDED_LATER = {"omitted_at_default": True}
+
+
 class StageConfig:
     """Mixin for frozen stage-config dataclasses holding a ``loop: LoopConfig``: JSON-safe
     ``to_dict`` / ``from_dict`` (what workers receive and artifacts store)."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for f in fields(self):
+            if f.metadata.get("omitted_at_default") and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict):

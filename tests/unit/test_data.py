@@ -14,8 +14,9 @@ import yaml
 from the_well.data import WellDataset
 from wellfiles import make_tiny_dataset, write_tiny
 
-from lolaray.platform.augmentation import Augmentation, flip_axis, permute_axes
-from lolaray.platform.data import WellWindows, open_dataset, read_dataset_info
+from lolaray.platform.augmentation import Augmentation, augmentation_setting, flip_axis, permute_axes
+from lolaray.platform.data import WellWindows, open_dataset, read_dataset_info, standardizer_for
+from lolaray.platform.latent_cache import _read_trajectories, _Source
 from lolaray.platform.preprocessing import Standardizer, fit_standardizer
 from lolaray.platform.well_format import (
     DatasetFormatError,
@@ -223,6 +224,58 @@ def test_random_augmentation_rolls_only_periodic_axes_and_is_seeded():
     # Norms of the vector field per cell are invariant under every augmentation.
     speed = lambda z: (z[3] ** 2 + z[4] ** 2).flatten().sort().values
     torch.testing.assert_close(speed(a), speed(x))
+
+
+def test_an_augmentation_setting_names_what_is_drawn():
+    assert augmentation_setting(["roll", "flip", "permute"]) is True
+    assert augmentation_setting(["roll", "flip", "roll"]) == ("flip", "roll")
+    assert augmentation_setting([]) is False and augmentation_setting(False) is False
+    with pytest.raises(ValueError, match="unknown augmentation\\(s\\) rotate"):
+        augmentation_setting(["flip", "rotate"])
+    assert Augmentation.from_setting((None,), False) is None
+    # Flips only, on a periodic square grid: every draw is one of the four flips, never a
+    # roll or a transposition (which a full augmentation draws within a few seeds).
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    periodic = torch.full((2, 2), 2.0)
+    flips = [x, x.flip(2), x.flip(3), x.flip(2).flip(3)]
+    only_flips = Augmentation.from_setting((None,), ("flip",))
+    for seed in range(16):
+        y, _ = only_flips(x, periodic, torch.Generator().manual_seed(seed))
+        assert any(torch.equal(y, f) for f in flips)
+    full = Augmentation.from_setting((None,), True)
+    drawn = [full(x, periodic, torch.Generator().manual_seed(seed))[0] for seed in range(16)]
+    assert any(not any(torch.equal(y, f) for f in flips) for y in drawn)
+
+
+def test_windows_take_an_augmentation_setting(tiny_root):
+    info = open_dataset(tiny_root)
+    plain = WellWindows(info, "train", length=2)
+    assert plain.augment is None
+    flipped = WellWindows(info, "train", length=2, augment=("flip",))
+    assert (flipped.augment.flip, flipped.augment.permute, flipped.augment.roll) == (True, False, False)
+
+
+def test_the_latent_caches_copies_draw_only_the_named_augmentations(tiny_root):
+    """Copies 1… of a cached trajectory are augmented with the setting the stage passes: with
+    flips only, the scalar fields of every copy of a periodic trajectory are one of its four
+    flips, never rolled or transposed; with every augmentation some copy is neither."""
+    info = open_dataset(tiny_root)
+    standardizer = standardizer_for(info).to_dict()
+    periodic = next(i for i, f in enumerate(info.splits["train"].files) if "periodic" in f)
+    batch = {"index": np.array([2 * periodic] * 8), "copy": np.arange(8)}  # 2 trajectories per file
+
+    def scalar_fields_of_copies(augment):
+        source = _Source(str(tiny_root), "train", standardizer, 8, 0, augment)
+        return torch.from_numpy(_read_trajectories(batch, source=source)["x"])[:, :, :3]  # (8, L, 3, H, W)
+
+    def is_a_flip(copy, original):
+        flips = (original, original.flip(-2), original.flip(-1), original.flip(-2).flip(-1))
+        return any(torch.allclose(copy, f) for f in flips)
+
+    flipped = scalar_fields_of_copies(("flip",))
+    assert all(is_a_flip(copy, flipped[0]) for copy in flipped[1:])
+    every = scalar_fields_of_copies(True)
+    assert not all(is_a_flip(copy, every[0]) for copy in every[1:])
 
 
 def test_stdlib_platform_is_not_shadowed():

@@ -76,6 +76,7 @@ def test_the_papers_datasets_take_the_papers_settings():
         "rayleigh_benard",
         steps=200,
         resolution=(512, 128),
+        boundaries=("PERIODIC", "WALL"),
         parameters={"Rayleigh": (1e8,), "Prandtl": (1.0,)},
     )
     assert resolve_spec(well_rb) == dataclasses.replace(rb, log_parameters=("Rayleigh", "Prandtl"))
@@ -108,6 +109,50 @@ def test_defaults_fit_folders_of_any_length(steps, stride, window, horizons):
 )
 def test_only_augmentations_valid_for_the_grid(resolution, boundaries, augmentations):
     assert infer_spec(_info(resolution=resolution, boundaries=boundaries)).augmentations == augmentations
+
+
+def test_augmentations_are_overridden_and_checked_against_the_grid():
+    rb_like = _info(resolution=(48, 32), boundaries=("PERIODIC", "WALL"))
+    spec = resolve_spec(rb_like)
+    assert (spec.augmentations, spec.augment) == (("flip", "roll"), True)  # every one the grid allows
+    spec = resolve_spec(rb_like, augmentations=["roll", "flip", "roll"])
+    assert spec.augment is True and spec.source == "inferred + overrides"
+    assert resolve_spec(rb_like, augmentations=["flip"]).augment == ("flip",)
+    assert resolve_spec(rb_like, augmentations=[]).augment is False
+    with pytest.raises(
+        DatasetSpecError, match="--augmentations: permute is not a symmetry of .*48×32 grid is not square"
+    ):
+        resolve_spec(rb_like, augmentations=["flip", "permute"])
+    with pytest.raises(DatasetSpecError, match="--augmentations: roll .* \\(none of its axes is periodic\\)"):
+        resolve_spec(_info(boundaries=("OPEN", "WALL")), augmentations=["roll"])
+    with pytest.raises(
+        DatasetSpecError, match="--augmentations: unknown rotate; choose from flip, permute, roll"
+    ):
+        resolve_spec(rb_like, augmentations=["rotate"])
+    # The paper's Euler augmentations on The Well's open-boundary Euler folder: no periodic axis, no roll.
+    open_euler = resolve_spec(_info("euler_multi_quadrants_openBC", boundaries=("OPEN", "OPEN")))
+    assert (open_euler.augmentations, open_euler.augment) == (("flip", "permute"), True)
+    assert "augment" not in open_euler.to_dict()
+
+
+def test_a_profile_trains_on_the_specs_augmentations():
+    square = _info(boundaries=("PERIODIC", "PERIODIC"))
+    profile = PROFILES["demo"].for_dataset(resolve_spec(square, augmentations=["flip", "roll"]))
+    assert (
+        profile.augment == profile.autoencoder.augment == profile.pixel_emulator.augment == ("flip", "roll")
+    )
+    assert profile.repeat == PROFILES["demo"].repeat
+    assert profile.emulator.augment is True  # latent emulators train on the cache's copies
+    unaugmented = PROFILES["smoke"].for_dataset(resolve_spec(square, augmentations=[]))
+    assert (unaugmented.augment, unaugmented.autoencoder.augment, unaugmented.repeat) == (False, False, 1)
+    # Every augmentation the grid allows: the stages' defaults, so their artifact ids do not change.
+    every = PROFILES["smoke"].for_dataset(resolve_spec(square))
+    assert every.autoencoder.to_dict() == PROFILES["smoke"].autoencoder.to_dict()
+    assert "augment" not in every.pixel_emulator.to_dict()
+    assert (
+        every.pixel_emulator.to_dict()
+        == dataclasses.replace(PROFILES["smoke"].pixel_emulator, log_parameters=()).to_dict()
+    )
 
 
 def test_a_folder_too_short_for_any_window_is_refused():
@@ -153,10 +198,12 @@ def test_the_command_line_overrides_the_spec(tmp_path):
     parser = argparse.ArgumentParser()
     add_dataset_spec_arguments(parser)
     info = open_dataset(make_tiny_dataset(tmp_path / "tiny", res=8, steps=11))
-    args = parser.parse_args(["--stride", "2", "--horizons", "1:4,5:10"])
+    args = parser.parse_args(["--stride", "2", "--horizons", "1:4,5:10", "--augmentations", "flip"])
     args.starts = None
     spec = spec_from_args(args, info)
     assert (spec.stride, spec.window, spec.horizons) == (2, 5, ((1, 4), (5, 10)))
+    assert (spec.augmentations, spec.augment) == (("flip",), ("flip",))
+    assert spec_from_args(parser.parse_args(["--augmentations", "none"]), info).augment is False
     assert spec.to_dict()["horizons"] == [[1, 4], [5, 10]]
     assert parse_horizons("1:20,21:60") == ((1, 20), (21, 60))
     with pytest.raises(DatasetSpecError, match="FIRST:LAST"):

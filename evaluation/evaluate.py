@@ -387,7 +387,7 @@ def main(argv=None) -> Artifact:
     add_dataset_spec_arguments(parser, windows=False)
     args = parser.parse_args(argv)
     try:
-        guidance = guidance_from_args(args)
+        guidance_from_args(args)  # the options checked before Ray starts; completed from the spec below
         scoring = scoring_from_args(args)
     except ValueError as error:
         parser.error(str(error))
@@ -396,7 +396,8 @@ def main(argv=None) -> Artifact:
     info = open_dataset(args.dataset, data_root=args.data_root)
     try:
         spec = spec_from_args(args, info)
-    except DatasetSpecError as error:
+        guidance = guidance_from_args(args, spec.guidance)
+    except (DatasetSpecError, ValueError) as error:
         parser.error(str(error))
     scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
     artifact = evaluate(

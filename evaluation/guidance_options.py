@@ -3,6 +3,12 @@ r"""The guidance setting of an evaluation: one checked dictionary and its comman
 Both ``evaluation/evaluate.py`` and ``sweeps/compression.py`` take the same options; they
 live here once. This module imports no torch, so a command line can check its options
 before the heavy imports.
+
+Defaults come from the dataset's spec (``DatasetSpec.guidance``, the paper's setting for its
+datasets: Euler subsampling by 32, Rayleigh–Bénard downscaling by 16, gravity cooling's
+boundary stripe of 4 cells): ``--guidance`` alone takes it whole; ``--guidance OPERATOR``
+takes the spec's settings when it names the spec's operator and :func:`guidance_config`'s
+(the paper's Figure 6) otherwise; every option given on the command line wins.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = [
+    "DATASET_GUIDANCE",
     "OPERATOR_NAMES",
     "SOLVER_NAMES",
     "add_guidance_arguments",
@@ -22,6 +29,8 @@ __all__ = [
 OPERATOR_NAMES = ("subsample", "downscale", "boundary")
 #: Krylov solvers for the MMPS linear system (``trainers/guidance.py``'s ``SOLVERS``).
 SOLVER_NAMES = ("gmres", "cg")
+#: ``--guidance`` without an operator: the dataset spec's setting.
+DATASET_GUIDANCE = "dataset"
 
 
 def guidance_config(
@@ -77,34 +86,57 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, what: str) -> Non
     group = parser.add_argument_group("guidance (MMPS data assimilation)")
     group.add_argument(
         "--guidance",
-        choices=OPERATOR_NAMES,
+        choices=(*OPERATOR_NAMES, DATASET_GUIDANCE),
+        nargs="?",
+        const=DATASET_GUIDANCE,
         default=None,
-        help=f"{what} (MMPS) by observations of the true states through this operator",
+        metavar="OPERATOR",
+        help=f"{what} (MMPS) by observations of the true states through this operator "
+        f"({', '.join(OPERATOR_NAMES)}; alone: the dataset's, e.g. the paper's subsample ×32 on Euler)",
     )
-    group.add_argument("--guidance-factor", type=int, default=8, help="stride, block size or stripe width")
-    group.add_argument("--sigma-y", type=float, default=0.1, help="observation noise (standardized units)")
+    defaults = "default: the dataset's for its operator, else"
+    group.add_argument(
+        "--guidance-factor", type=int, default=None, help=f"stride, block size or stripe width ({defaults} 8)"
+    )
+    group.add_argument(
+        "--sigma-y", type=float, default=None, help=f"observation noise, standardized units ({defaults} 0.1)"
+    )
     group.add_argument(
         "--var-y", type=float, default=None, help="observation variance of the model (default σ_y²)"
     )
     group.add_argument(
-        "--guidance-iterations", type=int, default=1, help="Krylov iterations per sampler step"
+        "--guidance-iterations",
+        type=int,
+        default=None,
+        help=f"Krylov iterations per sampler step ({defaults} 1)",
     )
-    group.add_argument("--guidance-solver", choices=SOLVER_NAMES, default="gmres")
+    group.add_argument("--guidance-solver", choices=SOLVER_NAMES, default=None, help="default gmres")
 
 
-def guidance_from_args(args: argparse.Namespace) -> dict | None:
+def guidance_from_args(args: argparse.Namespace, dataset_guidance: dict | None = None) -> dict | None:
     """The checked setting from options added by :func:`add_guidance_arguments`
     (``None`` without ``--guidance``).
 
+    :param dataset_guidance: the dataset spec's setting (``DatasetSpec.guidance``; ``None``:
+        the dataset has none, and ``--guidance`` alone takes :func:`guidance_config`'s).
     :raises ValueError: as :func:`guidance_config`.
     """
     if args.guidance is None:
         return None
-    return guidance_config(
-        args.guidance,
-        factor=args.guidance_factor,
-        sigma_y=args.sigma_y,
-        var_y=args.var_y,
-        iterations=args.guidance_iterations,
-        solver=args.guidance_solver,
-    )
+    spec = dict(dataset_guidance or {})
+    operator = spec.get("operator", "downscale") if args.guidance == DATASET_GUIDANCE else args.guidance
+    base = {k: v for k, v in spec.items() if k != "operator"} if spec.get("operator") == operator else {}
+    given = {
+        key: value
+        for key, value in (
+            ("factor", args.guidance_factor),
+            ("sigma_y", args.sigma_y),
+            ("var_y", args.var_y),
+            ("iterations", args.guidance_iterations),
+            ("solver", args.guidance_solver),
+        )
+        if value is not None
+    }
+    if "sigma_y" in given and "var_y" not in given:
+        base.pop("var_y", None)  # the model's variance follows a σ_y given alone
+    return guidance_config(operator, **{**base, **given})

@@ -65,7 +65,9 @@ class DatasetSpec:
     :param spatial_downsample: the autoencoder's reduction per spatial axis in the paper.
     :param spatial_dims: 2 or 3, the dimension of the grid (what the networks are built for).
     :param wasserstein_field: the field scored by a Wasserstein distance (paper Tables 11–13).
-    :param guidance: the guidance setting of the paper's figures (MMPS; ``None``: none).
+    :param guidance: the guidance setting of the paper's figures (MMPS; ``None``: none), in
+        :func:`~lolaray.evaluation.guidance_options.guidance_config`'s keywords: the default
+        of ``--guidance``.
     :param augment: :attr:`augmentations` as the stages take them (an
         :func:`~lolaray.platform.augmentation.augmentation_setting`), set by
         :func:`resolve_spec`: ``True`` when they are every one the grid allows (the stages'
@@ -164,7 +166,8 @@ PAPER_SPECS: dict[str, DatasetSpec] = {
             spatial_downsample=8,
             spatial_dims=3,
             wasserstein_field="density",
-            guidance={"operator": "boundary", "width": 4, "sigma_y": 1e-2, "var_y": 1e-4, "iterations": 2},
+            # factor: the boundary stripe's width in cells
+            guidance={"operator": "boundary", "factor": 4, "sigma_y": 1e-2, "var_y": 1e-4, "iterations": 2},
         ),
     )
 }

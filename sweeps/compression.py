@@ -350,7 +350,7 @@ def main(argv=None) -> int:
             return print_plan(
                 args, profile, latent_channels, profile_name=args.profile, pixel=not args.no_pixel
             )
-        guidance = guidance_from_args(args)
+        guidance_from_args(args)  # the options checked before Ray starts; completed from the spec below
         scoring = scoring_from_args(args)
         store, uri, dataset_name = check_inputs(args, default_dataset=profile.dataset)
     except (SweepInputError, ValueError) as error:
@@ -374,7 +374,8 @@ def main(argv=None) -> int:
     try:
         spec = spec_from_args(args, info)
         profile = profile.for_dataset(spec)
-    except DatasetSpecError as error:
+        guidance = guidance_from_args(args, spec.guidance)
+    except (DatasetSpecError, ValueError) as error:
         print(f"compression.py: error: {error}", file=sys.stderr)
         return 2
     print(f"[lolaray] {spec.describe()}")

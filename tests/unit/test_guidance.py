@@ -12,6 +12,7 @@ from lolaray.evaluation.guidance_options import (
     add_guidance_arguments,
     guidance_from_args,
 )
+from lolaray.platform.dataset_specs import PAPER_SPECS
 from lolaray.trainers.autoencoder import build_autoencoder
 from lolaray.trainers.diffusion import LogLinearSchedule
 from lolaray.trainers.guidance import (
@@ -248,3 +249,37 @@ def test_command_line_guidance_options_match_the_operators_and_solvers():
     }
     with pytest.raises(ValueError, match="var_y must be > 0"):
         guidance_from_args(parser.parse_args(["--guidance", "boundary", "--sigma-y", "0"]))
+
+
+def test_guidance_defaults_come_from_the_datasets_spec():
+    parser = argparse.ArgumentParser()
+    add_guidance_arguments(parser, what="guide")
+
+    def setting(argv, dataset):
+        return guidance_from_args(parser.parse_args(argv), PAPER_SPECS[dataset].guidance)
+
+    def expected(operator, factor, sigma_y, var_y, iterations):
+        keys = ("operator", "factor", "sigma_y", "var_y", "iterations", "solver")
+        return dict(zip(keys, (operator, factor, sigma_y, pytest.approx(var_y), iterations, "gmres")))
+
+    # --guidance alone: the paper's setting of the dataset (method.md §7-§8).
+    assert setting(["--guidance"], "euler_quadrants") == expected("subsample", 32, 0.1, 1e-2, 1)
+    assert setting(["--guidance"], "rayleigh_benard") == expected("downscale", 16, 0.1, 1e-2, 1)
+    assert setting(["--guidance"], "turbulence_gravity_cooling") == expected("boundary", 4, 1e-2, 1e-4, 2)
+    # The spec's operator named: its settings; another operator: Figure 6's defaults.
+    assert setting(["--guidance", "boundary"], "turbulence_gravity_cooling") == expected(
+        "boundary", 4, 1e-2, 1e-4, 2
+    )
+    assert setting(["--guidance", "subsample"], "rayleigh_benard") == expected("subsample", 8, 0.1, 1e-2, 1)
+    # What the command line gives wins; the model variance follows a σ_y given alone.
+    assert setting(["--guidance", "--guidance-factor", "8"], "euler_quadrants") == expected(
+        "subsample", 8, 0.1, 1e-2, 1
+    )
+    assert setting(["--guidance", "--sigma-y", "0.2"], "rayleigh_benard") == expected(
+        "downscale", 16, 0.2, 0.04, 1
+    )
+    assert (
+        setting(["--guidance", "--guidance-iterations", "3"], "turbulence_gravity_cooling")["iterations"] == 3
+    )
+    # A dataset with no guidance setting (an unseen folder): Figure 6's.
+    assert guidance_from_args(parser.parse_args(["--guidance"])) == expected("downscale", 8, 0.1, 1e-2, 1)

@@ -24,10 +24,10 @@ from lolaray.evaluation.spectra import isotropic_power_spectrum
 from lolaray.platform.data import DatasetInfo
 
 __all__ = [
+    "DEFAULT_SCORED_FIELD",
     "ENSEMBLE_METRICS",
     "METRICS",
     "REFERENCES",
-    "SEMD_FIELD",
     "analyse",
     "primary_key",
     "rollout_truths",
@@ -45,6 +45,7 @@ METRICS = (
     "psrmse_high",
     "semd",
     "wasserstein",
+    "field_wasserstein",
     "crps",
     "coverage_50",
     "coverage_90",
@@ -54,20 +55,31 @@ ENSEMBLE_METRICS = ("crps", "coverage_50", "coverage_90")
 #: The references the metrics are taken against: the truth :math:`x` and, for latent
 #: emulators, the auto-encoded truth :math:`D(E(x))`.
 REFERENCES = ("absolute", "relative")
-#: The field whose sliced EMD is reported (paper Table 11: Euler density).
-SEMD_FIELD = "density"
+#: The field whose distribution is scored on its own — its sliced EMD (``semd``, 2-D) and its
+#: 1-D Wasserstein distance (``field_wasserstein``) — when the dataset's spec names none:
+#: Euler's density (paper Table 11). Rayleigh–Bénard's spec names ``velocity_y`` (Table 12).
+DEFAULT_SCORED_FIELD = "density"
 
 
 def _per_field_lead(
-    sums: dict, truth: torch.Tensor, scores: dict, *, kind: str, spatial_dims: int, vrmse_eps: float
+    sums: dict,
+    truth: torch.Tensor,
+    scores: dict,
+    *,
+    kind: str,
+    spatial_dims: int,
+    vrmse_eps: float,
+    scored_field: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Metrics per lead time and field, ``metric → (L, C)`` (``semd`` → ``(L,)``, its one
-    field), of one (trajectory, origin, context) against one reference.
+    """Metrics per lead time and field, ``metric → (L, C)`` (``semd`` and ``field_wasserstein``
+    → ``(L,)``, of the one scored field), of one (trajectory, origin, context) against one
+    reference.
 
     :param sums: :func:`_combine`'s statistics, the ``reference``'s distribution sums under
         ``"distances"``.
     :param truth: ``(C, L, *spatial)`` physical truth from the rollout's first state on.
     :param scores: that reference's :func:`~lolaray.evaluation.metrics.ensemble_scores`.
+    :param scored_field: the channel of the field scored on its own (``None``: none).
     """
     moments: EnsembleStatistics = sums["moments"]
     k = moments.count
@@ -85,14 +97,17 @@ def _per_field_lead(
         "wasserstein": torch.from_numpy(sums["distances"]["wasserstein"]) / k,
     }
     out.update({name: torch.from_numpy(scores[name]) for name in ENSEMBLE_METRICS})
+    if scored_field is not None:
+        out["field_wasserstein"] = out["wasserstein"][:, scored_field]
     if "semd" in sums["distances"]:
         out["semd"] = torch.from_numpy(sums["distances"]["semd"]) / k
     return out
 
 
 def _field_mean(per_field: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Mean over fields of :func:`_per_field_lead`: ``metric → (L,)`` (the paper's convention)."""
-    return {name: (v if name == "semd" else v.mean(dim=-1)).numpy() for name, v in per_field.items()}
+    """Mean over fields of :func:`_per_field_lead`: ``metric → (L,)`` (the paper's convention;
+    the one-field metrics as they are)."""
+    return {name: (v if v.ndim == 1 else v.mean(dim=-1)).numpy() for name, v in per_field.items()}
 
 
 def _combine(blocks: list[dict], reference: str) -> dict:
@@ -165,13 +180,16 @@ def analyse(
     latent: bool,
     vrmse_eps: float = VRMSE_EPS["lola"],
     steps: int | None = None,
+    scored_field: str | None = None,
 ) -> tuple[dict, list[dict], list[dict], dict]:
     """Combines the actors' statistics in a fixed order (trajectory, start, context, block)
     into the summary, the per-horizon rows, the per-lead rows and the figures' data (which
     also holds the per-(field, lead) and per-trajectory tables and the rank histograms).
-    ``split_scores``: the ensemble scores of split ensembles, by (trajectory, start, context)."""
+    ``split_scores``: the ensemble scores of split ensembles, by (trajectory, start, context);
+    ``scored_field``: the field whose distribution is scored on its own (``None``: none)."""
     spatial_dims = info.n_spatial_dims
     field_names = list(info.field_names)
+    scored = None if scored_field is None else field_names.index(scored_field)
     references = REFERENCES if latent else REFERENCES[:1]
     # (reference, context) -> metric -> horizon -> [value per trajectory and start]
     by_horizon: dict[tuple[str, int], dict[str, dict[str, list]]] = {}
@@ -233,6 +251,7 @@ def analyse(
                         kind=kind,
                         spatial_dims=spatial_dims,
                         vrmse_eps=vrmse_eps,
+                        scored_field=scored,
                     )
                     metrics = _field_mean(fields)
                     slot = by_horizon.setdefault((ref, c), {})
@@ -269,7 +288,7 @@ def analyse(
                         for f, field in enumerate(field_names):
                             cell = per_field.setdefault((ref, c, lead, field), {})
                             for name, value in fields.items():
-                                if name != "semd":
+                                if value.ndim == 2:  # per field (not the one scored field's)
                                     cell.setdefault(name, []).append(float(value[i, f]))
         key = primary_key(t, starts, contexts, stride)
         snapshot_item = results.get(key, {})

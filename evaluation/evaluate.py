@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lolaray.evaluation.aggregation import analyse, rollout_truths
+from lolaray.evaluation.aggregation import DEFAULT_SCORED_FIELD, analyse, rollout_truths
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_config, guidance_from_args
 from lolaray.evaluation.metrics import VRMSE_EPS
 from lolaray.evaluation.outputs import log_mlflow, write_outputs
@@ -123,6 +123,7 @@ def evaluate(
     horizons: Sequence[tuple[int, int]] | None = None,
     max_batch: int = 8,
     guidance: dict | None = None,
+    wasserstein_field: str | None = None,
 ) -> Artifact:
     """Evaluate (or reuse the evaluation of) ``emulator`` on the test split of ``dataset``.
 
@@ -147,6 +148,10 @@ def evaluate(
     :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
         true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`: ``operator``, ``factor``, ``sigma_y``,
         ``var_y``, ``iterations``, ``solver``); ``None`` = unguided.
+    :param wasserstein_field: the field whose distribution is also scored on its own — its 1-D
+        Wasserstein distance (``field_wasserstein``) and, in 2-D, its sliced EMD (``semd``) —
+        the dataset spec's (paper Tables 11–13: Euler density, Rayleigh–Bénard ``velocity_y``,
+        gravity cooling density); ``None``: density where the data has it.
     :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`);
         its ``scaling.actors`` and ``scaling.actor_gpus`` size the rollout actor pool.
     :param max_batch: members per batch. Neither it nor the actor pool changes the results
@@ -194,6 +199,14 @@ def evaluate(
         raise ValueError(
             f"unknown VRMSE convention {vrmse_convention!r}: choose one of {', '.join(VRMSE_EPS)}"
         )
+    if wasserstein_field is not None and wasserstein_field not in info.field_names:
+        raise ValueError(
+            f"the scored field {wasserstein_field!r} is not a field of {info.name} "
+            f"({', '.join(info.field_names)})"
+        )
+    scored_field = wasserstein_field or (
+        DEFAULT_SCORED_FIELD if DEFAULT_SCORED_FIELD in info.field_names else None
+    )
     starts = sorted({int(s) for s in (starts if starts is not None else (0,))})
     if not starts or starts[0] < 0:
         raise ValueError(f"rollout start states {starts} must be >= 0")
@@ -235,6 +248,8 @@ def evaluate(
         config["trajectory_seed"] = int(trajectory_seed)
     if vrmse_convention != "lola":
         config["vrmse_convention"] = vrmse_convention
+    if scored_field not in (DEFAULT_SCORED_FIELD, None):
+        config["wasserstein_field"] = scored_field
     if guidance is not None:
         if kind != "diffusion":
             raise ValueError(f"guidance needs a diffusion emulator; {emulator.id} is a {kind}")
@@ -282,6 +297,7 @@ def evaluate(
                     "guidance": guidance,
                     "vrmse_eps": VRMSE_EPS[vrmse_convention],
                     "scratch": scratch,
+                    "scored_field": scored_field,
                 },
                 actors=actors,
                 actor_gpus=context.scaling.resolved_actor_gpus(),
@@ -315,6 +331,7 @@ def evaluate(
             latent=autoencoder is not None,
             vrmse_eps=VRMSE_EPS[vrmse_convention],
             steps=steps if kind == "diffusion" else None,
+            scored_field=scored_field,
         )
         summary.update(
             config=config, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
@@ -399,7 +416,7 @@ def main(argv=None) -> Artifact:
         guidance = guidance_from_args(args, spec.guidance)
     except (DatasetSpecError, ValueError) as error:
         parser.error(str(error))
-    scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
+    scoring = {**scoring, **spec.scoring()}
     artifact = evaluate(
         open_artifact(args.emulator),
         open_artifact(args.autoencoder) if args.autoencoder else None,

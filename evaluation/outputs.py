@@ -23,7 +23,7 @@ import numpy as np
 from mlflow.entities import Metric
 
 from lolaray.evaluation import figures, report, tables
-from lolaray.evaluation.aggregation import METRICS, SEMD_FIELD
+from lolaray.evaluation.aggregation import DEFAULT_SCORED_FIELD, METRICS
 from lolaray.evaluation.animation import animation_html, write_rollout_animation
 from lolaray.evaluation.rollout import lead_times
 
@@ -120,7 +120,8 @@ def write_outputs(
         plots["rank_histogram"] = figures.rank_histogram_figure(ranks)
     spectra = data["spectra"]
     names = list(data["field_names"])
-    field = names.index(SEMD_FIELD) if SEMD_FIELD in names else 0
+    scored = summary["config"].get("wasserstein_field", DEFAULT_SCORED_FIELD)
+    field = names.index(scored) if scored in names else 0
     if spectra["truth"]:
         emulated = {f"{method} ÷{tables.format_compression(rate)}": np.mean(spectra["emulated"], 0)[field]}
         if spectra["truth_ae"]:

@@ -32,7 +32,6 @@ import numpy as np
 import ray.data
 import torch
 
-from lolaray.evaluation.aggregation import SEMD_FIELD
 from lolaray.evaluation.distributions import sliced_emd, wasserstein_1d
 from lolaray.evaluation.emulator_steps import (
     diffusion_step,
@@ -85,6 +84,7 @@ class RolloutActor:
         guidance: dict | None = None,
         vrmse_eps: float = VRMSE_EPS["lola"],
         scratch: str | None = None,
+        scored_field: str | None = None,
     ):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.emulator, self.config = load_emulator(emulator_dir)
@@ -101,6 +101,10 @@ class RolloutActor:
         self.vrmse_eps = vrmse_eps
         self.guidance = guidance
         self.scratch = scratch  # where the blocks of a split ensemble go to be scored
+        # The channel whose sliced EMD is taken (2-D only: the slices are of the plane).
+        self.semd_channel = None
+        if scored_field is not None and self.spatial_dims == 2:
+            self.semd_channel = self.field_names.index(scored_field)
         # The first rollout of an actor pays for lazy initialisation (kernels, allocator,
         # compilation): its time is flagged as warm-up and left out of the time per state.
         self._warm = False
@@ -208,8 +212,8 @@ class RolloutActor:
         # (K, C, L, ...) -> (K, L, C, ...): metrics take channels just before space.
         v, u = members.movedim(2, 1), truth.movedim(1, 0)
         out["wasserstein"] = (wasserstein_1d(v, u, spatial_dims=self.spatial_dims) * k).numpy()
-        if SEMD_FIELD in self.field_names and self.spatial_dims == 2:
-            d = self.field_names.index(SEMD_FIELD)
+        if self.semd_channel is not None:
+            d = self.semd_channel
             out["semd"] = (sliced_emd(members[:, d], truth[d], seed=self.seed) * k).numpy()
         return out
 

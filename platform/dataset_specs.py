@@ -64,7 +64,9 @@ class DatasetSpec:
     :param compression_rates: the paper's rates, ``numel(x) / numel(z)`` (``()``: not set).
     :param spatial_downsample: the autoencoder's reduction per spatial axis in the paper.
     :param spatial_dims: 2 or 3, the dimension of the grid (what the networks are built for).
-    :param wasserstein_field: the field scored by a Wasserstein distance (paper Tables 11–13).
+    :param wasserstein_field: the field whose distribution is scored on its own, by its 1-D
+        Wasserstein distance and (2-D) its sliced EMD (paper Tables 11–13); ``None``: density
+        where the data has it.
     :param guidance: the guidance setting of the paper's figures (MMPS; ``None``: none), in
         :func:`~lolaray.evaluation.guidance_options.guidance_config`'s keywords: the default
         of ``--guidance``.
@@ -95,6 +97,14 @@ class DatasetSpec:
     def span(self) -> int:
         """Simulation steps one window covers: ``(window − 1) · stride + 1``."""
         return (self.window - 1) * self.stride + 1
+
+    def scoring(self) -> dict:
+        """The evaluation's keywords this spec sets: start states, horizons, the scored field."""
+        return {
+            "starts": list(self.starts),
+            "horizons": self.horizons,
+            "wasserstein_field": self.wasserstein_field,
+        }
 
     def to_dict(self) -> dict:
         """Plain types, for the MLflow parameters of a study."""
@@ -269,6 +279,7 @@ def resolve_spec(
     starts: Sequence[int] | None = None,
     log_parameters: Sequence[str] | None = None,
     augmentations: Sequence[str] | None = None,
+    wasserstein_field: str | None = None,
 ) -> DatasetSpec:
     """The paper's spec of ``info`` (else :func:`infer_spec`), with the given overrides,
     checked against the data.
@@ -285,7 +296,7 @@ def resolve_spec(
         ``--stride`` / ``--window``), horizons that are empty, overlapping or out of order
         (``--horizons``), negative start states (``--starts``), a log parameter the data
         does not have (``--log-parameters``), an augmentation unknown or not valid for the
-        grid (``--augmentations``).
+        grid (``--augmentations``), a scored field the data lacks (``--wasserstein-field``).
     """
     spec = PAPER_SPECS.get(info.name)
     if spec is None:
@@ -297,6 +308,7 @@ def resolve_spec(
             spec,
             log_parameters=tuple(by_lower[n.lower()] for n in spec.log_parameters if n.lower() in by_lower),
             augmentations=tuple(a for a in spec.augmentations if a in valid),
+            wasserstein_field=spec.wasserstein_field if spec.wasserstein_field in info.field_names else None,
         )
     changes = {
         key: value
@@ -307,6 +319,7 @@ def resolve_spec(
             ("starts", starts),
             ("log_parameters", None if log_parameters is None else tuple(log_parameters)),
             ("augmentations", None if augmentations is None else tuple(augmentations)),
+            ("wasserstein_field", wasserstein_field),
         )
         if value is not None
     }
@@ -381,6 +394,11 @@ def _check(spec: DatasetSpec, info: DatasetInfo) -> None:
             "pass --horizons or --starts"
         )
     _check_augmentations(spec.augmentations, info)
+    if spec.wasserstein_field is not None and spec.wasserstein_field not in info.field_names:
+        raise DatasetSpecError(
+            f"--wasserstein-field: {info.name} has no field {spec.wasserstein_field!r} "
+            f"(its fields: {', '.join(info.field_names)})"
+        )
     unknown = [name for name in spec.log_parameters if name not in info.parameter_names]
     if unknown:
         raise DatasetSpecError(
@@ -430,8 +448,8 @@ def _names_option(text: str) -> tuple[str, ...]:
 
 def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool = True) -> None:
     """``--stride``, ``--window``, ``--augmentations`` (unless ``windows`` is false: an
-    evaluation takes them from its emulator), ``--horizons`` and ``--log-parameters``:
-    overrides of the dataset's spec. ``--starts``, one of
+    evaluation takes them from its emulator), ``--horizons``, ``--wasserstein-field`` and
+    ``--log-parameters``: overrides of the dataset's spec. ``--starts``, one of
     the scoring options, overrides the spec's start states."""
     group = parser.add_argument_group(
         "dataset settings (default: the paper's for its datasets, else inferred from the data)"
@@ -457,6 +475,13 @@ def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool
         help="lead-time horizons in simulation steps, e.g. 1:20,21:60,61:100",
     )
     group.add_argument(
+        "--wasserstein-field",
+        default=None,
+        metavar="FIELD",
+        help="the field whose distribution is scored on its own (Wasserstein, SEMD; default: the "
+        "paper's, density for Euler, velocity_y for rayleigh_benard; else density where there is one)",
+    )
+    group.add_argument(
         "--log-parameters",
         type=_names_option,
         default=None,
@@ -475,4 +500,5 @@ def spec_from_args(args: argparse.Namespace, info: DatasetInfo) -> DatasetSpec:
         starts=getattr(args, "starts", None),
         log_parameters=getattr(args, "log_parameters", None),
         augmentations=getattr(args, "augmentations", None),
+        wasserstein_field=getattr(args, "wasserstein_field", None),
     )

@@ -233,7 +233,7 @@ def run_compression_sweep(
     dataset_spec = dataset_spec or resolve_spec(dataset)
     profile = profile.for_dataset(dataset_spec)
     given = {key: value for key, value in (scoring or {}).items() if value is not None}
-    scoring = {"starts": list(dataset_spec.starts), "horizons": dataset_spec.horizons, **given}
+    scoring = {**dataset_spec.scoring(), **given}
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
     # are more trials than slots it frees its slot early instead of running alone at the end.
     chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
         return 2
     print(f"[lolaray] {spec.describe()}")
     print(f"[lolaray] {theta_standardizer_for(info, spec.log_parameters).describe()}")
-    scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
+    scoring = {**scoring, **spec.scoring()}
     try:
         outcome = run_compression_sweep(
             profile,

@@ -295,7 +295,7 @@ def main(argv=None) -> int:
             spec = spec_from_args(args, info)
         except DatasetSpecError as error:
             raise SweepInputError(str(error)) from error
-        scoring = {**scoring, "starts": list(spec.starts), "horizons": spec.horizons}
+        scoring = {**scoring, **spec.scoring()}
         emulators = find_emulators(store, info, args.emulators)
         if not emulators:
             raise SweepInputError(

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         params={"latent_channels": args.latent_channels, "decays": args.decays},
     )
     context = context.replace(parent_run_id=parent)
-    scoring = {"starts": list(spec.starts), "horizons": spec.horizons}
+    scoring = spec.scoring()
     results = {}
     for decay in [None, *args.decays]:
         emulator = dataclasses.replace(

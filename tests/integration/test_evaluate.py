@@ -70,8 +70,8 @@ def setup(tmp_path_factory, ray_cluster):
     return info, StageContext.resolve(store, f"sqlite:///{root / 'mlflow.db'}"), autoencoder, emulators
 
 
-def _csv_rows(artifact):
-    with open(f"{artifact.uri}/metrics.csv") as f:
+def _csv_rows(artifact, name="metrics.csv"):
+    with open(f"{artifact.uri}/{name}") as f:
         return list(csv.DictReader(f))
 
 
@@ -192,6 +192,7 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         "psrmse/low/lead_1-20",
         "semd/lead_1-20",
         "wasserstein/lead_1-20",
+        "field_wasserstein/lead_1-20",
         "context_1/vrmse/lead_1-20",
         "context_2/vrmse/lead_1-20",
         "relative/vrmse/lead_1-20",
@@ -228,6 +229,35 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         context=context,
     )
     assert again.id == artifact.id
+
+
+def test_the_scored_field_is_the_one_the_spec_names(setup):
+    """``wasserstein_field`` (the dataset spec's) picks the field scored on its own: its
+    ``field_wasserstein`` per lead is that field's column of the per-field Wasserstein
+    distances, it is recorded in the id, and a field the data lacks is refused before Ray."""
+    info, context, autoencoder, emulators = setup
+    options = {"contexts": (1,), "members": 2, "trajectories": 1, "steps": 2, "context": context}
+    with pytest.raises(ValueError, match="the scored field 'vorticity' is not a field of tiny_euler"):
+        evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="vorticity", **options)
+    default = evaluate(emulators["diffusion"], autoencoder, info, **options)
+    pressure = evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="pressure", **options)
+    assert pressure.id != default.id
+    assert (
+        evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="density", **options).id
+        == default.id
+    )
+    for artifact, field in ((default, "density"), (pressure, "pressure")):
+        per_field = {
+            (r["reference"], r["lead"]): float(r["wasserstein"])
+            for r in _csv_rows(artifact, "per_field_lead.csv")
+            if r["field"] == field
+        }
+        per_lead = _csv_rows(artifact, "per_lead.csv")
+        assert per_lead and all(
+            float(r["field_wasserstein"]) == pytest.approx(per_field[(r["reference"], r["lead"])], rel=1e-9)
+            for r in per_lead
+        )
+        assert all(math.isfinite(float(r["semd"])) for r in per_lead)
 
 
 def _number(value: str):

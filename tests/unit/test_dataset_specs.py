@@ -21,7 +21,13 @@ from lolaray.sweeps.chain import PROFILES
 
 
 def _info(
-    name="unseen", *, steps=101, resolution=(32, 32), boundaries=("OPEN", "OPEN"), parameters=None
+    name="unseen",
+    *,
+    steps=101,
+    resolution=(32, 32),
+    boundaries=("OPEN", "OPEN"),
+    parameters=None,
+    fields=("density",),
 ) -> DatasetInfo:
     """A dataset's headers, without files: only what the specs read. ``parameters`` maps
     each parameter to its value in each file (default: one file with gamma 1.4)."""
@@ -32,8 +38,8 @@ def _info(
         files=tuple(f"f{i}.hdf5" for i in range(n_files)),
         file_sizes=(1,) * n_files,
         dataset_name=name,
-        field_names=("density",),
-        vector_axis=(None,),
+        field_names=fields,
+        vector_axis=(None,) * len(fields),
         spatial_dims=dims,
         resolution=resolution,
         parameter_names=tuple(parameters),
@@ -45,8 +51,8 @@ def _info(
     return DatasetInfo(
         name=name,
         root="/nowhere",
-        field_names=("density",),
-        vector_axis=(None,),
+        field_names=fields,
+        vector_axis=(None,) * len(fields),
         spatial_dims=dims,
         resolution=resolution,
         parameter_names=tuple(parameters),
@@ -78,6 +84,7 @@ def test_the_papers_datasets_take_the_papers_settings():
         resolution=(512, 128),
         boundaries=("PERIODIC", "WALL"),
         parameters={"Rayleigh": (1e8,), "Prandtl": (1.0,)},
+        fields=("buoyancy", "pressure", "velocity_x", "velocity_y"),
     )
     assert resolve_spec(well_rb) == dataclasses.replace(rb, log_parameters=("Rayleigh", "Prandtl"))
 
@@ -152,6 +159,30 @@ def test_a_profile_trains_on_the_specs_augmentations():
     assert (
         every.pixel_emulator.to_dict()
         == dataclasses.replace(PROFILES["smoke"].pixel_emulator, log_parameters=()).to_dict()
+    )
+
+
+def test_the_scored_field_is_the_papers_or_the_command_lines():
+    rb = _info(
+        "rayleigh_benard", steps=200, resolution=(64, 16), fields=("buoyancy", "velocity_x", "velocity_y")
+    )
+    assert resolve_spec(rb).scoring() == {
+        "starts": [32],
+        "horizons": ((1, 20), (21, 60), (61, 160)),
+        "wasserstein_field": "velocity_y",
+    }
+    assert resolve_spec(rb, wasserstein_field="buoyancy").wasserstein_field == "buoyancy"
+    assert infer_spec(_info()).wasserstein_field is None  # the evaluation's default: density
+    with pytest.raises(
+        DatasetSpecError,
+        match="--wasserstein-field: unseen has no field 'vorticity' \\(its fields: density\\)",
+    ):
+        resolve_spec(_info(), wasserstein_field="vorticity")
+    parser = argparse.ArgumentParser()
+    add_dataset_spec_arguments(parser, windows=False)
+    assert (
+        spec_from_args(parser.parse_args(["--wasserstein-field", "velocity_x"]), rb).wasserstein_field
+        == "velocity_x"
     )
 
 

@@ -10,7 +10,7 @@ r"""Model-FLOPs utilisation of the training steps on this machine's CPU (or GPU)
    wide, on 64 × 8 × 8 latents, batch 1), in fp32 and under bf16 autocast: forward,
    backward, clipping and the AdamW step, as :func:`~lolaray.trainers.loop.run_training`
    takes them.
-3. MFU = (FLOPs of one step, counted on the meta device by :mod:`lolaray.sweeps.plan`) /
+3. MFU = (FLOPs of one step, counted on the meta device by :mod:`lolaray.sweeps.step_costs`) /
    (measured seconds per step) / (the GEMM peak in the step's dtype). On a CPU also by CPU
    time (step FLOPs over its CPU seconds / threads, against the peak measured the same way):
    on a machine shared with other work, wall time counts their work too.
@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from lolaray.sweeps.plan import autoencoder_cost, emulator_cost, plan_dataset
+from lolaray.sweeps.plan import plan_dataset
+from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
 from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
 from lolaray.trainers.emulator_trainer import Objective, draw_masks

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import heavyball.utils
 import torch
 
-from lolaray.sweeps.plan import autoencoder_cost, emulator_cost, plan_dataset
+from lolaray.sweeps.plan import plan_dataset
+from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
 from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
 from lolaray.trainers.emulator_trainer import Objective

@@ -10,14 +10,8 @@ import pytest
 from lolaray.sweeps import compression, context
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.dry_run import within_stated_digits
-from lolaray.sweeps.plan import (
-    WELL_GEOMETRY,
-    autoencoder_cost,
-    emulator_cost,
-    plan_context_sweep,
-    plan_dataset,
-    plan_study,
-)
+from lolaray.sweeps.plan import WELL_GEOMETRY, plan_context_sweep, plan_dataset, plan_study
+from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
 from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.loop import LoopConfig

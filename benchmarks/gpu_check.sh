@@ -31,7 +31,8 @@ step dry_run "$PY" benchmarks/paper_dry_run.py --device cuda
 step dry_run_compiled env LOLARAY_TORCH_COMPILE=1 "$PY" -c "
 import time
 import torch
-from lolaray.trainers.emulator_trainer import EmulatorConfig, Objective, build_emulator
+from lolaray.trainers.emulator_trainer import Objective
+from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.hardware import compile_backbones, compile_enabled
 assert compile_enabled('cuda')
 # The training path compiles the backbone in place; time a compiled denoiser step against the eager one.

@@ -58,7 +58,8 @@ from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_fr
 from lolaray.evaluation.split_ensemble import remove_scratch, score_split_ensembles, scratch_folder
 from lolaray.platform.artifacts import Artifact, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
-from lolaray.platform.dataset_specs import DatasetSpecError, add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.dataset_spec_options import add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.dataset_specs import DatasetSpecError
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun

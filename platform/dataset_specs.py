@@ -7,8 +7,9 @@ the grid, the parameters that enter θ as logarithms, the compression rates, the
 scored by a Wasserstein distance and the guidance operator. :data:`PAPER_SPECS` holds the
 paper's three datasets (and the embedded Euler data, which follows Euler's settings);
 :func:`infer_spec` gives defaults for a folder the platform has never seen, read from its
-headers; :func:`resolve_spec` applies the command line's overrides and checks that the
-result fits the data, with an error naming the option to change.
+headers; :func:`resolve_spec` applies overrides and checks that the result fits the data,
+with an error naming the command-line option to change
+(:mod:`~lolaray.platform.dataset_spec_options` holds the options).
 
 Horizons are inclusive ranges of lead times in simulation steps: ``(1, 20)`` scores the
 states 1 to 20 steps after the last context state (at Δ = 4: leads 4, 8, …, 20).
@@ -16,7 +17,6 @@ states 1 to 20 steps after the last context state (at Δ = 4: leads 4, 8, …, 2
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +28,8 @@ __all__ = [
     "PAPER_SPECS",
     "DatasetSpec",
     "DatasetSpecError",
-    "add_dataset_spec_arguments",
     "infer_spec",
-    "parse_horizons",
     "resolve_spec",
-    "spec_from_args",
 ]
 
 #: Largest stride an inferred spec takes: the paper's Δ on its 2-D datasets.
@@ -126,7 +123,8 @@ class DatasetSpec:
             f"dataset settings ({self.source}): stride {self.stride}, window {self.window} "
             f"(spans {self.span} steps), horizons {horizons}, starts {list(self.starts)}, "
             f"augmentations {'/'.join(self.augmentations) or 'none'}, "
-            f"log parameters {', '.join(self.log_parameters) or 'none'}"
+            f"log parameters {', '.join(self.log_parameters) or 'none'}, "
+            f"scored field {self.wasserstein_field or 'density, where there is one'}"
         )
 
 
@@ -254,20 +252,6 @@ def infer_spec(info: DatasetInfo) -> DatasetSpec:
         spatial_dims=info.n_spatial_dims,
         source="inferred",
     )
-
-
-def parse_horizons(text: str) -> tuple[tuple[int, int], ...]:
-    """``"1:20,21:60,61:100"`` → ``((1, 20), (21, 60), (61, 100))``.
-
-    :raises DatasetSpecError: not of that form (the message names ``--horizons``).
-    """
-    try:
-        horizons = tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
-    except ValueError:
-        horizons = ((),)
-    if not horizons or any(len(h) != 2 for h in horizons):
-        raise DatasetSpecError(f"--horizons takes FIRST:LAST lead ranges separated by commas, got {text!r}")
-    return horizons
 
 
 def resolve_spec(
@@ -433,72 +417,3 @@ def _check_augmentations(names: Sequence[str], info: DatasetInfo) -> None:
             f"--augmentations: {', '.join(f'{n} is not a symmetry of {info.name} ({why[n]})' for n in invalid)}; "
             f"valid: {', '.join(valid)}"
         )
-
-
-def _horizons_option(text: str) -> tuple[tuple[int, int], ...]:
-    try:
-        return parse_horizons(text)
-    except DatasetSpecError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
-
-
-def _names_option(text: str) -> tuple[str, ...]:
-    return () if text.strip().lower() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-def add_dataset_spec_arguments(parser: argparse.ArgumentParser, *, windows: bool = True) -> None:
-    """``--stride``, ``--window``, ``--augmentations`` (unless ``windows`` is false: an
-    evaluation takes them from its emulator), ``--horizons``, ``--wasserstein-field`` and
-    ``--log-parameters``: overrides of the dataset's spec. ``--starts``, one of
-    the scoring options, overrides the spec's start states."""
-    group = parser.add_argument_group(
-        "dataset settings (default: the paper's for its datasets, else inferred from the data)"
-    )
-    if windows:
-        group.add_argument(
-            "--stride", type=int, default=None, help="simulation steps between window states (Δ)"
-        )
-        group.add_argument("--window", type=int, default=None, help="states per emulator window (n + 1)")
-        group.add_argument(
-            "--augmentations",
-            type=_names_option,
-            default=None,
-            metavar="NAME,...|none",
-            help=f"what the training data draws from ({', '.join(AUGMENTATIONS)}; default: every one valid "
-            "for the grid)",
-        )
-    group.add_argument(
-        "--horizons",
-        type=_horizons_option,
-        default=None,
-        metavar="FIRST:LAST,...",
-        help="lead-time horizons in simulation steps, e.g. 1:20,21:60,61:100",
-    )
-    group.add_argument(
-        "--wasserstein-field",
-        default=None,
-        metavar="FIELD",
-        help="the field whose distribution is scored on its own (Wasserstein, SEMD; default: the "
-        "paper's, density for Euler, velocity_y for rayleigh_benard; else density where there is one)",
-    )
-    group.add_argument(
-        "--log-parameters",
-        type=_names_option,
-        default=None,
-        metavar="NAME,...|none",
-        help="parameters that enter θ as logarithms (default: the paper's, else those spanning a decade)",
-    )
-
-
-def spec_from_args(args: argparse.Namespace, info: DatasetInfo) -> DatasetSpec:
-    """:func:`resolve_spec` with a command line's overrides (:func:`add_dataset_spec_arguments`)."""
-    return resolve_spec(
-        info,
-        stride=getattr(args, "stride", None),
-        window=getattr(args, "window", None),
-        horizons=getattr(args, "horizons", None),
-        starts=getattr(args, "starts", None),
-        log_parameters=getattr(args, "log_parameters", None),
-        augmentations=getattr(args, "augmentations", None),
-        wasserstein_field=getattr(args, "wasserstein_field", None),
-    )

@@ -41,13 +41,8 @@ from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, theta_standardizer_for
-from lolaray.platform.dataset_specs import (
-    DatasetSpec,
-    DatasetSpecError,
-    add_dataset_spec_arguments,
-    resolve_spec,
-    spec_from_args,
-)
+from lolaray.platform.dataset_spec_options import add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError, resolve_spec
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext
 from lolaray.sweeps.chain import PROFILES, Profile, run_latent_chain, run_pixel_chain

@@ -31,7 +31,8 @@ from lolaray.evaluation.findings_table import log_findings
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 from lolaray.platform.data import open_dataset
-from lolaray.platform.dataset_specs import DatasetSpecError, add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.dataset_spec_options import add_dataset_spec_arguments, spec_from_args
+from lolaray.platform.dataset_specs import DatasetSpecError
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec, StageContext
 from lolaray.sweeps.chain import PROFILES, Profile

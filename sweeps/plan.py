@@ -37,7 +37,7 @@ from pathlib import Path
 
 from lolaray.evaluation.rollout import rollout_steps
 from lolaray.platform.data import DatasetInfo, locate_dataset, read_dataset_info
-from lolaray.platform.dataset_specs import spec_from_args
+from lolaray.platform.dataset_spec_options import spec_from_args
 from lolaray.platform.embedded import EMBEDDED_PRESETS
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.sweeps.chain import Profile

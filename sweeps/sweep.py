@@ -34,7 +34,7 @@ from lolaray.evaluation.headline import log_headline_metrics
 from lolaray.evaluation.study import load_evaluations, write_study_report
 from lolaray.platform.artifacts import Artifact, ArtifactStore, artifact_id
 from lolaray.platform.data import locate_dataset, read_dataset_info
-from lolaray.platform.dataset_specs import spec_from_args
+from lolaray.platform.dataset_spec_options import spec_from_args
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.platform.stages import add_stage_arguments
 from lolaray.platform.tracking import ensure_experiment, open_client, stage_run, tracking_uri

@@ -7,15 +7,8 @@ import pytest
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import DatasetInfo, open_dataset
-from lolaray.platform.dataset_specs import (
-    PAPER_SPECS,
-    DatasetSpecError,
-    add_dataset_spec_arguments,
-    infer_spec,
-    parse_horizons,
-    resolve_spec,
-    spec_from_args,
-)
+from lolaray.platform.dataset_spec_options import add_dataset_spec_arguments, parse_horizons, spec_from_args
+from lolaray.platform.dataset_specs import PAPER_SPECS, DatasetSpecError, infer_spec, resolve_spec
 from lolaray.platform.well_format import SplitLayout
 from lolaray.sweeps.chain import PROFILES
 
@@ -172,6 +165,7 @@ def test_the_scored_field_is_the_papers_or_the_command_lines():
         "wasserstein_field": "velocity_y",
     }
     assert resolve_spec(rb, wasserstein_field="buoyancy").wasserstein_field == "buoyancy"
+    assert resolve_spec(rb).describe().endswith("scored field velocity_y")
     assert infer_spec(_info()).wasserstein_field is None  # the evaluation's default: density
     with pytest.raises(
         DatasetSpecError,

@@ -8,7 +8,9 @@ An *emulator step* is any callable
     step(window, mask, theta, generator) -> window
 
 that completes a window :math:`(B, C, n+1, *\mathrm{spatial})` whose known entries
-(the time mask :math:`(B, n+1)`, ``True`` = known) hold the context; the returned
+(the time mask :math:`(B, n+1)`, ``True`` = known, or a
+:func:`~lolaray.trainers.diffusion.known_channel_mask` when the states carry constant
+fields) hold the context; the returned
 window has the same shape and **equals the input on the known entries**. ``theta`` is
 the conditioning :math:`(B, |\theta|)` (or ``None``) and ``generator`` a
 :class:`torch.Generator`, a sequence of :math:`B` generators (one per batch row) or
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from lolaray.trainers.diffusion import ElucidatedDenoiser, Schedule
+from lolaray.trainers.diffusion import ElucidatedDenoiser, Schedule, time_mask
 from lolaray.trainers.guidance import MMPSDenoiser
 from lolaray.trainers.samplers import sample
 from lolaray.trainers.solver import NeuralSolver
@@ -186,7 +188,7 @@ def guided_diffusion_step(
     def step(
         window: Tensor, mask: Tensor, theta: Tensor | None, generator: Generators, *, start: int
     ) -> Tensor:
-        known = int(mask[0].sum())
+        known = int(time_mask(mask)[0].sum())
         y = observations[:, start + known : start + window.shape[2]].to(window.device)
         noise = standard_normal(window.shape, generator, like=window)
         with inference(denoiser):

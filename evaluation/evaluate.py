@@ -179,10 +179,12 @@ def evaluate(
             )
     else:
         autoencoder = None  # pixel emulators read standardized pixels directly
-        if state_shape != list(info.state_shape):
+        # A pixel emulator's states end with the dataset's constant fields.
+        expected = list(info.conditioned_state_shape)
+        if state_shape != expected:
             raise ValueError(
                 f"pixel emulator {emulator.id} has state shape {tuple(state_shape)}, "
-                f"the dataset {tuple(info.state_shape)}"
+                f"the dataset {tuple(expected)}"
             )
     if int(manifest["theta_dim"]) != info.theta_dim:
         raise ValueError(f"emulator theta_dim {manifest['theta_dim']} != dataset theta_dim {info.theta_dim}")

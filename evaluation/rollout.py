@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from lolaray.evaluation.emulator_steps import EmulatorStep, Generators, inference
-from lolaray.trainers.diffusion import context_mask
+from lolaray.trainers.diffusion import context_mask, known_channel_mask
 
 __all__ = [
     "decode_in_chunks",
@@ -149,6 +149,7 @@ def rollout(
     overlap: int,
     length: int,
     generator: Generators = None,
+    known_channels: int = 0,
 ) -> Tensor:
     r"""Autoregressive rollout of :math:`L` states from :math:`c` given ones.
 
@@ -172,6 +173,10 @@ def rollout(
         length: The number of states :math:`L \geq c` to return (context included).
         generator: Passed to every step (one, one per row, or ``None``); a generator
             is consumed step after step, so the whole rollout is one stream per row.
+        known_channels: The last :math:`K` channels of every state are constant fields:
+            each window gets them from its last known state at every time, and its mask
+            marks them known (:func:`~lolaray.trainers.diffusion.known_channel_mask`), so
+            the step returns them unchanged.
 
     Returns:
         The trajectory :math:`(B, C, L, *\mathrm{spatial})`, whose first :math:`c`
@@ -199,6 +204,9 @@ def rollout(
         win = initial.new_zeros(batch, channels, window, *spatial)
         win[:, :, :j] = known_states
         mask = context_mask(batch, window, j, device=initial.device)
+        if known_channels:
+            win[:, -known_channels:, j:] = known_states[:, -known_channels:, -1:]
+            mask = known_channel_mask(mask, win, known_channels)
         if getattr(step, "takes_start", False):  # guided steps need the window's place in time
             out = step(win, mask, theta, generator, start=start)
         else:
@@ -290,6 +298,7 @@ def ensemble_rollout(
     overlap: int,
     length: int,
     max_batch: int | None = None,
+    known_channels: int = 0,
 ) -> Tensor:
     r"""Rolls out :math:`K` ensemble members of one trajectory, in blocks of at most
     :py:`max_batch` members, member :math:`k` seeded by
@@ -301,7 +310,7 @@ def ensemble_rollout(
         theta: Its conditioning :math:`(1, |\theta|)` or ``None``.
         members: The ensemble size :math:`K`.
         seed, trajectory, start: See :func:`member_seed`.
-        window, context, overlap, length: See :func:`rollout`.
+        window, context, overlap, length, known_channels: See :func:`rollout`.
         max_batch: The most members per batch (default: all at once).
 
     Returns:
@@ -333,6 +342,7 @@ def ensemble_rollout(
                 overlap=overlap,
                 length=length,
                 generator=member_generators(seed, trajectory, start, block, device="cpu"),
+                known_channels=known_channels,
             )
         )
     return torch.cat(blocks, dim=0)

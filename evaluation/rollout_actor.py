@@ -45,6 +45,7 @@ from lolaray.evaluation.rollout import decode_in_chunks, member_generators, memb
 from lolaray.evaluation.split_ensemble import write_block
 from lolaray.platform.data import DatasetInfo, WellWindows
 from lolaray.platform.preprocessing import Standardizer
+from lolaray.trainers.diffusion import with_known_channels
 from lolaray.trainers.guidance import build_operator
 from lolaray.trainers.snapshots import load_autoencoder, load_emulator
 
@@ -54,11 +55,19 @@ __all__ = ["ANIMATED_MEMBERS", "RolloutActor", "run_rollouts"]
 ANIMATED_MEMBERS = 3
 
 
-def _encode_states(model, states: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``(C, L, *spatial)`` standardized states → latents ``(C_lat, L, *latent)``."""
+def _encode_states(
+    model, states: torch.Tensor, chunk: int, constant: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(C, L, *spatial)`` standardized states (and their constant fields ``(K, *spatial)``)
+    → latent states ``(C_lat + K, L, *latent)``."""
     rows = states.movedim(1, 0)  # (L, C, ...)
     with torch.no_grad():
-        z = torch.cat([model.encode(rows[i : i + chunk]) for i in range(0, rows.shape[0], chunk)])
+        z = torch.cat(
+            [
+                model.encode(part, None if constant is None else constant.expand(len(part), *constant.shape))
+                for part in rows.split(chunk)
+            ]
+        )
     return z.movedim(0, 1)
 
 
@@ -96,6 +105,8 @@ class RolloutActor:
         self.standardizer = Standardizer.from_dict(standardizer)
         self.windows = WellWindows(info, "test", length=None, standardizer=self.standardizer)
         self.field_names = list(info.field_names)
+        # The emulators' states end with the constant fields (given, never predicted).
+        self.known_channels = info.n_constant_fields
         self.spatial_dims = info.n_spatial_dims
         self.seed, self.chunk = seed, chunk
         self.vrmse_eps = vrmse_eps
@@ -123,19 +134,26 @@ class RolloutActor:
         x = item["x"]  # (C, T, *spatial), standardized
         stride = self.config.stride
         strided = x[:, ::stride].contiguous()
-        data = {"x": x, "strided": strided, "theta": item["theta"]}
+        constant = item.get("constant")  # (K, *spatial), standardized
+        data = {"x": x, "strided": strided, "theta": item["theta"], "constant": constant}
         data["truth"] = self.standardizer.inverse(strided.double(), channel_dim=0)
+        # What the pixel emulator rolls out: the states, and the constant fields as their last channels.
+        data["states"] = (
+            strided if constant is None else with_known_channels(strided[None], constant[None])[0]
+        )
         if self.autoencoder is not None:
-            z = _encode_states(self.autoencoder, strided.to(self.device), self.chunk)
+            z = _encode_states(
+                self.autoencoder, strided.to(self.device), self.chunk, _to(constant, self.device)
+            )
             data["z"] = z
             u_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
             data["truth_ae"] = self.standardizer.inverse(u_ae.double(), channel_dim=0)
         self._cache = (index, data)
         return data
 
-    def _reconstruction(self, x: torch.Tensor) -> np.ndarray:
+    def _reconstruction(self, x: torch.Tensor, constant: torch.Tensor | None) -> np.ndarray:
         """VRMSE of D(E(x)) against x, physical units, every state: ``(T, C)``."""
-        z = _encode_states(self.autoencoder, x.to(self.device), self.chunk)
+        z = _encode_states(self.autoencoder, x.to(self.device), self.chunk, _to(constant, self.device))
         x_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
         u = self.standardizer.inverse(x.double(), channel_dim=0).movedim(1, 0)
         v = self.standardizer.inverse(x_ae.double(), channel_dim=0).movedim(1, 0)
@@ -160,7 +178,7 @@ class RolloutActor:
         if self.autoencoder is not None:
             initial = data["z"][:, origin : origin + context]
         else:
-            initial = data["strided"][:, origin : origin + context].to(self.device)
+            initial = data["states"][:, origin : origin + context].to(self.device)
         theta = data["theta"].to(self.device)
         step = self.step if self.guidance is None else self._guided_step(trajectory, origin, data, n)
         states = rollout(
@@ -172,9 +190,12 @@ class RolloutActor:
             overlap=context,
             length=length,
             generator=member_generators(self.seed, trajectory, origin, block, device="cpu"),
+            known_channels=self.known_channels,
         )
         if self.autoencoder is not None:
             states = decode_in_chunks(self.autoencoder, states, self.chunk)
+        else:
+            states = states[:, : len(self.field_names)]  # the constant fields are not predictions
         self._synchronize()
         seconds = time.perf_counter() - began
         members = self.standardizer.inverse(states.double().cpu(), channel_dim=1)
@@ -197,13 +218,19 @@ class RolloutActor:
             self.emulator,
             observations.expand(members, *observations.shape[1:]),
             operator,
-            decoder=None if self.autoencoder is None else self.autoencoder.decode,
+            decoder=self.autoencoder.decode if self.autoencoder is not None else self._pixel_decoder(),
             var_y=g["var_y"],
             iterations=g["iterations"],
             solver=g["solver"],
             sampler=self.sampler,
             steps=self.steps,
         )
+
+    def _pixel_decoder(self):
+        """What guidance observes of a pixel emulator's states: the predicted fields, without
+        the constant ones (``None``: the states themselves)."""
+        channels = len(self.field_names)
+        return (lambda states: states[:, :channels]) if self.known_channels else None
 
     def _stats(self, members: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
         """SEMD and Wasserstein sums of the members against one reference."""
@@ -248,7 +275,7 @@ class RolloutActor:
             result["truth"] = data["truth"].numpy()
             if self.autoencoder is not None:
                 result["truth_ae"] = data["truth_ae"].numpy()
-                result["recon_vrmse"] = self._reconstruction(data["x"])
+                result["recon_vrmse"] = self._reconstruction(data["x"], data["constant"])
         if item["snapshot"] and start == 0:
             result["member0"] = members[0].float().numpy()
             result["animated"] = members[:ANIMATED_MEMBERS].float().numpy()
@@ -261,6 +288,10 @@ class RolloutActor:
             keys.append(_item_key(item))
             results.append(pickle.dumps(self.evaluate_item(item)))
         return {"key": np.asarray(keys), "result": np.asarray(results, dtype=object)}
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def _numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

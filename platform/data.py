@@ -11,7 +11,10 @@ Items are read through :class:`the_well.data.WellDataset` and returned channels-
 ``x`` of shape ``(C, L, *spatial)`` for windows of ``L`` states, standardized
 (:mod:`~lolaray.platform.preprocessing`) and optionally augmented
 (:mod:`~lolaray.platform.augmentation`), with the conditioning vector
-``θ = [parameters..., bc_codes.flatten()]`` (method.md §1).
+``θ = [parameters..., bc_codes.flatten()]`` (method.md §1). Time-invariant fields (a
+bathymetry, an obstacle mask) come beside ``x`` as ``constant`` ``(K, *spatial)``: known
+conditioning, standardized with statistics of the train split and augmented with the same
+draw as ``x``, never part of the predicted state.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_
 __all__ = [
     "DatasetInfo",
     "WellWindows",
+    "augment_with_constants",
     "cached_windows",
+    "constant_standardizer_for",
     "locate_dataset",
     "open_dataset",
     "ray_dataset",
@@ -73,6 +78,8 @@ class DatasetInfo:
     :param parameter_names: the constant scalars that enter θ.
     :param n_steps: the shortest trajectory length across splits.
     :param splits: the layout of each split folder present.
+    :param constant_field_names: the time-invariant fields' channels (conditioning, not
+        predicted); ``constant_vector_axis`` as ``vector_axis``.
     """
 
     name: str
@@ -84,10 +91,17 @@ class DatasetInfo:
     parameter_names: tuple[str, ...]
     n_steps: int
     splits: dict[str, SplitLayout]
+    constant_field_names: tuple[str, ...] = ()
+    constant_vector_axis: tuple[int | None, ...] = ()
 
     @property
     def n_fields(self) -> int:
         return len(self.field_names)
+
+    @property
+    def n_constant_fields(self) -> int:
+        """:math:`K`, the time-invariant channels given to the networks beside each state."""
+        return len(self.constant_field_names)
 
     @property
     def n_spatial_dims(self) -> int:
@@ -102,6 +116,12 @@ class DatasetInfo:
     def state_shape(self) -> tuple[int, ...]:
         """Channels-first shape of one state, ``(C, *spatial)``."""
         return (self.n_fields, *self.resolution)
+
+    @property
+    def conditioned_state_shape(self) -> tuple[int, ...]:
+        """A state as a pixel-space emulator sees it, the constant fields as its last
+        channels: ``(C + K, *spatial)``."""
+        return (self.n_fields + self.n_constant_fields, *self.resolution)
 
     def parameter_samples(self, split: str = "train") -> np.ndarray:
         """The parameters of every trajectory of ``split``, ``(trajectories, parameters)``
@@ -222,7 +242,14 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         raise FileNotFoundError(f"{root}/data/train is missing: the train split is required (statistics)")
     first = splits["train"]
     for split, layout in splits.items():
-        for key in ("dataset_name", "field_names", "spatial_dims", "resolution", "parameter_names"):
+        for key in (
+            "dataset_name",
+            "field_names",
+            "constant_field_names",
+            "spatial_dims",
+            "resolution",
+            "parameter_names",
+        ):
             if getattr(layout, key) != getattr(first, key):
                 raise DatasetFormatError(
                     f"{root}/data/{split}: {key} {getattr(layout, key)} disagree with the train split "
@@ -238,6 +265,8 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         parameter_names=first.parameter_names,
         n_steps=min(min(layout.n_steps) for layout in splits.values()),
         splits=splits,
+        constant_field_names=first.constant_field_names,
+        constant_vector_axis=first.constant_vector_axis,
     )
 
 
@@ -245,7 +274,9 @@ class WellWindows(Dataset):
     """Windows of ``length`` states ``stride`` steps apart from one split, channels-first.
 
     Item ``i`` is a dict with ``x`` ``(C, length, *spatial)`` float32 (standardized if a
-    standardizer is given, augmented if ``augment``), ``theta`` ``(P + 2·n_dims,)``, and the
+    standardizer is given, augmented if ``augment``), ``theta`` ``(P + 2·n_dims,)``, on data
+    with time-invariant fields ``constant`` ``(K, *spatial)`` (standardized by
+    :func:`constant_standardizer_for` whenever ``x`` is, augmented with the same draw), and the
     provenance ``file`` (index into the split's sorted files), ``trajectory`` (index in that
     file) and ``start`` (first time index). Windows never cross trajectories; item order
     is file → trajectory → start (The Well's).
@@ -286,7 +317,8 @@ class WellWindows(Dataset):
         self.info, self.split, self.length, self.stride = info, split, length, stride
         self.standardizer = standardizer
         if not isinstance(augment, Augmentation):
-            augment = Augmentation.from_setting(info.vector_axis, augment)
+            # One draw for the state and its constant fields: a flipped state keeps its bathymetry.
+            augment = Augmentation.from_setting((*info.vector_axis, *info.constant_vector_axis), augment)
         self.augment = augment
         self.generator = generator
         self.files = layout.files
@@ -335,18 +367,50 @@ class WellWindows(Dataset):
             )
         x = fields.movedim(-1, 0).float()  # (C, L, *spatial)
         bc = item["boundary_conditions"].float()
+        constants = self.info.n_constant_fields
+        constant = None
+        if constants:
+            constant = item["constant_fields"].movedim(-1, 0).float()  # (K, *spatial)
+            if not torch.isfinite(constant).all():
+                raise DatasetFormatError(
+                    f"{self.files[file]}: NaN/Inf in a constant field of trajectory {trajectory}"
+                )
         if self.augment is not None:
-            x, bc = self.augment(x, bc, self.generator)
+            x, constant, bc = augment_with_constants(self.augment, x, constant, bc, self.generator)
         if self.standardizer is not None:
             x = self.standardizer.forward(x, channel_dim=0)
+            if constants:
+                constant = constant_standardizer_for(self.info).forward(constant, channel_dim=0)
         params = item.get("constant_scalars", torch.zeros(0)).float().reshape(-1)
-        return {
+        out = {
             "x": x.contiguous(),
             "theta": torch.cat([params, bc.flatten()]),
             "file": file,
             "trajectory": trajectory,
             "start": start,
         }
+        if constants:
+            out["constant"] = constant.contiguous()
+        return out
+
+
+def augment_with_constants(
+    augment: Augmentation,
+    x: torch.Tensor,
+    constant: torch.Tensor | None,
+    bc: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One random symmetry of a window ``x`` ``(C, L, *spatial)``, its constant fields
+    ``(K, *spatial)`` (or ``None``) and its boundary codes, the same draw for all three
+    (a flipped state keeps its bathymetry); ``augment`` covers the channels of ``x``, then
+    those of ``constant``."""
+    if constant is None:
+        x, bc = augment(x, bc, generator)
+        return x, None, bc
+    both = torch.cat([x, constant.unsqueeze(1).expand(-1, x.shape[1], *constant.shape[1:])])
+    both, bc = augment(both, bc, generator)
+    return both[: x.shape[0]], both[x.shape[0] :, 0], bc
 
 
 def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0) -> Standardizer:
@@ -385,6 +449,34 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
     return fitted
 
 
+@functools.lru_cache(maxsize=8)
+def _constant_standardizer(root: str, fingerprint: str) -> Standardizer:
+    info = read_dataset_info(root)
+    windows = WellWindows(info, "train", length=1)
+    # One window per trajectory: the constant fields do not change along it.
+    firsts = [
+        int(offset) + t * per
+        for offset, per, n in zip(
+            windows.offsets, windows.windows_per_trajectory, info.splits["train"].n_trajectories
+        )
+        for t in range(n)
+    ]
+    return fit_standardizer(
+        (windows[i]["constant"] for i in firsts),
+        field_names=info.constant_field_names,
+        transforms=("none",) * info.n_constant_fields,
+    )
+
+
+def constant_standardizer_for(info: DatasetInfo) -> Standardizer:
+    """The standardization of ``info``'s time-invariant fields: mean and standard deviation
+    per channel over every trajectory of the train split (fitted once per process; the
+    constant fields are read once per trajectory, a small cost beside the states)."""
+    if not info.n_constant_fields:
+        raise ValueError(f"{info.name} has no time-invariant field")
+    return _constant_standardizer(info.root, info.fingerprint())
+
+
 def theta_standardizer_for(info: DatasetInfo, log_parameters: Sequence[str]) -> ThetaStandardizer:
     """How the emulators standardize θ on ``info``: ``log_parameters`` as logarithms, the
     statistics over the train split's trajectories (read from the file headers).
@@ -418,13 +510,16 @@ def cached_windows(root: str, split: str, length: int | None, stride: int, stand
 def _read_windows(batch: dict, *, root, split, length, stride, standardize) -> dict:
     windows = cached_windows(root, split, length, stride, standardize)
     items = [windows[int(i)] for i in batch["id"]]
-    return {
+    rows = {
         "x": np.stack([it["x"].numpy() for it in items]),
         "theta": np.stack([it["theta"].numpy() for it in items]),
         "file": np.array([Path(windows.files[it["file"]]).name for it in items]),
         "trajectory": np.array([it["trajectory"] for it in items]),
         "start": np.array([it["start"] for it in items]),
     }
+    if "constant" in items[0]:
+        rows["constant"] = np.stack([it["constant"].numpy() for it in items])
+    return rows
 
 
 def ray_dataset(
@@ -440,7 +535,7 @@ def ray_dataset(
     """A Ray Data dataset of windows (``length=None``: whole trajectories) of one split.
 
     Rows: ``x`` ``(C, L, *spatial)`` float32, ``theta``, ``file`` (file name), ``trajectory``,
-    ``start``. Reading happens in Ray tasks, each building its own :class:`WellWindows`
+    ``start``, and ``constant`` ``(K, *spatial)`` on data with time-invariant fields. Reading happens in Ray tasks, each building its own :class:`WellWindows`
     (HDF5 handles are never pickled).
     """
 

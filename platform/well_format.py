@@ -4,7 +4,9 @@ A dataset in The Well's layout is a folder ``<root>/`` holding ``stats.yaml`` an
 ``data/{train,valid,test}/*.hdf5``; each HDF5 file holds one parameter set with
 ``n_trajectories`` trajectories of ``T`` snapshots (``PolymathicAI/the_well:docs/data_format.md``).
 Arrays are channels-last and float32: scalar fields ``t0`` have shape ``(B, T, *spatial)``,
-vector fields ``t1`` have shape ``(B, T, *spatial, D)``.
+vector fields ``t1`` have shape ``(B, T, *spatial, D)``. A time-invariant field
+(``time_varying: false``, e.g. a bathymetry or an obstacle mask) drops the ``T`` axis, and
+the ``B`` axis too when it is the same for every trajectory (``sample_varying: false``).
 
 The loader of record is :class:`the_well.data.WellDataset`. It checks little and fails
 with bare assertions deep inside (or silently, see ``the-well.md`` pitfalls), so
@@ -52,6 +54,7 @@ def write_well_file(
     time: np.ndarray,
     coordinates: Mapping[str, np.ndarray],
     boundary: str | Mapping[str, str],
+    constant_fields: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write one HDF5 file in The Well's layout.
 
@@ -63,6 +66,9 @@ def write_well_file(
     :param coordinates: axis name -> cell-centre coordinates, in axis order (e.g. ``x``, ``y``).
     :param boundary: ``"periodic"``, ``"open"`` or ``"wall"`` on every axis, or one of them
         per axis name (e.g. ``{"x": "periodic", "y": "wall"}`` for Rayleigh–Bénard).
+    :param constant_fields: time-invariant scalar fields, written after the ``t0_fields``
+        with ``time_varying: false``: ``(B, *spatial)`` per trajectory or ``(*spatial)``
+        shared by all (``sample_varying: false``).
     """
     axes = list(coordinates)
     per_axis = {axis: boundary for axis in axes} if isinstance(boundary, str) else dict(boundary)
@@ -113,14 +119,15 @@ def write_well_file(
             ds.attrs["sample_varying"] = False
             ds.attrs["time_varying"] = False
 
-        for order, fields in ((0, t0_fields), (1, t1_fields), (2, {})):
+        constants = dict(constant_fields or {})
+        for order, fields in ((0, {**t0_fields, **constants}), (1, t1_fields), (2, {})):
             group = f.create_group(f"t{order}_fields")
             group.attrs["field_names"] = list(fields)
             for name, values in fields.items():
                 ds = group.create_dataset(name, data=np.asarray(values, dtype=np.float32))
                 ds.attrs["dim_varying"] = [True] * len(axes)
-                ds.attrs["sample_varying"] = True
-                ds.attrs["time_varying"] = True
+                ds.attrs["sample_varying"] = name not in constants or ds.ndim > len(axes)
+                ds.attrs["time_varying"] = name not in constants
 
 
 def _moments(values: np.ndarray, component_axis: int | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -147,6 +154,8 @@ def compute_stats(files: Sequence[str | os.PathLike]) -> dict:
             for order in (0, 1):
                 group = f[f"t{order}_fields"]
                 for name in group.attrs["field_names"]:
+                    if not bool(group[name].attrs.get("time_varying", True)):
+                        continue  # constant fields are conditioning; lolaray fits their statistics itself
                     data = group[name][...]
                     component_axis = -1 if order == 1 else None
                     entry = acc.setdefault(name, {"plain": [0, 0, 0], "delta": [0, 0, 0]})
@@ -197,6 +206,8 @@ class SplitLayout:
     :param n_trajectories: per file. ``n_steps``: per file (time length).
     :param boundary_types: per file, the ``bc_type`` per axis (e.g. ``("PERIODIC", "PERIODIC")``).
     :param parameter_values: per file, the value of each parameter (one parameter set per file).
+    :param constant_field_names: the time-invariant fields' channels (flattened like
+        ``field_names``), in The Well's order; ``constant_vector_axis`` as ``vector_axis``.
     """
 
     files: tuple[str, ...]
@@ -211,6 +222,8 @@ class SplitLayout:
     n_steps: tuple[int, ...]
     boundary_types: tuple[tuple[str, ...], ...]
     parameter_values: tuple[tuple[float, ...], ...] = ()
+    constant_field_names: tuple[str, ...] = ()
+    constant_vector_axis: tuple[int | None, ...] = ()
 
 
 def _read_header(path: str, fs) -> dict:
@@ -234,8 +247,9 @@ def _read_header(path: str, fs) -> dict:
                 raise DatasetFormatError(f"{path}: missing group(s) {missing}; not in The Well's layout")
             axes = tuple(str(a) for a in f["dimensions"].attrs["spatial_dims"])
             resolution = tuple(int(f["dimensions"][a].shape[-1]) for a in axes)
-            fields: list[str] = []
-            vector_axis: list[int | None] = []
+            channels: dict[bool, tuple[list[str], list[int | None]]] = {True: ([], []), False: ([], [])}
+            n_traj = int(f.attrs["n_trajectories"])
+            steps = int(f["dimensions"]["time"].shape[-1])
             for order in (0, 1, 2):
                 group = f.get(f"t{order}_fields")
                 if group is None:
@@ -244,32 +258,33 @@ def _read_header(path: str, fs) -> dict:
                     if name not in group:
                         raise DatasetFormatError(f"{path}: field {name!r} is listed but has no dataset")
                     shape = group[name].shape
-                    if not bool(group[name].attrs.get("time_varying", True)):
-                        # Known conditioning (issue 16, point 3): not carried through the
-                        # networks yet, so refused by name rather than by a shape mismatch.
-                        raise DatasetFormatError(
-                            f"{path}: field {name!r} is time-invariant (time_varying: false); "
-                            "constant fields are not supported yet"
-                        )
-                    n_traj = int(f.attrs["n_trajectories"])
-                    steps = int(f["dimensions"]["time"].shape[-1])
-                    expected = (n_traj, steps, *resolution) + (len(axes),) * order
+                    attrs = group[name].attrs
+                    time_varying = bool(attrs.get("time_varying", True))
+                    sample_varying = bool(attrs.get("sample_varying", True))
+                    # Constant fields drop the time axis, and the trajectory axis when shared.
+                    leading = (n_traj,) * sample_varying + (steps,) * time_varying
+                    expected = (*leading, *resolution) + (len(axes),) * order
                     if tuple(shape) != expected:
+                        layout = ("trajectories, " * sample_varying) + ("time, " * time_varying)
                         raise DatasetFormatError(
                             f"{path}: field {name!r} has shape {tuple(shape)}, expected {expected} "
-                            "(trajectories, time, *spatial, components)"
+                            f"({layout}*spatial, components)"
                         )
+                    names, vector_axis = channels[time_varying]
                     if order == 0:
-                        fields.append(str(name))
+                        names.append(str(name))
                         vector_axis.append(None)
                     elif order == 1:
                         for i, axis in enumerate(axes):
-                            fields.append(f"{name}_{axis}")
+                            names.append(f"{name}_{axis}")
                             vector_axis.append(i)
                     else:
                         raise DatasetFormatError(
                             f"{path}: tensor (t2) fields are not supported yet ({name!r})"
                         )
+            fields, vector_axis = channels[True]
+            if not fields:
+                raise DatasetFormatError(f"{path}: no time-varying field to emulate")
             params = tuple(
                 str(n) for n in f["scalars"].attrs["field_names"] if not f["scalars"][n].attrs["time_varying"]
             )
@@ -285,6 +300,8 @@ def _read_header(path: str, fs) -> dict:
                 "resolution": resolution,
                 "fields": tuple(fields),
                 "vector_axis": tuple(vector_axis),
+                "constant_fields": tuple(channels[False][0]),
+                "constant_vector_axis": tuple(channels[False][1]),
                 "params": params,
                 "param_values": tuple(float(np.asarray(f["scalars"][n][()]).reshape(-1)[0]) for n in params),
                 "n_trajectories": int(f.attrs["n_trajectories"]),
@@ -329,6 +346,7 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
             ("spatial_dims", "spatial axes"),
             ("resolution", "resolution"),
             ("fields", "fields"),
+            ("constant_fields", "constant fields"),
             ("params", "parameters"),
         ):
             if header[key] != reference[key]:
@@ -348,6 +366,8 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
         n_steps=tuple(h["n_steps"] for h in headers),
         boundary_types=tuple(h["bcs"] for h in headers),
         parameter_values=tuple(h["param_values"] for h in headers),
+        constant_field_names=reference["constant_fields"],
+        constant_vector_axis=reference["constant_vector_axis"],
     )
 
 

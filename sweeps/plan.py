@@ -178,6 +178,13 @@ def plan_dataset(dataset: str, *, data_root: str | None = None) -> tuple[Dataset
     return info, {split: sum(layout.n_trajectories) for split, layout in info.splits.items()}
 
 
+def _constants(info: DatasetInfo) -> str:
+    """The time-invariant fields given beside each state, for the plan's geometry line."""
+    if not info.n_constant_fields:
+        return ""
+    return f" (+ constant {', '.join(info.constant_field_names)}, given, not predicted)"
+
+
 def _train_resources(workers: int, gpu: bool) -> str:
     worker = "{CPU: 1, GPU: 1}" if gpu else "{CPU: 1}"
     return f"{workers} worker(s) x {worker}" if workers else "in-process (local mode)"
@@ -257,7 +264,7 @@ def plan_context_sweep(
     plan = StudyPlan(
         title=title,
         dataset=info.name,
-        geometry=f"{' x '.join(map(str, info.state_shape))} per state, {info.n_steps} steps",
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_constants(info)}, {info.n_steps} steps",
         peak_tflops=peak_tflops,
         utilisation=utilisation,
         trial="evaluation",
@@ -296,8 +303,8 @@ def plan_context_sweep(
                     )
     if pixel:
         config = dataclasses.replace(profile.pixel_emulator, kind="solver", space="pixel")
-        config.validate(info.state_shape, info.n_steps)
-        cost = emulator_cost(config, info.state_shape, info.theta_dim, name="pixel solver")
+        config.validate(info.conditioned_state_shape, info.n_steps)
+        cost = emulator_cost(config, info.conditioned_state_shape, info.theta_dim, name="pixel solver")
         plan.networks[cost.name] = cost
         for context in contexts:
             plan.stages.append(
@@ -341,7 +348,7 @@ def plan_study(
     plan = StudyPlan(
         title=title,
         dataset=info.name,
-        geometry=f"{' x '.join(map(str, info.state_shape))} per state, {info.n_steps} steps, "
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_constants(info)}, {info.n_steps} steps, "
         f"theta of {info.theta_dim}",
         peak_tflops=peak_tflops,
         utilisation=utilisation,
@@ -431,8 +438,8 @@ def plan_study(
             )
     if pixel:
         config = dataclasses.replace(profile.pixel_emulator, kind="solver", space="pixel")
-        config.validate(info.state_shape, info.n_steps)
-        cost = emulator_cost(config, info.state_shape, info.theta_dim, name="pixel solver")
+        config.validate(info.conditioned_state_shape, info.n_steps)
+        cost = emulator_cost(config, info.conditioned_state_shape, info.theta_dim, name="pixel solver")
         plan.networks[cost.name] = cost
         plan.stages.append(
             StagePlan(

@@ -7,8 +7,20 @@ import numpy as np
 from lolaray.platform.well_format import compute_stats, write_stats, write_well_file
 
 
-def write_tiny(path, *, boundary="periodic", gamma=1.4, n_traj=2, steps=11, res=8, seed=0, extra_field=False):
-    """One file with ``n_traj`` trajectories of smooth-ish random positive Euler-like fields."""
+def write_tiny(
+    path,
+    *,
+    boundary="periodic",
+    gamma=1.4,
+    n_traj=2,
+    steps=11,
+    res=8,
+    seed=0,
+    extra_field=False,
+    constant=False,
+):
+    """One file with ``n_traj`` trajectories of smooth-ish random positive Euler-like fields;
+    ``constant``: with a time-invariant field ``depth``, one per trajectory."""
     rng = np.random.default_rng(seed)
     shape = (n_traj, steps, res, res)
     t0 = {name: rng.uniform(0.5, 2.0, shape).astype(np.float32) for name in ("energy", "density", "pressure")}
@@ -24,10 +36,17 @@ def write_tiny(path, *, boundary="periodic", gamma=1.4, n_traj=2, steps=11, res=
         time=np.arange(steps) * 0.015,
         coordinates={"x": centres, "y": centres},
         boundary=boundary,
+        constant_fields={"depth": depth_field(rng, (n_traj, res, res))} if constant else None,
     )
 
 
-def make_tiny_dataset(root: Path, *, res=8, steps=11, n_traj=2) -> Path:
+def depth_field(rng, shape):
+    """A positive, trajectory-dependent time-invariant field (a bathymetry-like ramp plus bumps)."""
+    ramp = np.linspace(1.0, 3.0, shape[-2])[:, None] * np.ones(shape[-1])
+    return (ramp + rng.uniform(0.0, 0.5, shape)).astype(np.float32)
+
+
+def make_tiny_dataset(root: Path, *, res=8, steps=11, n_traj=2, constant=False) -> Path:
     """``root/data/{train,valid,test}`` with a periodic (gamma 1.4) and an open (gamma 1.76) file each."""
     for split in ("train", "valid", "test"):
         (root / "data" / split).mkdir(parents=True)
@@ -40,6 +59,7 @@ def make_tiny_dataset(root: Path, *, res=8, steps=11, n_traj=2) -> Path:
                 res=res,
                 steps=steps,
                 n_traj=n_traj,
+                constant=constant,
             )
     write_stats(compute_stats(sorted((root / "data" / "train").glob("*.hdf5"))), root / "stats.yaml")
     return root
@@ -57,10 +77,12 @@ def _smooth(rng, shape, *, axes, scale=1.0):
     return (scale * field / (field.std() + 1e-12)).astype(np.float32)
 
 
-def make_rayleigh_benard_like(root: Path, *, res=(16, 8), steps=33, n_traj=2) -> Path:
+def make_rayleigh_benard_like(root: Path, *, res=(16, 8), steps=33, n_traj=2, constant=False) -> Path:
     """A tiny folder mimicking The Well's ``rayleigh_benard``: a non-square grid, x periodic
     and y WALL, buoyancy / pressure / 2-D velocity, Rayleigh and Prandtl numbers spanning
-    decades (so the paper's settings apply by name: stride 4, ln Ra and ln Pr in θ)."""
+    decades (so the paper's settings apply by name: stride 4, ln Ra and ln Pr in θ).
+    ``constant``: with a time-invariant field ``depth`` per trajectory (not in The Well's
+    rayleigh_benard; how the smoke study covers constant fields on a 2-D non-square grid)."""
     nx, ny = res
     x, y = (np.arange(nx) + 0.5) / nx, (np.arange(ny) + 0.5) / ny
     shape = (n_traj, steps, nx, ny)
@@ -80,6 +102,7 @@ def make_rayleigh_benard_like(root: Path, *, res=(16, 8), steps=33, n_traj=2) ->
                 time=np.arange(steps) * 0.25,
                 coordinates={"x": x, "y": y},
                 boundary={"x": "periodic", "y": "wall"},
+                constant_fields={"depth": depth_field(rng, (n_traj, nx, ny))} if constant else None,
             )
     write_stats(compute_stats(sorted((root / "data" / "train").glob("*.hdf5"))), root / "stats.yaml")
     return root

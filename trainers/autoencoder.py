@@ -20,6 +20,14 @@ Identity init (switchable): :math:`W \leftarrow 10^{-2} W_{default} + E` with
 
 Loss: :func:`vmse_loss` (variance-normalised MSE; ``root=True`` gives the reference code's
 square-rooted variant).
+
+**Constant fields** (``constant_channels`` :math:`K > 0`, e.g. a bathymetry or an obstacle
+mask: known, never predicted). The encoder reads them beside the state,
+:math:`z = E([x, k])`, and the latent state carries them average-pooled to the latent grid,
+:math:`\tilde z = [z, \mathrm{pool}_r(k)]` with :math:`C_{lat} + K` channels; the decoder
+reads the whole latent state, :math:`\hat x = D(\tilde z)`, so it is told the constant
+fields rather than made to remember them. Emulators treat the last :math:`K` channels of a
+latent state as always known (:func:`lolaray.trainers.diffusion.known_channel_mask`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "build_autoencoder",
     "compression_rate",
     "identity_init_",
+    "pool_to_latent",
     "saturate",
     "vmse_loss",
     "vmse_per_field",
@@ -219,11 +228,12 @@ class Encoder(nn.Module):
         identity_init: bool,
         periodic: bool,
         kernel_size: int,
+        constant_channels: int = 0,
     ) -> None:
         super().__init__()
         conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
         fold = 2**spatial_dims
-        self.stem = _conv(pixel_channels, hidden_channels[0], **conv_kw)
+        self.stem = _conv(pixel_channels + constant_channels, hidden_channels[0], **conv_kw)
         self.levels = nn.ModuleList()
         for i, (channels, blocks) in enumerate(zip(hidden_channels, hidden_blocks, strict=True)):
             level = nn.Module()
@@ -270,11 +280,12 @@ class Decoder(nn.Module):
         identity_init: bool,
         periodic: bool,
         kernel_size: int,
+        constant_channels: int = 0,
     ) -> None:
         super().__init__()
         conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
         fold = 2**spatial_dims
-        self.inp = _conv(latent_channels, hidden_channels[-1], **conv_kw)
+        self.inp = _conv(latent_channels + constant_channels, hidden_channels[-1], **conv_kw)
         if identity_init:
             identity_init_(self.inp)
         self.levels = nn.ModuleList()
@@ -326,9 +337,12 @@ class AutoEncoder(nn.Module):
         a torus for shifts that are multiples of ``r``).
     :param saturation_bound: :math:`B` of the latent saturation; ``None`` disables it.
     :param kernel_size: odd conv kernel size.
+    :param constant_channels: :math:`K`, constant fields read beside each state and carried,
+        pooled, as the last :math:`K` channels of the latent state (module docstring).
 
-    Shapes: ``encode: (B, C_pix, H, W[, Z]) -> (B, C_lat, H/r, W/r[, Z/r])``,
-    ``decode`` the reverse, ``forward(x) -> (x_hat, z)``.
+    Shapes: ``encode: (B, C_pix, H, W[, Z]) [, (B, K, H, W[, Z])] -> (B, C_lat + K, H/r, W/r[, Z/r])``,
+    ``decode: (B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``,
+    ``forward(x[, constant]) -> (x_hat, z)``.
     """
 
     def __init__(
@@ -344,9 +358,16 @@ class AutoEncoder(nn.Module):
         periodic: bool = False,
         saturation_bound: float | None = 5.0,
         kernel_size: int = 3,
+        constant_channels: int = 0,
     ) -> None:
         super().__init__()
         _check_positive_int("pixel_channels", pixel_channels)
+        if (
+            isinstance(constant_channels, bool)
+            or not isinstance(constant_channels, int)
+            or constant_channels < 0
+        ):
+            raise ValueError(f"constant_channels must be a non-negative integer, got {constant_channels!r}")
         _check_positive_int("latent_channels", latent_channels)
         hidden_channels = tuple(hidden_channels)
         hidden_blocks = tuple(hidden_blocks)
@@ -378,8 +399,10 @@ class AutoEncoder(nn.Module):
         self.spatial_dims = spatial_dims
         self.periodic = periodic
         self.saturation_bound = saturation_bound
+        self.constant_channels = constant_channels
 
         kw = {
+            "constant_channels": constant_channels,
             "pixel_channels": pixel_channels,
             "latent_channels": latent_channels,
             "hidden_channels": hidden_channels,
@@ -413,7 +436,7 @@ class AutoEncoder(nn.Module):
         """Per-sample latent shape for a per-sample pixel shape.
 
         :param pixel_shape: ``(C_pix, H, W[, Z])`` (no batch axis).
-        :returns: ``(C_lat, H/r, W/r[, Z/r])``.
+        :returns: ``(C_lat + K, H/r, W/r[, Z/r])`` (``K`` constant channels).
         """
         pixel_shape = tuple(int(s) for s in pixel_shape)
         if len(pixel_shape) != self.spatial_dims + 1:
@@ -425,7 +448,7 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"pixel_shape has {pixel_shape[0]} channels, expected {self.pixel_channels}")
         self._check_spatial(pixel_shape[1:], what="pixel_shape")
         r = self.spatial_factor
-        return (self.latent_channels, *(s // r for s in pixel_shape[1:]))
+        return (self.latent_channels + self.constant_channels, *(s // r for s in pixel_shape[1:]))
 
     def _check_input(self, x: Tensor, *, channels: int, name: str, check_divisible: bool) -> None:
         expected_ndim = self.spatial_dims + 2
@@ -442,23 +465,49 @@ class AutoEncoder(nn.Module):
 
     # -- maps ---------------------------------------------------------------------------------
 
-    def encode(self, x: Tensor) -> Tensor:
-        """``(B, C_pix, H, W[, Z]) -> (B, C_lat, H/r, W/r[, Z/r])``, saturated into ``(-B, B)``."""
+    def encode(self, x: Tensor, constant: Tensor | None = None) -> Tensor:
+        """``(B, C_pix, H, W[, Z])`` and the constant fields ``(B, K, H, W[, Z])`` (``None`` when
+        ``K = 0``) ``-> (B, C_lat + K, H/r, W/r[, Z/r])``: the code, saturated into ``(-B, B)``,
+        then the constant fields average-pooled to the latent grid."""
         self._check_input(x, channels=self.pixel_channels, name="C_pix", check_divisible=True)
-        z = self.encoder(x)
+        if self.constant_channels == 0:
+            if constant is not None and constant.shape[1] > 0:
+                raise ValueError(f"this autoencoder has no constant fields, got {tuple(constant.shape)}")
+            inputs = x
+        else:
+            if constant is None or constant.shape != (x.shape[0], self.constant_channels, *x.shape[2:]):
+                raise ValueError(
+                    f"expected constant fields of shape {(x.shape[0], self.constant_channels, *x.shape[2:])}, "
+                    f"got {None if constant is None else tuple(constant.shape)}"
+                )
+            inputs = torch.cat([x, constant.to(x.dtype)], dim=1)
+        z = self.encoder(inputs)
         if self.saturation_bound is not None:
             z = saturate(z, self.saturation_bound)
+        if self.constant_channels:
+            z = torch.cat([z, pool_to_latent(constant.to(z.dtype), self.spatial_factor)], dim=1)
         return z
 
     def decode(self, z: Tensor) -> Tensor:
-        """``(B, C_lat, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``."""
-        self._check_input(z, channels=self.latent_channels, name="C_lat", check_divisible=False)
+        """``(B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``."""
+        self._check_input(
+            z, channels=self.latent_channels + self.constant_channels, name="C_lat + K", check_divisible=False
+        )
         return self.decoder(z)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(x_hat, z)`` with ``z = encode(x)`` and ``x_hat = decode(z)``."""
-        z = self.encode(x)
+    def forward(self, x: Tensor, constant: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(x_hat, z)`` with ``z = encode(x, constant)`` and ``x_hat = decode(z)``."""
+        z = self.encode(x, constant)
         return self.decode(z), z
+
+
+def pool_to_latent(fields: Tensor, factor: int) -> Tensor:
+    r"""Average-pools ``(B, K, H, W[, Z])`` by ``factor`` per spatial axis, the constant
+    fields' values on the latent grid ``(B, K, H/r, W/r[, Z/r])``."""
+    if factor == 1:
+        return fields
+    pool = nn.functional.avg_pool3d if fields.ndim == 5 else nn.functional.avg_pool2d
+    return pool(fields, factor)
 
 
 def compression_rate(pixel_shape: Sequence[int], latent_shape: Sequence[int]) -> float:

@@ -6,7 +6,9 @@ perturbation kernel :math:`x_t = \alpha_t x + \sigma_t \varepsilon`. The denoise
 matching, its known (context) entries being given clean, as in Eq. (7) of the paper.
 
 Masks are boolean, ``True`` = known (context) entry. A time mask of shape
-:math:`(B, T)` is broadcast over channels and space.
+:math:`(B, T)` is broadcast over channels and space. States whose last :math:`K` channels
+are constant fields (given, never predicted) take a channel-and-time mask
+(:func:`known_channel_mask`), those channels known at every time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ __all__ = [
     "context_pmf",
     "denoiser_loss",
     "expand_mask",
+    "known_channel_mask",
     "sample_context_mask",
+    "time_mask",
+    "with_known_channels",
 ]
 
 
@@ -254,6 +259,49 @@ def expand_mask(mask: Tensor, x: Tensor) -> Tensor:
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(x.shape)}"
         ) from None
+
+
+def known_channel_mask(mask: Tensor, x: Tensor, known_channels: int) -> Tensor:
+    r"""The mask of a window :math:`x` :math:`(B, C + K, T, *)` whose last :math:`K`
+    channels are known everywhere (constant fields) and whose other channels follow the
+    time mask :math:`(B, T)`: shape :math:`(B, C + K, T, 1, \dots)`. With :math:`K = 0`
+    the time mask is returned as is.
+    """
+
+    if known_channels == 0:
+        return mask
+    if not 0 < known_channels < x.shape[1]:
+        raise ValueError(f"{known_channels} known channels of a window with {x.shape[1]} channels")
+    batch, channels, steps = x.shape[:3]
+    ones = [1] * (x.ndim - 3)
+    out = (
+        expand_mask(mask, x)
+        .reshape(batch, channels, steps, -1)[..., :1]
+        .reshape(batch, channels, steps, *ones)
+    )
+    out = out.clone()
+    out[:, -known_channels:] = True
+    return out
+
+
+def with_known_channels(x: Tensor, fields: Tensor | None) -> Tensor:
+    r"""Appends constant fields :math:`(B, K, *)` to the states of a window :math:`x`
+    :math:`(B, C, T, *)` as its last :math:`K` channels, the same at every time:
+    :math:`(B, C + K, T, *)` (``None``: :math:`x` itself)."""
+
+    if fields is None:
+        return x
+    fields = fields.to(x.dtype).unsqueeze(2).expand(-1, -1, x.shape[2], *fields.shape[2:])
+    return torch.cat([x, fields], dim=1)
+
+
+def time_mask(mask: Tensor) -> Tensor:
+    r"""The time mask :math:`(B, T)` of a time mask or of a :func:`known_channel_mask`
+    (its first channel's)."""
+
+    if mask.ndim == 2:
+        return mask
+    return mask[:, 0].reshape(mask.shape[0], mask.shape[2], -1)[..., 0]
 
 
 # ---------------------------------------------------------------------------- denoiser

@@ -47,7 +47,14 @@ from lolaray.platform.preprocessing import Standardizer, ThetaStandardizer
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
 from lolaray.platform.tracking import StageRun
-from lolaray.trainers.diffusion import ElucidatedDenoiser, context_pmf, denoiser_loss, sample_context_mask
+from lolaray.trainers.diffusion import (
+    ElucidatedDenoiser,
+    context_pmf,
+    denoiser_loss,
+    known_channel_mask,
+    sample_context_mask,
+    with_known_channels,
+)
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import fit_stage
@@ -127,6 +134,8 @@ class EmulatorTask:
         self.cfg = cfg
         self.config = EmulatorConfig.from_dict(cfg["config"])
         self.state_shape, self.theta_dim = tuple(cfg["state_shape"]), cfg["theta_dim"]
+        # The states' last channels hold constant fields: always known, never predicted.
+        self.known_channels = cfg.get("known_channels", 0)
         self.theta_standardizer = ThetaStandardizer.from_dict(cfg["theta_standardizer"])
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -204,7 +213,7 @@ class EmulatorTask:
                 standardizer=Standardizer.from_dict(self.cfg["standardizer"]),
             )
             picks = torch.linspace(0, len(windows) - 1, min(self.config.valid_windows, len(windows))).long()
-            items = [(windows[int(i)]["x"], windows[int(i)]["theta"]) for i in picks]
+            items = [(_pixel_state(windows[int(i)]), windows[int(i)]["theta"]) for i in picks]
         items = items[self.rank :: self.world]
         state = torch.get_rng_state()
         torch.manual_seed(1234)
@@ -217,8 +226,17 @@ class EmulatorTask:
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         x, theta = batch["x"].to(device), batch["theta"].to(device)
-        mask = draw_masks(x.shape[0], self.config).to(device)
+        if "constant" in batch:  # pixel windows: the constant fields join the states
+            x = with_known_channels(x, batch["constant"].to(device))
+        mask = known_channel_mask(draw_masks(x.shape[0], self.config).to(device), x, self.known_channels)
         return model(x, theta, mask), x.shape[0]
+
+
+def _pixel_state(item: dict) -> torch.Tensor:
+    """A window of :class:`WellWindows` as the pixel emulator's states: ``x`` and, on data
+    with constant fields, those fields as its last channels."""
+    constant = item.get("constant")
+    return item["x"] if constant is None else with_known_channels(item["x"][None], constant[None])[0]
 
 
 def _worker(cfg: dict) -> dict:
@@ -248,8 +266,10 @@ def _train(
     manifest: dict,
     context: StageContext | None,
     log_model: bool,
+    known_channels: int = 0,
 ) -> Artifact:
-    """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`."""
+    """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`.
+    The last ``known_channels`` channels of ``state_shape`` are constant fields."""
     context = context or StageContext.default()
 
     def build(run: StageRun, aid: str) -> StageOutput:
@@ -261,6 +281,7 @@ def _train(
                 "state_shape": list(state_shape),
                 "theta_dim": theta_dim,
                 "theta_standardizer": theta_standardizer.to_dict(),
+                "known_channels": known_channels,
                 "mlflow_run_id": run.run_id,
                 "tracking_uri": run.uri,
             },
@@ -291,6 +312,7 @@ def _train(
                 "theta_standardizer": theta_standardizer.to_dict(),
                 "window": config.window,
                 "stride": config.stride,
+                **({"known_channels": known_channels} if known_channels else {}),
                 "optimizer_steps": state["step"],
                 "skipped_steps": state["skipped_total"],
                 "resumed_from_step": summary.get("resumed_from_step"),
@@ -392,6 +414,7 @@ def _latent_stage(
             "latent_dtype": cache.dtype,
         },
         datasets=datasets,
+        known_channels=train_cache.manifest.get("known_channels", 0),
         manifest={
             "autoencoder": autoencoder.id,
             "compression": autoencoder.manifest["compression"],
@@ -423,13 +446,16 @@ def train_pixel_solver(
     the files; ``context`` and ``log_model`` as in :func:`_latent_stage`."""
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     config = dataclasses.replace(config, kind="solver", space="pixel")
-    config.validate(info.state_shape, info.n_steps)
+    # The constant fields join each state as its last channels, always known.
+    state_shape = info.conditioned_state_shape
+    config.validate(state_shape, info.n_steps)
     standardizer = standardizer_for(info)
     return _train(
         config,
         upstream=[],
         identity={"dataset": info.fingerprint()},
-        state_shape=info.state_shape,
+        state_shape=state_shape,
+        known_channels=info.n_constant_fields,
         theta_dim=info.theta_dim,
         theta_standardizer=_theta_standardizer(config, info),
         worker_config={"dataset_root": info.root, "standardizer": standardizer.to_dict()},

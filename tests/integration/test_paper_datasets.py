@@ -3,9 +3,12 @@ datasets (``tests/wellfiles.py``): rayleigh_benard (non-square grid, x periodic 
 ln Ra and ln Pr in θ) and turbulence_gravity_cooling (3-D, log-transformed fields, Δ = 1).
 Each runs ``compression.py`` as a user would, with the paper's settings picked by the
 dataset's name and only the horizons (and RB's start state) shortened to fit the tiny
-trajectories."""
+trajectories. The RB-like folder also carries a time-invariant field (``depth``): the
+study conditions every network on it, and no prediction or metric holds it (issue 16,
+point 3, end to end)."""
 
 import csv
+import functools
 import math
 
 import pytest
@@ -19,7 +22,7 @@ CASES = {
     # RB's paper start state (32) and horizons (to 160) do not fit 33 steps: overridden.
     # The pixel baseline runs on the 3-D case only (the suite's time budget).
     "rayleigh_benard": (
-        make_rayleigh_benard_like,
+        functools.partial(make_rayleigh_benard_like, constant=True),
         ["--starts", "0", "--horizons", "1:8,9:32", "--no-pixel"],
         (2, 1),
     ),
@@ -41,9 +44,14 @@ def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path
     argv += [*overrides, "--store", store.root, "--mlflow-uri", uri, "--experiment", name]
     assert main(argv) == 0
 
+    constants = ["depth"] if name == "rayleigh_benard" else []
     (autoencoder,) = _artifacts(store, "autoencoder")
-    assert tuple(autoencoder.manifest["latent_shape"]) == (8, *latent_grid)
+    # The latent state: the code, then the constant fields pooled to its grid.
+    assert tuple(autoencoder.manifest["latent_shape"]) == (8 + len(constants), *latent_grid)
+    assert autoencoder.manifest.get("constant_fields", []) == constants
     emulators = {a.manifest["space"] + "/" + a.manifest["kind"]: a for a in _artifacts(store, "emulator")}
+    for emulator in emulators.values():
+        assert emulator.manifest.get("known_channels", 0) == len(constants), emulator.id
     pixel = "--no-pixel" not in overrides
     assert set(emulators) == {"latent/diffusion", "latent/solver", *(["pixel/solver"] if pixel else [])}
     # θ enters standardized, ln of the paper's log parameters (found in the folder's spelling).
@@ -57,6 +65,9 @@ def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path
     for evaluation in evaluations:
         rows = list(csv.DictReader((evaluation.path / "metrics.csv").read_text().splitlines()))
         assert {row["horizon"] for row in rows} == horizons, evaluation.id
+        # Only the predicted fields are scored; a constant field is never a prediction.
+        per_field = list(csv.DictReader((evaluation.path / "per_field_lead.csv").read_text().splitlines()))
+        assert per_field and not {row["field"] for row in per_field} & set(constants), evaluation.id
         for row in rows:
             for metric in ("vrmse", "nrmse", "psrmse_low", "wasserstein", "crps"):
                 assert math.isfinite(float(row[metric])) and float(row[metric]) > 0, (evaluation.id, row)

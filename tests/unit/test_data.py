@@ -118,13 +118,25 @@ def test_fields_disagree_with_siblings(tiny_root):
         open_dataset(tiny_root)
 
 
-def test_a_time_invariant_field_is_refused_by_name(tiny_root):
+def test_a_constant_field_in_one_file_only_is_named(tiny_root):
     victim = min((tiny_root / "data" / "train").glob("*.hdf5"))
     with h5py.File(victim, "r+") as f:
         group = f["t0_fields"]
-        group.create_dataset("depth", data=np.ones((2, 8, 8), dtype=np.float32)).attrs["time_varying"] = False
+        depth = group.create_dataset("depth", data=np.ones((2, 8, 8), dtype=np.float32))
+        depth.attrs["time_varying"] = False
         group.attrs["field_names"] = [*group.attrs["field_names"], "depth"]
-    with pytest.raises(DatasetFormatError, match=f"{victim.name}: field 'depth' is time-invariant"):
+    with pytest.raises(DatasetFormatError, match="constant fields .* disagree with its sibling"):
+        open_dataset(tiny_root)
+
+
+def test_a_constant_field_of_the_wrong_shape_is_named(tiny_root):
+    victim = min((tiny_root / "data" / "train").glob("*.hdf5"))
+    with h5py.File(victim, "r+") as f:
+        group = f["t0_fields"]
+        depth = group.create_dataset("depth", data=np.ones((2, 11, 8, 8), dtype=np.float32))
+        depth.attrs["time_varying"] = False
+        group.attrs["field_names"] = [*group.attrs["field_names"], "depth"]
+    with pytest.raises(DatasetFormatError, match=f"{victim.name}: field 'depth' has shape .* expected"):
         open_dataset(tiny_root)
 
 

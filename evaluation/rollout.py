@@ -149,7 +149,7 @@ def rollout(
     overlap: int,
     length: int,
     generator: Generators = None,
-    known_channels: int = 0,
+    known: Tensor | None = None,
 ) -> Tensor:
     r"""Autoregressive rollout of :math:`L` states from :math:`c` given ones.
 
@@ -173,10 +173,13 @@ def rollout(
         length: The number of states :math:`L \geq c` to return (context included).
         generator: Passed to every step (one, one per row, or ``None``); a generator
             is consumed step after step, so the whole rollout is one stream per row.
-        known_channels: The last :math:`K` channels of every state are constant fields:
-            each window gets them from its last known state at every time, and its mask
-            marks them known (:func:`~lolaray.trainers.diffusion.known_channel_mask`), so
-            the step returns them unchanged.
+        known: The last :math:`K` channels of every state are known ones (constant
+            fields, time-varying scalars): their values for the :math:`L` states,
+            :math:`(B, K, L', *\mathrm{spatial})` with :math:`L' \geq L`. Each window
+            takes them from there at every time (the last one repeated past :math:`L'`),
+            its mask marks them known
+            (:func:`~lolaray.trainers.diffusion.known_channel_mask`), and the step
+            returns them unchanged.
 
     Returns:
         The trajectory :math:`(B, C, L, *\mathrm{spatial})`, whose first :math:`c`
@@ -192,6 +195,13 @@ def rollout(
         raise ValueError(f"initial holds {initial.shape[2]} states on dim 2 but context = {context}")
     if theta is not None and theta.shape[0] != initial.shape[0]:
         raise ValueError(f"theta has batch {theta.shape[0]} but initial has batch {initial.shape[0]}")
+    if known is not None and (
+        known.shape[0] != initial.shape[0] or known.shape[2] < length or known.shape[1] >= initial.shape[1]
+    ):
+        raise ValueError(
+            f"known must be (B, K, L', *spatial) with B = {initial.shape[0]}, K < {initial.shape[1]} "
+            f"channels and L' >= {length} states, got {tuple(known.shape)}"
+        )
     if length == context:
         return initial.clone()
 
@@ -204,9 +214,12 @@ def rollout(
         win = initial.new_zeros(batch, channels, window, *spatial)
         win[:, :, :j] = known_states
         mask = context_mask(batch, window, j, device=initial.device)
-        if known_channels:
-            win[:, -known_channels:, j:] = known_states[:, -known_channels:, -1:]
-            mask = known_channel_mask(mask, win, known_channels)
+        if known is not None:
+            given = known[:, :, start : start + window]
+            pad = window - given.shape[2]  # a last window past the L' states: repeat the last
+            given = torch.cat([given, given[:, :, -1:].expand(-1, -1, pad, *spatial)], 2) if pad else given
+            win[:, -known.shape[1] :] = given
+            mask = known_channel_mask(mask, win, known.shape[1])
         if getattr(step, "takes_start", False):  # guided steps need the window's place in time
             out = step(win, mask, theta, generator, start=start)
         else:
@@ -298,7 +311,7 @@ def ensemble_rollout(
     overlap: int,
     length: int,
     max_batch: int | None = None,
-    known_channels: int = 0,
+    known: Tensor | None = None,
 ) -> Tensor:
     r"""Rolls out :math:`K` ensemble members of one trajectory, in blocks of at most
     :py:`max_batch` members, member :math:`k` seeded by
@@ -310,7 +323,9 @@ def ensemble_rollout(
         theta: Its conditioning :math:`(1, |\theta|)` or ``None``.
         members: The ensemble size :math:`K`.
         seed, trajectory, start: See :func:`member_seed`.
-        window, context, overlap, length, known_channels: See :func:`rollout`.
+        window, context, overlap, length: See :func:`rollout`.
+        known: The known channels of the trajectory, :math:`(1, K, L', *\mathrm{spatial})`
+            (see :func:`rollout`).
         max_batch: The most members per batch (default: all at once).
 
     Returns:
@@ -342,7 +357,7 @@ def ensemble_rollout(
                 overlap=overlap,
                 length=length,
                 generator=member_generators(seed, trajectory, start, block, device="cpu"),
-                known_channels=known_channels,
+                known=None if known is None else known.expand(n, *known.shape[1:]),
             )
         )
     return torch.cat(blocks, dim=0)

@@ -45,7 +45,6 @@ from lolaray.evaluation.rollout import decode_in_chunks, member_generators, memb
 from lolaray.evaluation.split_ensemble import write_block
 from lolaray.platform.data import DatasetInfo, WellWindows
 from lolaray.platform.preprocessing import Standardizer
-from lolaray.trainers.diffusion import with_known_channels
 from lolaray.trainers.guidance import build_operator
 from lolaray.trainers.snapshots import load_autoencoder, load_emulator
 
@@ -56,16 +55,17 @@ ANIMATED_MEMBERS = 3
 
 
 def _encode_states(
-    model, states: torch.Tensor, chunk: int, constant: torch.Tensor | None = None
+    model, states: torch.Tensor, chunk: int, known: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``(C, L, *spatial)`` standardized states (and their constant fields ``(K, *spatial)``)
+    """``(C, L, *spatial)`` standardized states (and their known channels ``(K, L, *spatial)``)
     → latent states ``(C_lat + K, L, *latent)``."""
     rows = states.movedim(1, 0)  # (L, C, ...)
+    given = [None] * len(rows) if known is None else known.movedim(1, 0)
     with torch.no_grad():
         z = torch.cat(
             [
-                model.encode(part, None if constant is None else constant.expand(len(part), *constant.shape))
-                for part in rows.split(chunk)
+                model.encode(rows[i : i + chunk], None if known is None else given[i : i + chunk])
+                for i in range(0, rows.shape[0], chunk)
             ]
         )
     return z.movedim(0, 1)
@@ -105,8 +105,8 @@ class RolloutActor:
         self.standardizer = Standardizer.from_dict(standardizer)
         self.windows = WellWindows(info, "test", length=None, standardizer=self.standardizer)
         self.field_names = list(info.field_names)
-        # The emulators' states end with the constant fields (given, never predicted).
-        self.known_channels = info.n_constant_fields
+        # The emulators' states end with the known channels (given, never predicted).
+        self.known_channels = info.n_known
         self.spatial_dims = info.n_spatial_dims
         self.seed, self.chunk = seed, chunk
         self.vrmse_eps = vrmse_eps
@@ -134,26 +134,29 @@ class RolloutActor:
         x = item["x"]  # (C, T, *spatial), standardized
         stride = self.config.stride
         strided = x[:, ::stride].contiguous()
-        constant = item.get("constant")  # (K, *spatial), standardized
-        data = {"x": x, "strided": strided, "theta": item["theta"], "constant": constant}
+        known = item.get("known")  # (K, T, *spatial), standardized
+        known = None if known is None else known[:, ::stride].contiguous()
+        data = {
+            "x": x,
+            "strided": strided,
+            "theta": item["theta"],
+            "known": known,
+            "x_known": item.get("known"),
+        }
         data["truth"] = self.standardizer.inverse(strided.double(), channel_dim=0)
-        # What the pixel emulator rolls out: the states, and the constant fields as their last channels.
-        data["states"] = (
-            strided if constant is None else with_known_channels(strided[None], constant[None])[0]
-        )
+        # What the pixel emulator rolls out: the states, and the known channels as their last ones.
+        data["states"] = strided if known is None else torch.cat([strided, known])
         if self.autoencoder is not None:
-            z = _encode_states(
-                self.autoencoder, strided.to(self.device), self.chunk, _to(constant, self.device)
-            )
+            z = _encode_states(self.autoencoder, strided.to(self.device), self.chunk, _to(known, self.device))
             data["z"] = z
             u_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
             data["truth_ae"] = self.standardizer.inverse(u_ae.double(), channel_dim=0)
         self._cache = (index, data)
         return data
 
-    def _reconstruction(self, x: torch.Tensor, constant: torch.Tensor | None) -> np.ndarray:
+    def _reconstruction(self, x: torch.Tensor, known: torch.Tensor | None) -> np.ndarray:
         """VRMSE of D(E(x)) against x, physical units, every state: ``(T, C)``."""
-        z = _encode_states(self.autoencoder, x.to(self.device), self.chunk, _to(constant, self.device))
+        z = _encode_states(self.autoencoder, x.to(self.device), self.chunk, _to(known, self.device))
         x_ae = decode_in_chunks(self.autoencoder, z[None], self.chunk)[0].cpu()
         u = self.standardizer.inverse(x.double(), channel_dim=0).movedim(1, 0)
         v = self.standardizer.inverse(x_ae.double(), channel_dim=0).movedim(1, 0)
@@ -175,10 +178,15 @@ class RolloutActor:
         n = len(block)
         self._synchronize()
         began = time.perf_counter()
-        if self.autoencoder is not None:
-            initial = data["z"][:, origin : origin + context]
-        else:
-            initial = data["states"][:, origin : origin + context].to(self.device)
+        # The true trajectory in the emulator's space: its first states are the context, and
+        # its known channels (given, never predicted) are every state's.
+        true = (
+            data["z"][:, origin:]
+            if self.autoencoder is not None
+            else data["states"][:, origin:].to(self.device)
+        )
+        initial = true[:, :context]
+        known = true[None, true.shape[0] - self.known_channels :] if self.known_channels else None
         theta = data["theta"].to(self.device)
         step = self.step if self.guidance is None else self._guided_step(trajectory, origin, data, n)
         states = rollout(
@@ -190,12 +198,12 @@ class RolloutActor:
             overlap=context,
             length=length,
             generator=member_generators(self.seed, trajectory, origin, block, device="cpu"),
-            known_channels=self.known_channels,
+            known=None if known is None else known.expand(n, *known.shape[1:]),
         )
         if self.autoencoder is not None:
             states = decode_in_chunks(self.autoencoder, states, self.chunk)
         else:
-            states = states[:, : len(self.field_names)]  # the constant fields are not predictions
+            states = states[:, : len(self.field_names)]  # the known channels are not predictions
         self._synchronize()
         seconds = time.perf_counter() - began
         members = self.standardizer.inverse(states.double().cpu(), channel_dim=1)
@@ -228,7 +236,7 @@ class RolloutActor:
 
     def _pixel_decoder(self):
         """What guidance observes of a pixel emulator's states: the predicted fields, without
-        the constant ones (``None``: the states themselves)."""
+        the known channels (``None``: the states themselves)."""
         channels = len(self.field_names)
         return (lambda states: states[:, :channels]) if self.known_channels else None
 
@@ -275,7 +283,7 @@ class RolloutActor:
             result["truth"] = data["truth"].numpy()
             if self.autoencoder is not None:
                 result["truth_ae"] = data["truth_ae"].numpy()
-                result["recon_vrmse"] = self._reconstruction(data["x"], data["constant"])
+                result["recon_vrmse"] = self._reconstruction(data["x"], data["x_known"])
         if item["snapshot"] and start == 0:
             result["member0"] = members[0].float().numpy()
             result["animated"] = members[:ANIMATED_MEMBERS].float().numpy()

@@ -11,10 +11,11 @@ Items are read through :class:`the_well.data.WellDataset` and returned channels-
 ``x`` of shape ``(C, L, *spatial)`` for windows of ``L`` states, standardized
 (:mod:`~lolaray.platform.preprocessing`) and optionally augmented
 (:mod:`~lolaray.platform.augmentation`), with the conditioning vector
-``θ = [parameters..., bc_codes.flatten()]`` (method.md §1). Time-invariant fields (a
-bathymetry, an obstacle mask) come beside ``x`` as ``constant`` ``(K, *spatial)``: known
-conditioning, standardized with statistics of the train split and augmented with the same
-draw as ``x``, never part of the predicted state.
+``θ = [parameters..., bc_codes.flatten()]`` (method.md §1). What is known about each
+state without being predicted — time-invariant fields (a bathymetry, an obstacle mask)
+and time-varying scalars (a forcing amplitude), broadcast over space — comes beside ``x``
+as ``known`` ``(K, L, *spatial)``: standardized with statistics of the train split,
+augmented with the same draw as ``x``, never part of the predicted state.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ from lolaray.platform.well_format import DatasetFormatError, SplitLayout, check_
 __all__ = [
     "DatasetInfo",
     "WellWindows",
-    "augment_with_constants",
+    "augment_with_known",
     "cached_windows",
-    "constant_standardizer_for",
+    "known_standardizer_for",
     "locate_dataset",
     "open_dataset",
     "ray_dataset",
@@ -80,6 +81,7 @@ class DatasetInfo:
     :param splits: the layout of each split folder present.
     :param constant_field_names: the time-invariant fields' channels (conditioning, not
         predicted); ``constant_vector_axis`` as ``vector_axis``.
+    :param varying_scalar_names: the time-varying scalars (conditioning, one value per state).
     """
 
     name: str
@@ -93,15 +95,27 @@ class DatasetInfo:
     splits: dict[str, SplitLayout]
     constant_field_names: tuple[str, ...] = ()
     constant_vector_axis: tuple[int | None, ...] = ()
+    varying_scalar_names: tuple[str, ...] = ()
 
     @property
     def n_fields(self) -> int:
         return len(self.field_names)
 
     @property
-    def n_constant_fields(self) -> int:
-        """:math:`K`, the time-invariant channels given to the networks beside each state."""
-        return len(self.constant_field_names)
+    def known_names(self) -> tuple[str, ...]:
+        """The known channels given to the networks beside each state, never predicted: the
+        time-invariant fields, then the time-varying scalars."""
+        return self.constant_field_names + self.varying_scalar_names
+
+    @property
+    def n_known(self) -> int:
+        """:math:`K`, the number of :attr:`known_names`."""
+        return len(self.known_names)
+
+    @property
+    def known_vector_axis(self) -> tuple[int | None, ...]:
+        """Per known channel, the spatial axis a vector component points along, else ``None``."""
+        return self.constant_vector_axis + (None,) * len(self.varying_scalar_names)
 
     @property
     def n_spatial_dims(self) -> int:
@@ -119,9 +133,9 @@ class DatasetInfo:
 
     @property
     def conditioned_state_shape(self) -> tuple[int, ...]:
-        """A state as a pixel-space emulator sees it, the constant fields as its last
-        channels: ``(C + K, *spatial)``."""
-        return (self.n_fields + self.n_constant_fields, *self.resolution)
+        """A state as a pixel-space emulator sees it, the known channels last:
+        ``(C + K, *spatial)``."""
+        return (self.n_fields + self.n_known, *self.resolution)
 
     def parameter_samples(self, split: str = "train") -> np.ndarray:
         """The parameters of every trajectory of ``split``, ``(trajectories, parameters)``
@@ -246,6 +260,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
             "dataset_name",
             "field_names",
             "constant_field_names",
+            "varying_scalar_names",
             "spatial_dims",
             "resolution",
             "parameter_names",
@@ -267,6 +282,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         splits=splits,
         constant_field_names=first.constant_field_names,
         constant_vector_axis=first.constant_vector_axis,
+        varying_scalar_names=first.varying_scalar_names,
     )
 
 
@@ -275,8 +291,9 @@ class WellWindows(Dataset):
 
     Item ``i`` is a dict with ``x`` ``(C, length, *spatial)`` float32 (standardized if a
     standardizer is given, augmented if ``augment``), ``theta`` ``(P + 2·n_dims,)``, on data
-    with time-invariant fields ``constant`` ``(K, *spatial)`` (standardized by
-    :func:`constant_standardizer_for` whenever ``x`` is, augmented with the same draw), and the
+    with known channels (:attr:`DatasetInfo.known_names`) ``known`` ``(K, length, *spatial)``
+    (standardized by :func:`known_standardizer_for` whenever ``x`` is, augmented with the
+    same draw), and the
     provenance ``file`` (index into the split's sorted files), ``trajectory`` (index in that
     file) and ``start`` (first time index). Windows never cross trajectories; item order
     is file → trajectory → start (The Well's).
@@ -318,7 +335,7 @@ class WellWindows(Dataset):
         self.standardizer = standardizer
         if not isinstance(augment, Augmentation):
             # One draw for the state and its constant fields: a flipped state keeps its bathymetry.
-            augment = Augmentation.from_setting((*info.vector_axis, *info.constant_vector_axis), augment)
+            augment = Augmentation.from_setting((*info.vector_axis, *info.known_vector_axis), augment)
         self.augment = augment
         self.generator = generator
         self.files = layout.files
@@ -367,20 +384,18 @@ class WellWindows(Dataset):
             )
         x = fields.movedim(-1, 0).float()  # (C, L, *spatial)
         bc = item["boundary_conditions"].float()
-        constants = self.info.n_constant_fields
-        constant = None
-        if constants:
-            constant = item["constant_fields"].movedim(-1, 0).float()  # (K, *spatial)
-            if not torch.isfinite(constant).all():
-                raise DatasetFormatError(
-                    f"{self.files[file]}: NaN/Inf in a constant field of trajectory {trajectory}"
-                )
+        known = _known_channels(self.info, item, x.shape[1])
+        if known is not None and not torch.isfinite(known).all():
+            raise DatasetFormatError(
+                f"{self.files[file]}: NaN/Inf in a constant field or time-varying scalar of trajectory "
+                f"{trajectory}"
+            )
         if self.augment is not None:
-            x, constant, bc = augment_with_constants(self.augment, x, constant, bc, self.generator)
+            x, known, bc = augment_with_known(self.augment, x, known, bc, self.generator)
         if self.standardizer is not None:
             x = self.standardizer.forward(x, channel_dim=0)
-            if constants:
-                constant = constant_standardizer_for(self.info).forward(constant, channel_dim=0)
+            if known is not None:
+                known = known_standardizer_for(self.info).forward(known, channel_dim=0)
         params = item.get("constant_scalars", torch.zeros(0)).float().reshape(-1)
         out = {
             "x": x.contiguous(),
@@ -389,28 +404,46 @@ class WellWindows(Dataset):
             "trajectory": trajectory,
             "start": start,
         }
-        if constants:
-            out["constant"] = constant.contiguous()
+        if known is not None:
+            out["known"] = known.contiguous()
         return out
 
 
-def augment_with_constants(
+def _known_channels(info: DatasetInfo, item: dict, steps: int) -> torch.Tensor | None:
+    """The known channels of a WellDataset item, ``(K, L, *spatial)``: the time-invariant
+    fields repeated over the window's ``L`` states, then the time-varying scalars repeated
+    over space (``None`` without any)."""
+    if not info.n_known:
+        return None
+    parts = []
+    if info.constant_field_names:
+        constant = item["constant_fields"].movedim(-1, 0).float()  # (K_f, *spatial)
+        parts.append(constant.unsqueeze(1).expand(-1, steps, *constant.shape[1:]))
+    if info.varying_scalar_names:
+        # WellDataset puts every time-varying scalar in input_scalars (L, S), in file order.
+        scalars = item["input_scalars"].reshape(steps, -1).float().movedim(0, 1)  # (S, L)
+        parts.append(
+            scalars.reshape(*scalars.shape, *([1] * info.n_spatial_dims)).expand(-1, -1, *info.resolution)
+        )
+    return torch.cat(parts)
+
+
+def augment_with_known(
     augment: Augmentation,
     x: torch.Tensor,
-    constant: torch.Tensor | None,
+    known: torch.Tensor | None,
     bc: torch.Tensor,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """One random symmetry of a window ``x`` ``(C, L, *spatial)``, its constant fields
-    ``(K, *spatial)`` (or ``None``) and its boundary codes, the same draw for all three
+    """One random symmetry of a window ``x`` ``(C, L, *spatial)``, its known channels
+    ``(K, L, *spatial)`` (or ``None``) and its boundary codes, the same draw for all three
     (a flipped state keeps its bathymetry); ``augment`` covers the channels of ``x``, then
-    those of ``constant``."""
-    if constant is None:
+    those of ``known``."""
+    if known is None:
         x, bc = augment(x, bc, generator)
         return x, None, bc
-    both = torch.cat([x, constant.unsqueeze(1).expand(-1, x.shape[1], *constant.shape[1:])])
-    both, bc = augment(both, bc, generator)
-    return both[: x.shape[0]], both[x.shape[0] :, 0], bc
+    both, bc = augment(torch.cat([x, known]), bc, generator)
+    return both[: x.shape[0]], both[x.shape[0] :], bc
 
 
 def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0) -> Standardizer:
@@ -450,31 +483,25 @@ def standardizer_for(info: DatasetInfo, *, max_states: int = 1024, seed: int = 0
 
 
 @functools.lru_cache(maxsize=8)
-def _constant_standardizer(root: str, fingerprint: str) -> Standardizer:
+def _known_standardizer(root: str, fingerprint: str, max_states: int, seed: int) -> Standardizer:
     info = read_dataset_info(root)
-    windows = WellWindows(info, "train", length=1)
-    # One window per trajectory: the constant fields do not change along it.
-    firsts = [
-        int(offset) + t * per
-        for offset, per, n in zip(
-            windows.offsets, windows.windows_per_trajectory, info.splits["train"].n_trajectories
-        )
-        for t in range(n)
-    ]
+    states = WellWindows(info, "train", length=1)
+    picks = np.random.default_rng(seed).choice(len(states), size=min(max_states, len(states)), replace=False)
     return fit_standardizer(
-        (windows[i]["constant"] for i in firsts),
-        field_names=info.constant_field_names,
-        transforms=("none",) * info.n_constant_fields,
+        (states[int(i)]["known"][:, 0] for i in sorted(picks)),
+        field_names=info.known_names,
+        transforms=("none",) * info.n_known,
     )
 
 
-def constant_standardizer_for(info: DatasetInfo) -> Standardizer:
-    """The standardization of ``info``'s time-invariant fields: mean and standard deviation
-    per channel over every trajectory of the train split (fitted once per process; the
-    constant fields are read once per trajectory, a small cost beside the states)."""
-    if not info.n_constant_fields:
-        raise ValueError(f"{info.name} has no time-invariant field")
-    return _constant_standardizer(info.root, info.fingerprint())
+def known_standardizer_for(info: DatasetInfo, *, max_states: int = 256, seed: int = 0) -> Standardizer:
+    """The standardization of ``info``'s known channels (:attr:`DatasetInfo.known_names`):
+    mean and standard deviation per channel over ``max_states`` random states of the train
+    split (fitted once per process; a known channel is one value per state or a field that
+    does not change along a trajectory, so a few hundred states suffice)."""
+    if not info.n_known:
+        raise ValueError(f"{info.name} has no time-invariant field or time-varying scalar")
+    return _known_standardizer(info.root, info.fingerprint(), max_states, seed)
 
 
 def theta_standardizer_for(info: DatasetInfo, log_parameters: Sequence[str]) -> ThetaStandardizer:
@@ -517,8 +544,8 @@ def _read_windows(batch: dict, *, root, split, length, stride, standardize) -> d
         "trajectory": np.array([it["trajectory"] for it in items]),
         "start": np.array([it["start"] for it in items]),
     }
-    if "constant" in items[0]:
-        rows["constant"] = np.stack([it["constant"].numpy() for it in items])
+    if "known" in items[0]:
+        rows["known"] = np.stack([it["known"].numpy() for it in items])
     return rows
 
 
@@ -535,7 +562,7 @@ def ray_dataset(
     """A Ray Data dataset of windows (``length=None``: whole trajectories) of one split.
 
     Rows: ``x`` ``(C, L, *spatial)`` float32, ``theta``, ``file`` (file name), ``trajectory``,
-    ``start``, and ``constant`` ``(K, *spatial)`` on data with time-invariant fields. Reading happens in Ray tasks, each building its own :class:`WellWindows`
+    ``start``, and ``known`` ``(K, L, *spatial)`` on data with known channels. Reading happens in Ray tasks, each building its own :class:`WellWindows`
     (HDF5 handles are never pickled).
     """
 

@@ -41,9 +41,9 @@ from lolaray.platform.artifacts import filesystem_for
 from lolaray.platform.augmentation import Augmentation, augmentation_setting
 from lolaray.platform.data import (
     WellWindows,
-    augment_with_constants,
+    augment_with_known,
     cached_windows,
-    constant_standardizer_for,
+    known_standardizer_for,
     read_dataset_info,
 )
 from lolaray.platform.preprocessing import Standardizer
@@ -108,19 +108,19 @@ def _read_trajectories(batch: dict, *, source: _Source) -> dict:
     windows = cached_windows(source.root, source.split, None, 1, False)
     info = windows.info
     standardizer = Standardizer.from_dict(source.standardizer)
-    augment = Augmentation.from_setting((*info.vector_axis, *info.constant_vector_axis), source.augment)
+    augment = Augmentation.from_setting((*info.vector_axis, *info.known_vector_axis), source.augment)
     keys = ("trajectory_id", "file", "trajectory", "copy", "theta", "x")
-    out: dict[str, list] = {k: [] for k in keys + ("constant",) * bool(info.n_constant_fields)}
+    out: dict[str, list] = {k: [] for k in keys + ("known",) * bool(info.n_known)}
     for index, copy in zip(batch["index"], batch["copy"]):
         item = windows[int(index)]
         x, bc = item["x"], item["theta"][len(info.parameter_names) :].view(info.n_spatial_dims, 2)
-        constant = item.get("constant")
+        known = item.get("known")
         if copy > 0:  # copy 0 is the unaugmented trajectory; the others are seeded random symmetries
             key = f"{source.seed}:{source.split}:{int(index)}:{int(copy)}".encode()
             generator = torch.Generator().manual_seed(
                 int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
             )
-            x, constant, bc = augment_with_constants(augment, x, constant, bc, generator)
+            x, known, bc = augment_with_known(augment, x, known, bc, generator)
         theta = torch.cat([item["theta"][: len(info.parameter_names)], bc.flatten()])
         name = Path(windows.files[item["file"]]).name
         out["trajectory_id"].append(f"{name}:{item['trajectory']}:{int(copy)}")
@@ -129,9 +129,11 @@ def _read_trajectories(batch: dict, *, source: _Source) -> dict:
         out["copy"].append(int(copy))
         out["theta"].append(theta.numpy().astype(np.float32))
         out["x"].append(standardizer.forward(x, channel_dim=0).movedim(1, 0).numpy())  # (L, C, *spatial)
-        if constant is not None:
-            out["constant"].append(constant_standardizer_for(info).forward(constant, channel_dim=0).numpy())
-    return {k: np.stack(v) if k in ("theta", "x", "constant") else np.array(v) for k, v in out.items()}
+        if known is not None:  # (L, K, *spatial), as x
+            out["known"].append(
+                known_standardizer_for(info).forward(known, channel_dim=0).movedim(1, 0).numpy()
+            )
+    return {k: np.stack(v) if k in ("theta", "x", "known") else np.array(v) for k, v in out.items()}
 
 
 def build_latent_cache(
@@ -157,7 +159,8 @@ def build_latent_cache(
     :meth:`~lolaray.platform.artifacts.ArtifactStore.build_on_store`).
 
     :param encoder_cls: a callable class for ``map_batches``: built once per actor with
-        ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``;
+        ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``
+        (and ``known`` ``(B, L, K, *spatial)`` on data with known channels);
         returns a pyarrow table with the shard columns (``trajectory_id, file, trajectory, copy,
         theta, length, latent``); see :class:`lolaray.trainers.encoding.AutoencoderEncoder`.
     :param augment: the augmentations of copies 1… (an

@@ -55,6 +55,7 @@ def write_well_file(
     coordinates: Mapping[str, np.ndarray],
     boundary: str | Mapping[str, str],
     constant_fields: Mapping[str, np.ndarray] | None = None,
+    varying_scalars: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write one HDF5 file in The Well's layout.
 
@@ -69,6 +70,7 @@ def write_well_file(
     :param constant_fields: time-invariant scalar fields, written after the ``t0_fields``
         with ``time_varying: false``: ``(B, *spatial)`` per trajectory or ``(*spatial)``
         shared by all (``sample_varying: false``).
+    :param varying_scalars: time-varying scalars, ``(B, T)`` (``time_varying: true``).
     """
     axes = list(coordinates)
     per_axis = {axis: boundary for axis in axes} if isinstance(boundary, str) else dict(boundary)
@@ -112,12 +114,16 @@ def write_well_file(
             group.create_dataset("mask", data=mask)
 
         scalars = f.create_group("scalars")
-        scalars.attrs["field_names"] = list(parameters)
+        scalars.attrs["field_names"] = [*parameters, *(varying_scalars or {})]
         for name, value in parameters.items():
             # 0-d, not (1,): a (1,) parameter makes constant_scalars (1, P) instead of (P,).
             ds = scalars.create_dataset(name, data=np.float32(value))
             ds.attrs["sample_varying"] = False
             ds.attrs["time_varying"] = False
+        for name, values in (varying_scalars or {}).items():
+            ds = scalars.create_dataset(name, data=np.asarray(values, dtype=np.float32))
+            ds.attrs["sample_varying"] = True
+            ds.attrs["time_varying"] = True
 
         constants = dict(constant_fields or {})
         for order, fields in ((0, {**t0_fields, **constants}), (1, t1_fields), (2, {})):
@@ -208,6 +214,7 @@ class SplitLayout:
     :param parameter_values: per file, the value of each parameter (one parameter set per file).
     :param constant_field_names: the time-invariant fields' channels (flattened like
         ``field_names``), in The Well's order; ``constant_vector_axis`` as ``vector_axis``.
+    :param varying_scalar_names: the time-varying scalars (one value per state, known).
     """
 
     files: tuple[str, ...]
@@ -224,6 +231,7 @@ class SplitLayout:
     parameter_values: tuple[tuple[float, ...], ...] = ()
     constant_field_names: tuple[str, ...] = ()
     constant_vector_axis: tuple[int | None, ...] = ()
+    varying_scalar_names: tuple[str, ...] = ()
 
 
 def _read_header(path: str, fs) -> dict:
@@ -288,6 +296,17 @@ def _read_header(path: str, fs) -> dict:
             params = tuple(
                 str(n) for n in f["scalars"].attrs["field_names"] if not f["scalars"][n].attrs["time_varying"]
             )
+            varying = tuple(
+                str(n) for n in f["scalars"].attrs["field_names"] if f["scalars"][n].attrs["time_varying"]
+            )
+            for name in varying:  # known conditioning per state, e.g. a forcing amplitude
+                sample_varying = bool(f["scalars"][name].attrs.get("sample_varying", True))
+                expected = (n_traj,) * sample_varying + (steps,)
+                if tuple(f["scalars"][name].shape) != expected:
+                    raise DatasetFormatError(
+                        f"{path}: time-varying scalar {name!r} has shape {tuple(f['scalars'][name].shape)}, "
+                        f"expected {expected} ({'trajectories, ' * sample_varying}time)"
+                    )
             bc_by_axis: dict[str, str] = {}
             for group in f["boundary_conditions"].values():
                 dims = group.attrs["associated_dims"]
@@ -301,6 +320,7 @@ def _read_header(path: str, fs) -> dict:
                 "fields": tuple(fields),
                 "vector_axis": tuple(vector_axis),
                 "constant_fields": tuple(channels[False][0]),
+                "varying_scalars": varying,
                 "constant_vector_axis": tuple(channels[False][1]),
                 "params": params,
                 "param_values": tuple(float(np.asarray(f["scalars"][n][()]).reshape(-1)[0]) for n in params),
@@ -347,6 +367,7 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
             ("resolution", "resolution"),
             ("fields", "fields"),
             ("constant_fields", "constant fields"),
+            ("varying_scalars", "time-varying scalars"),
             ("params", "parameters"),
         ):
             if header[key] != reference[key]:
@@ -368,6 +389,7 @@ def check_split(folder: str | os.PathLike) -> SplitLayout:
         parameter_values=tuple(h["param_values"] for h in headers),
         constant_field_names=reference["constant_fields"],
         constant_vector_axis=reference["constant_vector_axis"],
+        varying_scalar_names=reference["varying_scalars"],
     )
 
 

@@ -178,11 +178,11 @@ def plan_dataset(dataset: str, *, data_root: str | None = None) -> tuple[Dataset
     return info, {split: sum(layout.n_trajectories) for split, layout in info.splits.items()}
 
 
-def _constants(info: DatasetInfo) -> str:
-    """The time-invariant fields given beside each state, for the plan's geometry line."""
-    if not info.n_constant_fields:
+def _known(info: DatasetInfo) -> str:
+    """The known channels given beside each state, for the plan's geometry line."""
+    if not info.n_known:
         return ""
-    return f" (+ constant {', '.join(info.constant_field_names)}, given, not predicted)"
+    return f" (+ known {', '.join(info.known_names)}, given, not predicted)"
 
 
 def _train_resources(workers: int, gpu: bool) -> str:
@@ -264,7 +264,7 @@ def plan_context_sweep(
     plan = StudyPlan(
         title=title,
         dataset=info.name,
-        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_constants(info)}, {info.n_steps} steps",
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_known(info)}, {info.n_steps} steps",
         peak_tflops=peak_tflops,
         utilisation=utilisation,
         trial="evaluation",
@@ -348,7 +348,7 @@ def plan_study(
     plan = StudyPlan(
         title=title,
         dataset=info.name,
-        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_constants(info)}, {info.n_steps} steps, "
+        geometry=f"{' x '.join(map(str, info.state_shape))} per state{_known(info)}, {info.n_steps} steps, "
         f"theta of {info.theta_dim}",
         peak_tflops=peak_tflops,
         utilisation=utilisation,

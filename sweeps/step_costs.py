@@ -128,22 +128,22 @@ def autoencoder_cost(
     def build():
         return AutoEncoder(**kwargs)
 
-    def constant(rows: int):  # the time-invariant fields the encoder reads beside a state
-        if not info.n_constant_fields:
+    def known(rows: int):  # the known channels the encoder reads beside a state
+        if not info.n_known:
             return None
-        return torch.randn(rows, info.n_constant_fields, *info.resolution, device="meta")
+        return torch.randn(rows, info.n_known, *info.resolution, device="meta")
 
     def train(model):
         x = torch.randn(batch, *shape, device="meta")
-        x_hat, _ = model(x, constant(batch))
+        x_hat, _ = model(x, known(batch))
         return vmse_loss(x_hat.float(), x, root=config.loss_root)
 
     parameters, step = count_step(build, train, batch=batch)
     _, forward = count_step(
-        build, lambda m: m(torch.randn(1, *shape, device="meta"), constant(1)), batch=1, backward=False
+        build, lambda m: m(torch.randn(1, *shape, device="meta"), known(1)), batch=1, backward=False
     )
     _, encode = count_step(
-        build, lambda m: m.encode(torch.randn(1, *shape, device="meta"), constant(1)), batch=1, backward=False
+        build, lambda m: m.encode(torch.randn(1, *shape, device="meta"), known(1)), batch=1, backward=False
     )
     latent, _ = latent_geometry(config, info)
     _, decode = count_step(

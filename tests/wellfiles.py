@@ -20,7 +20,8 @@ def write_tiny(
     constant=False,
 ):
     """One file with ``n_traj`` trajectories of smooth-ish random positive Euler-like fields;
-    ``constant``: with a time-invariant field ``depth``, one per trajectory."""
+    ``constant``: with a time-invariant field ``depth`` per trajectory and a time-varying
+    scalar ``forcing``."""
     rng = np.random.default_rng(seed)
     shape = (n_traj, steps, res, res)
     t0 = {name: rng.uniform(0.5, 2.0, shape).astype(np.float32) for name in ("energy", "density", "pressure")}
@@ -37,6 +38,7 @@ def write_tiny(
         coordinates={"x": centres, "y": centres},
         boundary=boundary,
         constant_fields={"depth": depth_field(rng, (n_traj, res, res))} if constant else None,
+        varying_scalars={"forcing": forcing(rng, n_traj, steps)} if constant else None,
     )
 
 
@@ -44,6 +46,11 @@ def depth_field(rng, shape):
     """A positive, trajectory-dependent time-invariant field (a bathymetry-like ramp plus bumps)."""
     ramp = np.linspace(1.0, 3.0, shape[-2])[:, None] * np.ones(shape[-1])
     return (ramp + rng.uniform(0.0, 0.5, shape)).astype(np.float32)
+
+
+def forcing(rng, n_traj, steps):
+    """A time-varying scalar per trajectory, ``(n_traj, steps)``: a slow ramp with a random slope."""
+    return (np.linspace(0.0, 1.0, steps)[None] * rng.uniform(0.5, 2.0, (n_traj, 1))).astype(np.float32)
 
 
 def make_tiny_dataset(root: Path, *, res=8, steps=11, n_traj=2, constant=False) -> Path:
@@ -81,8 +88,9 @@ def make_rayleigh_benard_like(root: Path, *, res=(16, 8), steps=33, n_traj=2, co
     """A tiny folder mimicking The Well's ``rayleigh_benard``: a non-square grid, x periodic
     and y WALL, buoyancy / pressure / 2-D velocity, Rayleigh and Prandtl numbers spanning
     decades (so the paper's settings apply by name: stride 4, ln Ra and ln Pr in θ).
-    ``constant``: with a time-invariant field ``depth`` per trajectory (not in The Well's
-    rayleigh_benard; how the smoke study covers constant fields on a 2-D non-square grid)."""
+    ``constant``: with a time-invariant field ``depth`` and a time-varying scalar ``forcing``
+    per trajectory (not in The Well's rayleigh_benard; how the smoke study covers known
+    channels on a 2-D non-square grid)."""
     nx, ny = res
     x, y = (np.arange(nx) + 0.5) / nx, (np.arange(ny) + 0.5) / ny
     shape = (n_traj, steps, nx, ny)
@@ -103,6 +111,7 @@ def make_rayleigh_benard_like(root: Path, *, res=(16, 8), steps=33, n_traj=2, co
                 coordinates={"x": x, "y": y},
                 boundary={"x": "periodic", "y": "wall"},
                 constant_fields={"depth": depth_field(rng, (n_traj, nx, ny))} if constant else None,
+                varying_scalars={"forcing": forcing(rng, n_traj, steps)} if constant else None,
             )
     write_stats(compute_stats(sorted((root / "data" / "train").glob("*.hdf5"))), root / "stats.yaml")
     return root

@@ -21,13 +21,14 @@ Identity init (switchable): :math:`W \leftarrow 10^{-2} W_{default} + E` with
 Loss: :func:`vmse_loss` (variance-normalised MSE; ``root=True`` gives the reference code's
 square-rooted variant).
 
-**Constant fields** (``constant_channels`` :math:`K > 0`, e.g. a bathymetry or an obstacle
-mask: known, never predicted). The encoder reads them beside the state,
+**Known channels** (``known_channels`` :math:`K > 0`): what is known about a state without
+being predicted — time-invariant fields (a bathymetry, an obstacle mask) and time-varying
+scalars broadcast over space. The encoder reads them beside the state,
 :math:`z = E([x, k])`, and the latent state carries them average-pooled to the latent grid,
 :math:`\tilde z = [z, \mathrm{pool}_r(k)]` with :math:`C_{lat} + K` channels; the decoder
-reads the whole latent state, :math:`\hat x = D(\tilde z)`, so it is told the constant
-fields rather than made to remember them. Emulators treat the last :math:`K` channels of a
-latent state as always known (:func:`lolaray.trainers.diffusion.known_channel_mask`).
+reads the whole latent state, :math:`\hat x = D(\tilde z)`, so it is told :math:`k` rather
+than made to remember it. Emulators treat the last :math:`K` channels of a latent state as
+always known (:func:`lolaray.trainers.diffusion.known_channel_mask`).
 """
 
 from __future__ import annotations
@@ -228,12 +229,12 @@ class Encoder(nn.Module):
         identity_init: bool,
         periodic: bool,
         kernel_size: int,
-        constant_channels: int = 0,
+        known_channels: int = 0,
     ) -> None:
         super().__init__()
         conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
         fold = 2**spatial_dims
-        self.stem = _conv(pixel_channels + constant_channels, hidden_channels[0], **conv_kw)
+        self.stem = _conv(pixel_channels + known_channels, hidden_channels[0], **conv_kw)
         self.levels = nn.ModuleList()
         for i, (channels, blocks) in enumerate(zip(hidden_channels, hidden_blocks, strict=True)):
             level = nn.Module()
@@ -280,12 +281,12 @@ class Decoder(nn.Module):
         identity_init: bool,
         periodic: bool,
         kernel_size: int,
-        constant_channels: int = 0,
+        known_channels: int = 0,
     ) -> None:
         super().__init__()
         conv_kw = {"spatial_dims": spatial_dims, "kernel_size": kernel_size, "periodic": periodic}
         fold = 2**spatial_dims
-        self.inp = _conv(latent_channels + constant_channels, hidden_channels[-1], **conv_kw)
+        self.inp = _conv(latent_channels + known_channels, hidden_channels[-1], **conv_kw)
         if identity_init:
             identity_init_(self.inp)
         self.levels = nn.ModuleList()
@@ -337,12 +338,12 @@ class AutoEncoder(nn.Module):
         a torus for shifts that are multiples of ``r``).
     :param saturation_bound: :math:`B` of the latent saturation; ``None`` disables it.
     :param kernel_size: odd conv kernel size.
-    :param constant_channels: :math:`K`, constant fields read beside each state and carried,
+    :param known_channels: :math:`K`, known channels read beside each state and carried,
         pooled, as the last :math:`K` channels of the latent state (module docstring).
 
     Shapes: ``encode: (B, C_pix, H, W[, Z]) [, (B, K, H, W[, Z])] -> (B, C_lat + K, H/r, W/r[, Z/r])``,
     ``decode: (B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``,
-    ``forward(x[, constant]) -> (x_hat, z)``.
+    ``forward(x[, known]) -> (x_hat, z)``.
     """
 
     def __init__(
@@ -358,16 +359,12 @@ class AutoEncoder(nn.Module):
         periodic: bool = False,
         saturation_bound: float | None = 5.0,
         kernel_size: int = 3,
-        constant_channels: int = 0,
+        known_channels: int = 0,
     ) -> None:
         super().__init__()
         _check_positive_int("pixel_channels", pixel_channels)
-        if (
-            isinstance(constant_channels, bool)
-            or not isinstance(constant_channels, int)
-            or constant_channels < 0
-        ):
-            raise ValueError(f"constant_channels must be a non-negative integer, got {constant_channels!r}")
+        if isinstance(known_channels, bool) or not isinstance(known_channels, int) or known_channels < 0:
+            raise ValueError(f"known_channels must be a non-negative integer, got {known_channels!r}")
         _check_positive_int("latent_channels", latent_channels)
         hidden_channels = tuple(hidden_channels)
         hidden_blocks = tuple(hidden_blocks)
@@ -399,10 +396,10 @@ class AutoEncoder(nn.Module):
         self.spatial_dims = spatial_dims
         self.periodic = periodic
         self.saturation_bound = saturation_bound
-        self.constant_channels = constant_channels
+        self.known_channels = known_channels
 
         kw = {
-            "constant_channels": constant_channels,
+            "known_channels": known_channels,
             "pixel_channels": pixel_channels,
             "latent_channels": latent_channels,
             "hidden_channels": hidden_channels,
@@ -448,7 +445,7 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"pixel_shape has {pixel_shape[0]} channels, expected {self.pixel_channels}")
         self._check_spatial(pixel_shape[1:], what="pixel_shape")
         r = self.spatial_factor
-        return (self.latent_channels + self.constant_channels, *(s // r for s in pixel_shape[1:]))
+        return (self.latent_channels + self.known_channels, *(s // r for s in pixel_shape[1:]))
 
     def _check_input(self, x: Tensor, *, channels: int, name: str, check_divisible: bool) -> None:
         expected_ndim = self.spatial_dims + 2
@@ -465,45 +462,45 @@ class AutoEncoder(nn.Module):
 
     # -- maps ---------------------------------------------------------------------------------
 
-    def encode(self, x: Tensor, constant: Tensor | None = None) -> Tensor:
-        """``(B, C_pix, H, W[, Z])`` and the constant fields ``(B, K, H, W[, Z])`` (``None`` when
+    def encode(self, x: Tensor, known: Tensor | None = None) -> Tensor:
+        """``(B, C_pix, H, W[, Z])`` and its known channels ``(B, K, H, W[, Z])`` (``None`` when
         ``K = 0``) ``-> (B, C_lat + K, H/r, W/r[, Z/r])``: the code, saturated into ``(-B, B)``,
-        then the constant fields average-pooled to the latent grid."""
+        then the known channels average-pooled to the latent grid."""
         self._check_input(x, channels=self.pixel_channels, name="C_pix", check_divisible=True)
-        if self.constant_channels == 0:
-            if constant is not None and constant.shape[1] > 0:
-                raise ValueError(f"this autoencoder has no constant fields, got {tuple(constant.shape)}")
+        if self.known_channels == 0:
+            if known is not None and known.shape[1] > 0:
+                raise ValueError(f"this autoencoder has no known channels, got {tuple(known.shape)}")
             inputs = x
         else:
-            if constant is None or constant.shape != (x.shape[0], self.constant_channels, *x.shape[2:]):
+            expected = (x.shape[0], self.known_channels, *x.shape[2:])
+            if known is None or tuple(known.shape) != expected:
                 raise ValueError(
-                    f"expected constant fields of shape {(x.shape[0], self.constant_channels, *x.shape[2:])}, "
-                    f"got {None if constant is None else tuple(constant.shape)}"
+                    f"expected known channels of shape {expected}, got {None if known is None else tuple(known.shape)}"
                 )
-            inputs = torch.cat([x, constant.to(x.dtype)], dim=1)
+            inputs = torch.cat([x, known.to(x.dtype)], dim=1)
         z = self.encoder(inputs)
         if self.saturation_bound is not None:
             z = saturate(z, self.saturation_bound)
-        if self.constant_channels:
-            z = torch.cat([z, pool_to_latent(constant.to(z.dtype), self.spatial_factor)], dim=1)
+        if self.known_channels:
+            z = torch.cat([z, pool_to_latent(known.to(z.dtype), self.spatial_factor)], dim=1)
         return z
 
     def decode(self, z: Tensor) -> Tensor:
         """``(B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``."""
         self._check_input(
-            z, channels=self.latent_channels + self.constant_channels, name="C_lat + K", check_divisible=False
+            z, channels=self.latent_channels + self.known_channels, name="C_lat + K", check_divisible=False
         )
         return self.decoder(z)
 
-    def forward(self, x: Tensor, constant: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Return ``(x_hat, z)`` with ``z = encode(x, constant)`` and ``x_hat = decode(z)``."""
-        z = self.encode(x, constant)
+    def forward(self, x: Tensor, known: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(x_hat, z)`` with ``z = encode(x, known)`` and ``x_hat = decode(z)``."""
+        z = self.encode(x, known)
         return self.decode(z), z
 
 
 def pool_to_latent(fields: Tensor, factor: int) -> Tensor:
-    r"""Average-pools ``(B, K, H, W[, Z])`` by ``factor`` per spatial axis, the constant
-    fields' values on the latent grid ``(B, K, H/r, W/r[, Z/r])``."""
+    r"""Average-pools ``(B, K, H, W[, Z])`` by ``factor`` per spatial axis, the known
+    channels' values on the latent grid ``(B, K, H/r, W/r[, Z/r])``."""
     if factor == 1:
         return fields
     pool = nn.functional.avg_pool3d if fields.ndim == 5 else nn.functional.avg_pool2d

@@ -88,7 +88,7 @@ class AutoencoderConfig(StageConfig):
             **self.architecture,
             "pixel_channels": info.n_fields,
             "latent_channels": self.latent_channels,
-            **({"constant_channels": info.n_constant_fields} if info.n_constant_fields else {}),
+            **({"known_channels": info.n_known} if info.n_known else {}),
         }
 
     def validate(self, info: DatasetInfo) -> None:
@@ -123,14 +123,14 @@ class AutoencoderConfig(StageConfig):
 
 
 def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple[int, ...], float]:
-    """The latent state's shape ``(C_lat + K, *spatial/r)`` (``K`` constant fields, pooled:
+    """The latent state's shape ``(C_lat + K, *spatial/r)`` (``K`` known channels, pooled:
     given, not compressed) and the compression rate ``numel(x) / numel(z)`` of the code
     ``z`` ``(C_lat, *spatial/r)``."""
     kwargs = config.model_kwargs(info)
     r = 2 ** (len(kwargs["hidden_channels"]) - 1)
     grid = tuple(s // r for s in info.resolution)
     rate = math.prod(info.state_shape) / (config.latent_channels * math.prod(grid))
-    return (config.latent_channels + info.n_constant_fields, *grid), rate
+    return (config.latent_channels + info.n_known, *grid), rate
 
 
 class AutoencoderTask:
@@ -166,14 +166,12 @@ class AutoencoderTask:
         picks = torch.linspace(0, len(states) - 1, count).round().long().tolist()[self.rank :: self.world]
         for i in range(0, len(picks), self.config.batch_size):
             items = [states[j] for j in picks[i : i + self.config.batch_size]]
-            yield {
-                key: torch.stack([it[key] for it in items]) for key in ("x", "constant") if key in items[0]
-            }
+            yield {key: torch.stack([it[key] for it in items]) for key in ("x", "known") if key in items[0]}
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         x = batch["x"][:, :, 0].to(device)  # (B, C, 1, H, W) -> (B, C, H, W)
-        constant = batch["constant"].to(device) if "constant" in batch else None
-        x_hat, _ = model(x, constant)  # the constant fields are read, never reconstructed
+        known = batch["known"][:, :, 0].to(device) if "known" in batch else None
+        x_hat, _ = model(x, known)  # the known channels are read, never reconstructed
         return vmse_loss(x_hat.float(), x, eps=self.config.loss_eps, root=self.config.loss_root), x.shape[0]
 
 
@@ -246,8 +244,12 @@ def train_autoencoder(
             "latent_shape": list(latent_shape),
             "pixel_shape": list(info.state_shape),
             **(
-                {"known_channels": info.n_constant_fields, "constant_fields": list(info.constant_field_names)}
-                if info.n_constant_fields
+                {
+                    "known_channels": info.n_known,
+                    "constant_fields": list(info.constant_field_names),
+                    "varying_scalars": list(info.varying_scalar_names),
+                }
+                if info.n_known
                 else {}
             ),
             "optimizer_steps": state["step"],
@@ -279,9 +281,9 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
     """Log the network as an MLflow PyTorch model (pickled module: ``encode``/``decode`` survive)."""
 
     example = torch.zeros(1, *info.state_shape)
-    constant = torch.zeros(1, info.n_constant_fields, *info.resolution) if info.n_constant_fields else None
+    known = torch.zeros(1, info.n_known, *info.resolution) if info.n_known else None
     with torch.no_grad():
-        reconstruction, _ = model(example, constant)
+        reconstruction, _ = model(example, known)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info_ = mlflow.pytorch.log_model(

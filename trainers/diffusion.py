@@ -7,8 +7,8 @@ matching, its known (context) entries being given clean, as in Eq. (7) of the pa
 
 Masks are boolean, ``True`` = known (context) entry. A time mask of shape
 :math:`(B, T)` is broadcast over channels and space. States whose last :math:`K` channels
-are constant fields (given, never predicted) take a channel-and-time mask
-(:func:`known_channel_mask`), those channels known at every time.
+are known (constant fields, time-varying scalars: given, never predicted) take a
+channel-and-time mask (:func:`known_channel_mask`), those channels known at every time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ __all__ = [
     "known_channel_mask",
     "sample_context_mask",
     "time_mask",
-    "with_known_channels",
 ]
 
 
@@ -263,8 +262,8 @@ def expand_mask(mask: Tensor, x: Tensor) -> Tensor:
 
 def known_channel_mask(mask: Tensor, x: Tensor, known_channels: int) -> Tensor:
     r"""The mask of a window :math:`x` :math:`(B, C + K, T, *)` whose last :math:`K`
-    channels are known everywhere (constant fields) and whose other channels follow the
-    time mask :math:`(B, T)`: shape :math:`(B, C + K, T, 1, \dots)`. With :math:`K = 0`
+    channels are known everywhere (constant fields, time-varying scalars) and whose other
+    channels follow the time mask :math:`(B, T)`: shape :math:`(B, C + K, T, 1, \dots)`. With :math:`K = 0`
     the time mask is returned as is.
     """
 
@@ -282,17 +281,6 @@ def known_channel_mask(mask: Tensor, x: Tensor, known_channels: int) -> Tensor:
     out = out.clone()
     out[:, -known_channels:] = True
     return out
-
-
-def with_known_channels(x: Tensor, fields: Tensor | None) -> Tensor:
-    r"""Appends constant fields :math:`(B, K, *)` to the states of a window :math:`x`
-    :math:`(B, C, T, *)` as its last :math:`K` channels, the same at every time:
-    :math:`(B, C + K, T, *)` (``None``: :math:`x` itself)."""
-
-    if fields is None:
-        return x
-    fields = fields.to(x.dtype).unsqueeze(2).expand(-1, -1, x.shape[2], *fields.shape[2:])
-    return torch.cat([x, fields], dim=1)
 
 
 def time_mask(mask: Tensor) -> Tensor:

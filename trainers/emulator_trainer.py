@@ -53,7 +53,6 @@ from lolaray.trainers.diffusion import (
     denoiser_loss,
     known_channel_mask,
     sample_context_mask,
-    with_known_channels,
 )
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.encoding import cache_latents
@@ -134,7 +133,7 @@ class EmulatorTask:
         self.cfg = cfg
         self.config = EmulatorConfig.from_dict(cfg["config"])
         self.state_shape, self.theta_dim = tuple(cfg["state_shape"]), cfg["theta_dim"]
-        # The states' last channels hold constant fields: always known, never predicted.
+        # The states' last channels are known ones (constant fields, time-varying scalars).
         self.known_channels = cfg.get("known_channels", 0)
         self.theta_standardizer = ThetaStandardizer.from_dict(cfg["theta_standardizer"])
         context = ray.train.get_context()
@@ -226,17 +225,16 @@ class EmulatorTask:
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         x, theta = batch["x"].to(device), batch["theta"].to(device)
-        if "constant" in batch:  # pixel windows: the constant fields join the states
-            x = with_known_channels(x, batch["constant"].to(device))
+        if "known" in batch:  # pixel windows: the known channels join the states
+            x = torch.cat([x, batch["known"].to(device, x.dtype)], dim=1)
         mask = known_channel_mask(draw_masks(x.shape[0], self.config).to(device), x, self.known_channels)
         return model(x, theta, mask), x.shape[0]
 
 
 def _pixel_state(item: dict) -> torch.Tensor:
     """A window of :class:`WellWindows` as the pixel emulator's states: ``x`` and, on data
-    with constant fields, those fields as its last channels."""
-    constant = item.get("constant")
-    return item["x"] if constant is None else with_known_channels(item["x"][None], constant[None])[0]
+    with known channels, those as its last channels."""
+    return item["x"] if "known" not in item else torch.cat([item["x"], item["known"]])
 
 
 def _worker(cfg: dict) -> dict:
@@ -269,7 +267,7 @@ def _train(
     known_channels: int = 0,
 ) -> Artifact:
     """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`.
-    The last ``known_channels`` channels of ``state_shape`` are constant fields."""
+    The last ``known_channels`` channels of ``state_shape`` are known ones (given, never predicted)."""
     context = context or StageContext.default()
 
     def build(run: StageRun, aid: str) -> StageOutput:
@@ -446,7 +444,7 @@ def train_pixel_solver(
     the files; ``context`` and ``log_model`` as in :func:`_latent_stage`."""
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     config = dataclasses.replace(config, kind="solver", space="pixel")
-    # The constant fields join each state as its last channels, always known.
+    # The known channels (constant fields, time-varying scalars) join each state, last.
     state_shape = info.conditioned_state_shape
     config.validate(state_shape, info.n_steps)
     standardizer = standardizer_for(info)
@@ -455,7 +453,7 @@ def train_pixel_solver(
         upstream=[],
         identity={"dataset": info.fingerprint()},
         state_shape=state_shape,
-        known_channels=info.n_constant_fields,
+        known_channels=info.n_known,
         theta_dim=info.theta_dim,
         theta_standardizer=_theta_standardizer(config, info),
         worker_config={"dataset_root": info.root, "standardizer": standardizer.to_dict()},

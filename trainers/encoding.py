@@ -51,23 +51,23 @@ class AutoencoderEncoder:
         self.dtype, self.chunk, self.fail_after, self.calls = dtype, chunk, fail_after_calls, 0
 
     def __call__(self, batch: dict):
-        """``batch["x"]`` ``(B, L, C, *spatial)`` (and ``batch["constant"]`` ``(B, K, *spatial)``
-        on data with constant fields) → a pyarrow table in the cache's shard schema; the
-        latent states carry the constant fields, pooled, as their last ``K`` channels."""
+        """``batch["x"]`` ``(B, L, C, *spatial)`` (and ``batch["known"]`` ``(B, L, K, *spatial)``
+        on data with known channels) → a pyarrow table in the cache's shard schema; the
+        latent states carry the known channels, pooled, as their last ``K`` channels."""
         self.calls += 1
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise RuntimeError(f"injected encoder failure on call {self.calls}")
         latents, lengths = [], []
-        constants = batch.get("constant", [None] * len(batch["x"]))
+        knowns = batch.get("known", [None] * len(batch["x"]))
         with torch.inference_mode():
-            for x, constant in zip(batch["x"], constants):  # (L, C, *spatial), standardized
+            for x, known in zip(batch["x"], knowns):  # (L, C, *spatial), standardized
                 states = torch.from_numpy(np.array(x, dtype=np.float32)).to(self.device)  # writable copy
-                if constant is not None:  # (K, *spatial), the same for every state
-                    constant = torch.from_numpy(np.array(constant, dtype=np.float32)).to(self.device)
+                if known is not None:  # (L, K, *spatial): each state's known channels
+                    known = torch.from_numpy(np.array(known, dtype=np.float32)).to(self.device)
                 z = torch.cat(
                     [
                         self.model.encode(
-                            states[i : i + self.chunk], _repeat(constant, len(states[i : i + self.chunk]))
+                            states[i : i + self.chunk], None if known is None else known[i : i + self.chunk]
                         )
                         for i in range(0, len(states), self.chunk)
                     ]
@@ -85,10 +85,6 @@ class AutoencoderEncoder:
                 "latent": pa.array(latents, pa.binary()),
             }
         )
-
-
-def _repeat(constant: torch.Tensor | None, states: int) -> torch.Tensor | None:
-    return None if constant is None else constant.expand(states, *constant.shape)
 
 
 def cache_latents(
@@ -164,7 +160,7 @@ def cache_latents(
             "latent_shape": list(autoencoder.manifest["latent_shape"]),
             "latent_dtype": dtype,
         }
-        if autoencoder.manifest.get("known_channels"):  # the latent states' last channels: constant fields
+        if autoencoder.manifest.get("known_channels"):  # the latent states' last channels: known ones
             manifest["known_channels"] = autoencoder.manifest["known_channels"]
         # Staged on the store: the encoder actors write shards from whichever node they run on.
         return StageOutput(manifest=manifest, write=write, on_store=True)

@@ -3,9 +3,9 @@ datasets (``tests/wellfiles.py``): rayleigh_benard (non-square grid, x periodic 
 ln Ra and ln Pr in θ) and turbulence_gravity_cooling (3-D, log-transformed fields, Δ = 1).
 Each runs ``compression.py`` as a user would, with the paper's settings picked by the
 dataset's name and only the horizons (and RB's start state) shortened to fit the tiny
-trajectories. The RB-like folder also carries a time-invariant field (``depth``): the
-study conditions every network on it, and no prediction or metric holds it (issue 16,
-point 3, end to end)."""
+trajectories. The RB-like folder also carries a time-invariant field (``depth``) and a
+time-varying scalar (``forcing``): the study conditions every network on them, and no
+prediction or metric holds them (issue 16, point 3, end to end)."""
 
 import csv
 import functools
@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from wellfiles import make_gravity_cooling_like, make_rayleigh_benard_like
 
 from lolaray.platform.artifacts import ArtifactStore
+from lolaray.platform.data import open_dataset
 from lolaray.sweeps.compression import main
 
 CASES = {
@@ -44,14 +45,17 @@ def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path
     argv += [*overrides, "--store", store.root, "--mlflow-uri", uri, "--experiment", name]
     assert main(argv) == 0
 
-    constants = ["depth"] if name == "rayleigh_benard" else []
+    known = ["depth", "forcing"] if name == "rayleigh_benard" else []
     (autoencoder,) = _artifacts(store, "autoencoder")
-    # The latent state: the code, then the constant fields pooled to its grid.
-    assert tuple(autoencoder.manifest["latent_shape"]) == (8 + len(constants), *latent_grid)
-    assert autoencoder.manifest.get("constant_fields", []) == constants
+    # The latent state: the code, then the known channels pooled to its grid.
+    assert tuple(autoencoder.manifest["latent_shape"]) == (8 + len(known), *latent_grid)
+    assert (
+        autoencoder.manifest.get("constant_fields", []) + autoencoder.manifest.get("varying_scalars", [])
+        == known
+    )
     emulators = {a.manifest["space"] + "/" + a.manifest["kind"]: a for a in _artifacts(store, "emulator")}
     for emulator in emulators.values():
-        assert emulator.manifest.get("known_channels", 0) == len(constants), emulator.id
+        assert emulator.manifest.get("known_channels", 0) == len(known), emulator.id
     pixel = "--no-pixel" not in overrides
     assert set(emulators) == {"latent/diffusion", "latent/solver", *(["pixel/solver"] if pixel else [])}
     # θ enters standardized, ln of the paper's log parameters (found in the folder's spelling).
@@ -65,9 +69,10 @@ def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path
     for evaluation in evaluations:
         rows = list(csv.DictReader((evaluation.path / "metrics.csv").read_text().splitlines()))
         assert {row["horizon"] for row in rows} == horizons, evaluation.id
-        # Only the predicted fields are scored; a constant field is never a prediction.
+        # Only the predicted fields are scored; a known channel is never a prediction.
         per_field = list(csv.DictReader((evaluation.path / "per_field_lead.csv").read_text().splitlines()))
-        assert per_field and not {row["field"] for row in per_field} & set(constants), evaluation.id
+        assert {row["field"] for row in per_field} == set(open_dataset(folder).field_names)
+        assert not {row["field"] for row in per_field} & set(known), evaluation.id
         for row in rows:
             for metric in ("vrmse", "nrmse", "psrmse_low", "wasserstein", "crps"):
                 assert math.isfinite(float(row[metric])) and float(row[metric]) > 0, (evaluation.id, row)

@@ -1,10 +1,15 @@
 """The compression sweep end to end on the smoke profile (2 rates, both emulators, the
-pixel baseline, evaluations): Ray Tune trials, the MLflow layout, resuming after a
-crash, and the context sweep on the trained emulators. The resumed sweep is also the
-test of the per-rate stage chain resuming with only its missing stages (a stage chain
-test of its own cost two more minutes of suite time for the same property)."""
+pixel baseline, evaluations at context 1): Ray Tune trials, the MLflow layout, resuming
+after a crash, and the context sweep on the trained emulators. The resumed sweep is also
+the test of the per-rate stage chain resuming with only its missing stages (a stage chain
+test of its own cost two more minutes of suite time for the same property).
+
+The sweep evaluates at one context length (``--contexts 1``), as every other study of this
+module does, so that they share its evaluations instead of each running its own: scoring
+several context lengths is tested by the context sweep here and in ``test_evaluate.py``."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from browser import assert_page_ok
 from mlflow.tracking import MlflowClient
 from ray._private.utils import get_ray_address_file
@@ -24,8 +30,12 @@ from lolaray.platform.artifacts import ArtifactStore
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.compression import SweepFailed, main, run_compression_sweep
 from lolaray.sweeps.context import find_emulators, run_context_sweep
+from lolaray.trainers.snapshots import load_autoencoder, load_emulator
 
 STUDY = Path(__file__).parents[2] / "sweeps" / "compression.py"
+# The smoke profile at one context length: what `compression.py --profile smoke --contexts 1`
+# runs, so the studies below that pass `--contexts 1` reuse (or reproduce) its evaluations.
+SMOKE = dataclasses.replace(PROFILES["smoke"], contexts=(1,))
 
 
 def _children(client, experiment_id, parent_id):
@@ -41,20 +51,21 @@ def _artifact_paths(client, run_id, path=None):
 
 @pytest.fixture(scope="module")
 def swept(ray_cluster, smoke_dataset, tmp_path_factory):
-    """A smoke sweep killed before one stage (injected), then run again to completion."""
+    """A smoke sweep (evaluations at context 1) killed before one stage (injected), then run
+    again to completion."""
     root = tmp_path_factory.mktemp("sweep")
     store, uri = ArtifactStore(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
     kwargs = {"store": store, "mlflow_uri": uri, "profile_name": "smoke", "verbose": 0, "max_concurrent": 2}
     with pytest.raises(SweepFailed) as failed:
         run_compression_sweep(
-            PROFILES["smoke"],
+            SMOKE,
             smoke_dataset,
             [4, 16],
             retries=0,
             fail_at={"c16": "evaluation/solver"},
             **kwargs,
         )
-    resumed = run_compression_sweep(PROFILES["smoke"], smoke_dataset, [4, 16], **kwargs)
+    resumed = run_compression_sweep(SMOKE, smoke_dataset, [4, 16], **kwargs)
     return {"first": failed.value.outcome, "resumed": resumed, "store": store, "uri": uri}
 
 
@@ -139,12 +150,13 @@ def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
 
 
 def test_two_studies_at_once_on_a_fresh_folder_equal_the_resumed_sweep(swept, data_cache, tmp_path):
-    """Two ``compression.py`` studies (c16 only) started at once in a fresh folder, as a new
-    user would: the default store and MLflow database do not exist yet (issue 17). Both
-    finish; each shared artifact is published once, complete, nothing half-written beside
-    it; and these uninterrupted runs give the artifacts and metrics of the sweep that was
-    killed before its last stage and resumed."""
+    """Two ``compression.py`` studies (c16 only, context 1) started at once in a fresh folder,
+    as a new user would: the default store and MLflow database do not exist yet (issue 17).
+    Both finish; each shared artifact is published once, complete, nothing half-written
+    beside it; and these uninterrupted runs give the artifacts (same ids, same weights) and
+    metrics of the sweep that was killed before its last stage and resumed."""
     command = [sys.executable, str(STUDY), "--profile", "smoke", "--latent-channels", "16", "--no-pixel"]
+    command += ["--contexts", "1"]  # the swept fixture's evaluations
     # The defaults, not a database an earlier test left in MLFLOW_TRACKING_URI (MLflow's
     # set_tracking_uri exports it to the environment of the process that logged a model).
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -165,11 +177,18 @@ def test_two_studies_at_once_on_a_fresh_folder_equal_the_resumed_sweep(swept, da
         entries = list((tmp_path / "lolaray-store" / stage).iterdir())
         assert not [e.name for e in entries if e.name.startswith(".")], f"{stage}: staging left behind"
         assert all((e / "manifest.json").is_file() for e in entries), f"{stage}: an artifact without manifest"
-    for evaluation_id in store.complete_ids("evaluation"):
-        ours = store.get("evaluation", evaluation_id)
-        theirs = swept["store"].get("evaluation", evaluation_id)
-        assert theirs is not None, f"{evaluation_id}: the same artifact id is expected in the resumed store"
-        assert (ours.path / "metrics.csv").read_text() == (theirs.path / "metrics.csv").read_text()
+    for stage in ("autoencoder", "latents", "emulator", "evaluation"):
+        for artifact_id in store.complete_ids(stage):
+            ours, theirs = store.get(stage, artifact_id), swept["store"].get(stage, artifact_id)
+            assert theirs is not None, f"{artifact_id}: the same artifact id is expected in the resumed store"
+            if stage in ("autoencoder", "emulator"):  # the same trained weights
+                load = load_autoencoder if stage == "autoencoder" else load_emulator
+                weights = [load(a)[0].state_dict() for a in (ours, theirs)]
+                assert weights[0].keys() == weights[1].keys(), artifact_id
+                for name, value in weights[0].items():
+                    assert torch.equal(value, weights[1][name]), f"{artifact_id}: {name} differs"
+            elif stage == "evaluation":
+                assert (ours.path / "metrics.csv").read_text() == (theirs.path / "metrics.csv").read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("lolaray")
@@ -266,9 +285,10 @@ def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, s
 
 def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept, chromium, tmp_path):
     """``compression.py --guidance downscale`` on the trained sweep (Figure 6): it reuses
-    the models, evaluates at the requested context with and without guidance, and the
-    guided rollouts have lower VRMSE at long lead times than the unguided ones from the
-    same seeds; both sit side by side in MLflow and in the study's snapshot grid."""
+    the models and their unguided evaluations at the requested context (the sweep's), adds
+    the guided one, and the guided rollouts have lower VRMSE at long lead times than the
+    unguided ones from the same seeds; both sit side by side in MLflow and in the study's
+    snapshot grid."""
 
     store = swept["store"]
     argv = ["--profile", "smoke", "--latent-channels", "16", "--no-pixel", "--contexts", "1"]
@@ -281,9 +301,10 @@ def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept
     assert float(parent.data.params["guidance.var_y"]) == pytest.approx(0.01)
     assert parent.data.params["contexts"] == "[1]"
     reused = {k.split("/", 2)[2] for k in parent.data.tags if k.startswith("reused/c16/")}
-    # Nothing is retrained (the solver's c=1 evaluation may exist already: the context
-    # sweep's); the guided evaluation is new.
+    # Nothing is retrained, and the unguided evaluations at c=1 are the swept fixture's; the
+    # guided evaluation is new.
     assert {"autoencoder", "latents/train", "latents/valid", "latents/test", "diffusion", "solver"} <= reused
+    assert {"evaluation/diffusion", "evaluation/solver"} <= reused
     assert "evaluation/guided_diffusion" not in reused
     runs = _children(client, experiment.experiment_id, parent.info.run_id)
     assert {r.data.tags["stage"] for r in runs} == {"evaluation"}

@@ -3,32 +3,29 @@ datasets (``tests/wellfiles.py``): rayleigh_benard (non-square grid, x periodic 
 ln Ra and ln Pr in θ) and turbulence_gravity_cooling (3-D, log-transformed fields, Δ = 1).
 Each runs ``compression.py`` as a user would, with the paper's settings picked by the
 dataset's name and only the horizons (and RB's start state) shortened to fit the tiny
-trajectories. The RB-like folder also carries a time-invariant field (``depth``) and a
-time-varying scalar (``forcing``): the study conditions every network on them, and no
-prediction or metric holds them (issue 16, point 3, end to end)."""
+trajectories (``tests/paper_like.py``). The RB-like folder also carries a time-invariant
+field (``depth``) and a time-varying scalar (``forcing``): the study conditions every
+network on them, and no prediction or metric holds them (issue 16, point 3, end to end).
+
+A study costs minutes, so each is one that another test runs anyway (``conftest.py``):
+the RB study is the one ``test_s3_store.py`` kills and resumes with its store in an S3
+bucket (checked here on a copy of the bucket's artifacts), the TGC study the one
+``test_sweep.py`` places on a simulated 2-node cluster."""
 
 import csv
-import functools
 import math
 
 import pytest
 from mlflow.tracking import MlflowClient
-from wellfiles import make_gravity_cooling_like, make_rayleigh_benard_like
+from paper_like import PAPER_LIKE
 
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset
-from lolaray.sweeps.compression import main
 
 CASES = {
-    # RB's paper start state (32) and horizons (to 160) do not fit 33 steps: overridden.
-    # The pixel baseline runs on the 3-D case only (the suite's time budget).
-    "rayleigh_benard": (
-        functools.partial(make_rayleigh_benard_like, constant=True),
-        ["--starts", "0", "--horizons", "1:8,9:32", "--no-pixel"],
-        (2, 1),
-    ),
-    # TGC keeps its paper start state 4 (Δ = 1); the horizons are cut to its 12 steps.
-    "turbulence_gravity_cooling": (make_gravity_cooling_like, ["--horizons", "1:2,3:7"], (1, 1, 1)),
+    # fixture (conftest.py), latent grid
+    "rayleigh_benard": ("s3_study", (2, 1)),
+    "turbulence_gravity_cooling": ("two_node_study", (1, 1, 1)),
 }
 
 
@@ -37,13 +34,13 @@ def _artifacts(store: ArtifactStore, stage: str) -> list:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path, name):
-    make, overrides, latent_grid = CASES[name]
-    folder = make(tmp_path / name)
-    store, uri = ArtifactStore(tmp_path / "store"), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["--profile", "smoke", "--dataset", str(folder), "--latent-channels", "8", "--contexts", "1"]
-    argv += [*overrides, "--store", store.root, "--mlflow-uri", uri, "--experiment", name]
-    assert main(argv) == 0
+def test_the_smoke_study_runs_on_the_papers_other_datasets(request, name):
+    fixture, latent_grid = CASES[name]
+    study = request.getfixturevalue(fixture)
+    if name == "turbulence_gravity_cooling":
+        assert study.done.returncode == 0, study.done.stdout[-4000:] + study.done.stderr[-4000:]
+    overrides = PAPER_LIKE[name]
+    store, uri = ArtifactStore(study.store), study.uri
 
     known = ["depth", "forcing"] if name == "rayleigh_benard" else []
     (autoencoder,) = _artifacts(store, "autoencoder")
@@ -71,16 +68,18 @@ def test_the_smoke_study_runs_on_the_papers_other_datasets(ray_cluster, tmp_path
         assert {row["horizon"] for row in rows} == horizons, evaluation.id
         # Only the predicted fields are scored; a known channel is never a prediction.
         per_field = list(csv.DictReader((evaluation.path / "per_field_lead.csv").read_text().splitlines()))
-        assert {row["field"] for row in per_field} == set(open_dataset(folder).field_names)
+        assert {row["field"] for row in per_field} == set(open_dataset(study.folder).field_names)
         assert not {row["field"] for row in per_field} & set(known), evaluation.id
         for row in rows:
             for metric in ("vrmse", "nrmse", "psrmse_low", "wasserstein", "crps"):
                 assert math.isfinite(float(row[metric])) and float(row[metric]) > 0, (evaluation.id, row)
         assert (evaluation.path / "power_spectra.html").exists()
-    # The dataset's settings are on the study's parent run.
+    # The dataset's settings are on the study's parent run (each run's, where it was resumed).
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
-    params = parent.data.params
-    assert params["dataset_spec.name"] == name and params["dataset_spec.source"] == "paper + overrides"
-    assert params["dataset_spec.stride"] == ("4" if name == "rayleigh_benard" else "1")
+    experiment = client.get_experiment_by_name(study.experiment)
+    parents = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
+    assert parents and [p.info.status for p in parents].count("FINISHED") >= 1
+    for parent in parents:
+        params = parent.data.params
+        assert params["dataset_spec.name"] == name and params["dataset_spec.source"] == "paper + overrides"
+        assert params["dataset_spec.stride"] == ("4" if name == "rayleigh_benard" else "1")

@@ -14,15 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from browser import assert_page_ok
 from mlflow.tracking import MlflowClient
-from ray._private.utils import get_ray_address_file
-from ray.cluster_utils import Cluster
 from stages import LATENT_STAGES, PIXEL_STAGES
 
 from lolaray.evaluation.study import load_evaluations
@@ -226,61 +223,31 @@ def test_the_context_sweep_evaluates_trained_emulators_without_training(swept, s
     assert (study.path / "study.html").is_file()
 
 
-def test_the_sweep_places_trials_and_training_workers_on_two_nodes(data_cache, smoke_dataset, tmp_path):
+def test_the_sweep_places_trials_and_training_workers_on_two_nodes(two_node_study):
     """`compression.py --address` against a simulated 2-node cluster (ray.cluster_utils):
-    one trial driver slot per node, so the two trials (c4, pixel) run one per node; the
+    one trial driver slot per node, so the two trials (c8, pixel) run one per node; the
     head has no CPU (as on a real cluster), so every training stage runs on the worker
-    node — placement by resources, not by which node Ray happened to pick first."""
+    node — placement by resources, not by which node Ray happened to pick first.
 
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: unix-socket paths are length-limited
-    # Cluster() writes the head's address into Ray's default temp folder (/tmp/ray) whatever
-    # temp_dir says, and fails on a fresh machine where nothing has created that folder yet.
-    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
-    node = {"resources": {"train_driver": 1}, "object_store_memory": 256 * 1024**2}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**node, "num_cpus": 0, "include_dashboard": False, "temp_dir": temp_dir},
-    )
-    try:
-        worker_node = cluster.add_node(**node, num_cpus=4)
-        cluster.wait_for_nodes()
-        nodes = {n.node_id for n in cluster.list_all_nodes()}
-        assert len(nodes) == 2
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        done = subprocess.run(
-            [sys.executable, str(STUDY)]
-            + [
-                "--profile",
-                "smoke",
-                "--latent-channels",
-                "4",
-                "--contexts",
-                "1",
-                "--address",
-                cluster.address,
-            ]
-            + ["--store", str(tmp_path / "store"), "--mlflow-uri", uri, "--max-concurrent-trials", "2"],
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=900,
-            cwd=tmp_path,
-            env={**os.environ, "LOLARAY_DATA_DIR": str(data_cache)},
-        )
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-        assert "Table 6 analogue" in done.stdout and "pixel solver" in done.stdout
-    finally:
-        cluster.shutdown()
+    The study is the ``two_node_study`` fixture of ``conftest.py``, on the
+    turbulence_gravity_cooling-like folder, whose artifacts ``test_paper_datasets.py``
+    checks too (one study for both files)."""
 
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("lolaray")
+    study = two_node_study
+    assert len(study.nodes) == 2
+    done = study.done
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "Table 6 analogue" in done.stdout and "pixel solver" in done.stdout
+
+    client = MlflowClient(study.uri)
+    experiment = client.get_experiment_by_name(study.experiment)
     (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep'")
     placement = {k: json.loads(v) for k, v in parent.data.tags.items() if k.startswith("nodes/")}
-    assert set(placement) == {"nodes/c4", "nodes/pixel"}
+    assert set(placement) == {"nodes/c8", "nodes/pixel"}
     trial_nodes = {p["trial"] for p in placement.values()}
     train_nodes = {n for p in placement.values() for n in p["train"]}
-    assert trial_nodes == nodes, placement
-    assert train_nodes == {worker_node.node_id}, placement
+    assert trial_nodes == study.nodes, placement
+    assert train_nodes == {study.worker}, placement
 
 
 def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept, chromium, tmp_path):

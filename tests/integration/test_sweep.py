@@ -4,9 +4,10 @@ after a crash, and the context sweep on the trained emulators. The resumed sweep
 the test of the per-rate stage chain resuming with only its missing stages (a stage chain
 test of its own cost two more minutes of suite time for the same property).
 
-The sweep evaluates at one context length (``--contexts 1``), as every other study of this
-module does, so that they share its evaluations instead of each running its own: scoring
-several context lengths is tested by the context sweep here and in ``test_evaluate.py``."""
+The sweep evaluates at one context length (``--contexts 1``), as the other compression
+studies of this module do, so that they reproduce (two studies at once) or reuse (guidance)
+its evaluations instead of scoring three contexts each: scoring several context lengths is
+tested by the context sweep here and in ``test_evaluate.py``."""
 
 import csv
 import dataclasses

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lolaray.evaluation.baselines import persistence_vrmse
 from lolaray.evaluation.ensemble_statistics import EnsembleStatistics
 from lolaray.evaluation.metrics import VRMSE_EPS, aggregate_by_horizon, horizon_slices
 from lolaray.evaluation.rollout import lead_times, rollout_origin
@@ -155,6 +156,19 @@ def rollout_truths(
     return truths
 
 
+def _unit_row(method: str, rate: float, trajectory: int, start: int) -> dict:
+    """The keys of a baseline's (or the reconstruction's) per-trajectory row: the truth is its
+    reference, and it has no context length ("all")."""
+    return {
+        "method": method,
+        "compression": rate,
+        "reference": "absolute",
+        "context": "all",
+        "trajectory": trajectory,
+        "start": start,
+    }
+
+
 def primary_key(
     trajectory: int, starts: list[int], contexts: list[int], stride: int
 ) -> tuple[int, int, int, int]:
@@ -203,6 +217,11 @@ def analyse(
     seconds, states, timed_seconds, timed_states = 0.0, 0, 0.0, 0
     recon: list[float] = []
     recon_by_horizon: dict[str, list[float]] = {}
+    # Baselines and reconstruction per scored unit (trajectory, start), for the study's
+    # bootstrap intervals: rows like the per-trajectory rows, method "persistence" / "autoencoder"
+    # (``baselines.csv``; the evaluation adds "pca").
+    unit_rows: list[dict] = []
+    persistence_by_horizon: dict[str, list[float]] = {}
     snapshot = None
     for t in indices:
         primary = results[primary_key(t, starts, contexts, stride)]
@@ -214,10 +233,25 @@ def analyse(
             recon.append(float(per_state.mean()))
             # The paper's Table 6 "autoencoder" rows: reconstruction error by the state's
             # lead time from the initial state (state i of the trajectory has lead i).
+            recon_row = _unit_row("autoencoder", rate, t, 0)
             for label, value in aggregate_by_horizon(
                 per_state, torch.arange(per_state.numel()), horizons
             ).items():
                 recon_by_horizon.setdefault(label, []).append(float(value))
+                recon_row[f"vrmse/{label}"] = float(value)
+            unit_rows.append(recon_row)
+        for s in starts:
+            # Persistence does not depend on the context length: every context length's
+            # rollout starts from the same initial state s (rollout_origin).
+            origin = rollout_origin(s, contexts[0], stride)
+            states = truth[:, origin:]
+            leads = lead_times(states.shape[1], contexts[0], stride)
+            persisted = persistence_vrmse(states, leads, spatial_dims=spatial_dims, eps=vrmse_eps)
+            persistence_row = _unit_row("persistence", "-", t, s)  # no model, no ÷
+            for label, value in aggregate_by_horizon(persisted, leads, horizons).items():
+                persistence_by_horizon.setdefault(label, []).append(float(value))
+                persistence_row[f"vrmse/{label}"] = float(value)
+            unit_rows.append(persistence_row)
         for s in starts:
             for c in contexts:
                 origin = rollout_origin(s, c, stride)
@@ -336,6 +370,7 @@ def analyse(
         "horizons": labels,
         "recon_vrmse": _nanmean(recon) if latent else None,
         "recon_vrmse_by_horizon": {k: _nanmean(v) for k, v in recon_by_horizon.items()} if latent else None,
+        "persistence_vrmse_by_horizon": {k: _nanmean(v) for k, v in persistence_by_horizon.items()},
         "infer_seconds": seconds,
         # Per member and generated state, device synchronized, each actor's first (warm-up)
         # rollout left out unless it was the only one.
@@ -378,6 +413,7 @@ def analyse(
     figures_data = {
         "per_field": per_field_rows,
         "per_trajectory": per_trajectory_rows,
+        "baselines": unit_rows,
         "rank_histogram": rank_rows,
         "spectra": spectra,
         "snapshot": snapshot,

@@ -42,13 +42,13 @@ Command line::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lolaray.evaluation.aggregation import DEFAULT_SCORED_FIELD, analyse, rollout_truths
+from lolaray.evaluation.baselines import latent_numbers, pca_baseline
 from lolaray.evaluation.guidance_options import add_guidance_arguments, guidance_config, guidance_from_args
 from lolaray.evaluation.metrics import VRMSE_EPS
 from lolaray.evaluation.outputs import log_mlflow, write_outputs
@@ -56,6 +56,7 @@ from lolaray.evaluation.rollout import rollout_origin, split_members
 from lolaray.evaluation.rollout_actor import run_rollouts
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.evaluation.split_ensemble import remove_scratch, score_split_ensembles, scratch_folder
+from lolaray.evaluation.trajectory_selection import stratified_trajectories, trajectory_strata
 from lolaray.platform.artifacts import Artifact, open_artifact
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.dataset_spec_options import add_dataset_spec_arguments, spec_from_args
@@ -82,19 +83,34 @@ def _method_label(manifest: dict) -> str:
 
 
 def _resolve_trajectories(
-    trajectories: int | Sequence[int], available: int, *, selection_seed: int | None = None
+    trajectories: int | Sequence[int],
+    available: int,
+    *,
+    selection_seed: int | None = None,
+    strata: Sequence[Hashable] | None = None,
 ) -> list[int]:
     """The test trajectories to evaluate, sorted: explicit indices, the first ``N``, or ``N``
-    drawn without replacement by ``numpy.random.default_rng(selection_seed)`` (the paper
-    draws its test trajectories with a fixed seed)."""
+    drawn with ``selection_seed`` stratified over ``strata``
+    (:func:`~lolaray.evaluation.trajectory_selection.stratified_trajectories`: as evenly as
+    possible over the strata, every boundary class before any gets a second stratum).
+
+    :param trajectories: a count ``N`` or explicit indices.
+    :param available: the number of test trajectories.
+    :param selection_seed: draw the ``N`` with this seed; ``None``: the first ``N``.
+    :param strata: the stratum label of each of the ``available`` trajectories
+        (:func:`~lolaray.evaluation.trajectory_selection.trajectory_strata`); ``None``: one
+        stratum (a uniform draw).
+    """
     if isinstance(trajectories, int):
         if trajectories < 1:
             raise ValueError(f"trajectories must be >= 1, got {trajectories}")
         count = min(trajectories, available)
         if selection_seed is None:
             return list(range(count))
-        drawn = np.random.default_rng(selection_seed).choice(available, size=count, replace=False)
-        return sorted(int(i) for i in drawn)
+        strata = [0] * available if strata is None else list(strata)
+        if len(strata) != available:
+            raise ValueError(f"{len(strata)} stratum labels for {available} test trajectories")
+        return stratified_trajectories(strata, count, seed=int(selection_seed))
     if selection_seed is not None:
         raise ValueError("a trajectory selection seed draws N trajectories: pass a count, not indices")
     indices = sorted({int(i) for i in trajectories})
@@ -133,8 +149,10 @@ def evaluate(
     :param contexts: context lengths ``c`` (``o = c``), each in ``[1, window − 1]``.
     :param members: ensemble size ``K`` (solvers: 1, they are deterministic).
     :param trajectories: the first ``N`` test trajectories, or explicit indices.
-    :param trajectory_seed: draw the ``N`` test trajectories at random with this seed
-        instead of taking the first ``N`` (as the paper does); ``None``: the first ``N``.
+    :param trajectory_seed: draw the ``N`` test trajectories with this seed, stratified over
+        the test files' boundary conditions × parameters
+        (:func:`~lolaray.evaluation.trajectory_selection.stratified_trajectories`), instead
+        of taking the first ``N``; ``None``: the first ``N``.
     :param starts: rollout initial states, in simulation steps (multiples of Δ): each
         rollout's last context state, its leads counted from there, its ``c`` context
         states the ones before it at stride Δ (moved forward to begin at the trajectory's
@@ -224,7 +242,12 @@ def evaluate(
     else:
         standardizer = standardizer_for(info)
     test = WellWindows(info, "test", length=None, standardizer=standardizer)
-    indices = _resolve_trajectories(trajectories, len(test), selection_seed=trajectory_seed)
+    indices = _resolve_trajectories(
+        trajectories,
+        len(test),
+        selection_seed=trajectory_seed,
+        strata=trajectory_strata(info, "test") if trajectory_seed is not None else None,
+    )
     n_states = test.length
     length = (n_states - 1) // stride + 1
     if max(starts[-1] // stride, max(contexts) - 1) + 1 >= length:
@@ -336,6 +359,20 @@ def evaluate(
             steps=steps if kind == "diffusion" else None,
             scored_field=scored_field,
         )
+        if autoencoder is not None:
+            # The best linear code of the latent's size, on the same trajectories (a finding
+            # about compression should not rest on an autoencoder no better than it).
+            pca_rows, pca_by_horizon, components = pca_baseline(
+                info,
+                standardizer,
+                indices,
+                components=latent_numbers(autoencoder.manifest),
+                horizons=horizons,
+                rate=rate,
+                eps=VRMSE_EPS[vrmse_convention],
+            )
+            figures_data["baselines"] += pca_rows
+            summary.update(pca_vrmse_by_horizon=pca_by_horizon, pca_components=components)
         summary.update(
             config=config, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
         )
@@ -375,7 +412,9 @@ def evaluate(
         params={
             **config,
             "starts": starts,
-            "trajectory_selection": "first" if trajectory_seed is None else f"seed {trajectory_seed}",
+            "trajectory_selection": (
+                "first" if trajectory_seed is None else f"stratified, seed {trajectory_seed}"
+            ),
             "vrmse_convention": vrmse_convention,
             "vrmse_eps": VRMSE_EPS[vrmse_convention],
             "actors": actors,

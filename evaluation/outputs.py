@@ -2,13 +2,15 @@ r"""The outputs of an evaluation: its files and its MLflow metrics.
 
 :func:`write_outputs` writes ``metrics.csv``, ``per_lead.csv``, ``per_field_lead.csv`` (per
 field and lead), ``per_trajectory.csv`` (per trajectory, start and context, by horizon),
+:data:`BASELINES_FILE` (persistence, PCA and the reconstruction on the same trajectories),
 ``rank_histogram.csv``, ``summary.json``, ``table.txt``, the snapshot excerpt
 :data:`SNAPSHOT_FILE`, :data:`ANIMATION_FILE` (truth, ensemble mean, members; one frame per
 state), figure HTML files (plotly.js from its CDN) and one self-contained ``report.html``
 (plotly.js inlined once, the GIF inlined, opens offline). :func:`log_mlflow` logs the files
 and the metrics, under uniform names (``vrmse/lead_1-20``, ``crps/lead_1-20``,
 ``coverage_90/lead_1-20``, ``psrmse/high/lead_1-20``, ``context_1/…``, ``relative/…``,
-``recon_vrmse``, ``infer_ms_per_state``, ``sampler_steps``), to the evaluation's MLflow run.
+``recon_vrmse``, ``baseline/persistence/vrmse/lead_1-20``, ``baseline/pca/vrmse/…``,
+``infer_ms_per_state``, ``sampler_steps``), to the evaluation's MLflow run.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from lolaray.evaluation.aggregation import DEFAULT_SCORED_FIELD, METRICS
 from lolaray.evaluation.animation import animation_html, write_rollout_animation
 from lolaray.evaluation.rollout import lead_times
 
-__all__ = ["ANIMATION_FILE", "SNAPSHOT_FILE", "log_mlflow", "write_outputs"]
+__all__ = ["ANIMATION_FILE", "BASELINES_FILE", "SNAPSHOT_FILE", "log_mlflow", "write_outputs"]
 
 #: Evaluation artifact file with a few snapshots of member 0 and the truth (see ``_snapshot_excerpt``).
 SNAPSHOT_FILE = "snapshot.npz"
+#: Evaluation artifact file: per scored trajectory and start, the VRMSE by horizon of the
+#: baselines (``persistence``, ``pca`` of the latent's size) and of the reconstruction
+#: (``autoencoder``), on the same scored set as the model.
+BASELINES_FILE = "baselines.csv"
 #: Evaluation artifact file: truth, ensemble mean and a few members of trajectory 0 over the rollout.
 ANIMATION_FILE = "rollout.gif"
 
@@ -55,6 +61,10 @@ def _mlflow_metrics(summary: dict) -> dict[str, float]:
     for horizon, value in (summary.get("recon_vrmse_by_horizon") or {}).items():
         if math.isfinite(value):
             metrics[f"recon_vrmse/{horizon}"] = value
+    for baseline in ("persistence", "pca"):
+        for horizon, value in (summary.get(f"{baseline}_vrmse_by_horizon") or {}).items():
+            if value is not None and math.isfinite(value):
+                metrics[f"baseline/{baseline}/vrmse/{horizon}"] = value
     metrics["infer_ms_per_state"] = summary["infer_ms_per_state"]
     if summary.get("sampler_steps"):  # beside the time per state: diffusion cost grows with it
         metrics["sampler_steps"] = float(summary["sampler_steps"])
@@ -93,6 +103,7 @@ def write_outputs(
     _write_csv(folder / "per_lead.csv", per_lead)
     _write_csv(folder / "per_field_lead.csv", data.get("per_field", []))
     _write_csv(folder / "per_trajectory.csv", data.get("per_trajectory", []))
+    _write_csv(folder / BASELINES_FILE, data.get("baselines", []))
     _write_csv(folder / "rank_histogram.csv", data.get("rank_histogram", []))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -157,6 +168,7 @@ def write_outputs(
             "per_lead.csv",
             "per_field_lead.csv",
             "per_trajectory.csv",
+            BASELINES_FILE,
             "rank_histogram.csv",
             "summary.json",
             "table.txt",

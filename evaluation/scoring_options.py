@@ -4,8 +4,9 @@ command-line options, shared by ``evaluation/evaluate.py`` and the sweeps.
 - ``--starts``: rollout initial states, in simulation steps (multiples of Δ): the last
   context state of each rollout, leads counted from it; each (trajectory, start) is one
   more sample of every metric.
-- ``--trajectory-seed``: draw the test trajectories with a fixed seed (as the paper
-  does) instead of taking the first ``N``.
+- ``--trajectory-seed``: draw a stratified set of test trajectories with a fixed seed
+  (strata: boundary conditions × parameters, i.e. the test files; as evenly as possible
+  over them, :mod:`~lolaray.evaluation.trajectory_selection`) instead of taking the first ``N``.
 - ``--vrmse-convention``: the ε of VRMSE: ``lola`` (1e-6, the paper's code, default) or
   ``well`` (1e-7, The Well's benchmark).
 
@@ -38,7 +39,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--trajectory-seed",
         type=int,
         default=None,
-        help="draw the test trajectories at random with this seed (default: the first N)",
+        help="draw a stratified set of N test trajectories with this seed: as evenly as possible over "
+        "the strata, boundary conditions x parameters (i.e. the test files), every boundary condition "
+        "before any gets a second stratum (default: the first N)",
     )
     group.add_argument(
         "--vrmse-convention",

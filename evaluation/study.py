@@ -39,6 +39,8 @@ from lolaray.evaluation import figures, report, tables
 from lolaray.evaluation import findings as paper_findings
 from lolaray.evaluation.animation import animation_html
 from lolaray.evaluation.findings_table import findings_csv, findings_html, findings_text
+from lolaray.evaluation.outputs import BASELINES_FILE
+from lolaray.evaluation.study_units import interval_table, study_unit_rows
 from lolaray.platform.artifacts import Artifact, ArtifactStore
 
 __all__ = ["Evaluation", "StudyReport", "load_evaluations", "write_study_report"]
@@ -47,7 +49,15 @@ __all__ = ["Evaluation", "StudyReport", "load_evaluations", "write_study_report"
 FINDINGS_CAPTION = "The paper's six findings (reference/paper-tables.md), tested on this study's numbers"
 
 #: Row order of the tables (the paper's: autoencoder, diffusion, then the solvers).
-METHOD_ORDER = ("autoencoder", "diffusion", "guided diffusion", "solver", "pixel solver")
+METHOD_ORDER = (
+    "autoencoder",
+    "pca",
+    "diffusion",
+    "guided diffusion",
+    "solver",
+    "pixel solver",
+    "persistence",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,11 @@ class Evaluation:
     #: ``rollout.gif`` of the evaluation (truth, ensemble mean, members); ``None`` for 3-D
     #: data or older artifacts.
     animation: bytes | None = None
+    #: ``per_trajectory.csv``: the model's metrics per scored unit (trajectory, start), context
+    #: and reference, by horizon (``vrmse/lead_1-20``, ...).
+    per_trajectory: list[dict] | None = None
+    #: ``baselines.csv``: persistence, PCA of the latent's size and the reconstruction per unit.
+    baselines: list[dict] | None = None
 
     @property
     def steps(self) -> int | None:
@@ -103,9 +118,18 @@ def load_evaluations(store: ArtifactStore, artifacts: Sequence[Artifact]) -> lis
                 per_lead=_read_csv(store.read_text(artifact, "per_lead.csv")),
                 snapshot=_read_snapshot(store, artifact),
                 animation=_read_animation(store, artifact),
+                per_trajectory=_read_optional_csv(store, artifact, "per_trajectory.csv"),
+                baselines=_read_optional_csv(store, artifact, BASELINES_FILE),
             )
         )
     return evaluations
+
+
+def _read_optional_csv(store: ArtifactStore, artifact: Artifact, name: str) -> list[dict]:
+    try:
+        return _read_csv(store.read_text(artifact, name))
+    except (FileNotFoundError, OSError):  # written before the file existed
+        return []
 
 
 def _read_animation(store: ArtifactStore, artifact: Artifact) -> bytes | None:
@@ -164,6 +188,8 @@ class StudyReport:
 
     files: list[Path]
     tables: dict[str, tables.MetricTable]
+    #: The same with intervals and medians, per scored unit (``vrmse_intervals``, ...).
+    intervals: dict = field(default_factory=dict)
     #: The paper's six findings tested on this study's numbers (``print(findings_text(...))``).
     findings: list[paper_findings.Finding] = field(default_factory=list)
 
@@ -232,6 +258,14 @@ def write_study_report(
     per_context = [r for r in rows if r["reference"] == "absolute" and r["context"] != "all"]
     relative = [r for r in rows if r["reference"] == "relative" and r["context"] == "all"]
     recon = _autoencoder_rows(evaluations)
+    # Per scored unit (trajectory, start): the findings' and the intervals' data; the
+    # baselines (persistence, PCA of each latent's size) as rows of Table 6.
+    units = study_unit_rows(evaluations, horizons)
+    baselines = [
+        r
+        for r in units
+        if r["method"] in ("pca", "persistence") and r["reference"] == "absolute" and r["context"] == "all"
+    ]
     # Lead-time curves at each evaluation's shortest context (the paper's Figure 5 setting).
     per_lead = [
         r
@@ -254,19 +288,22 @@ def write_study_report(
     )
     context_keys = ("method", "compression", "context", *(("steps",) if by_steps else ()))
     metric_tables = {
-        "vrmse": table(recon + overall, "vrmse"),
+        "vrmse": table(recon + overall + baselines, "vrmse"),
         "context": table(per_context, "vrmse", row_keys=context_keys),
         "spread_skill": table([r for r in overall if r["method"] == "diffusion"], "spread_skill"),
         "crps": table(overall, "crps"),
         "coverage_90": table([r for r in overall if r["method"] == "diffusion"], "coverage_90"),
         "psrmse_high": table(overall, "psrmse_high"),
+        "spread_skill_relative": table([r for r in relative if r["method"] == "diffusion"], "spread_skill"),
         "relative_vrmse": table(relative, "vrmse"),
         "cost": table(cost, "value", column_key="quantity", columns=["ms/state"]),
     }
     captions = {
         "vrmse": "Table 6 analogue: mean VRMSE by lead-time horizon (autoencoder rows: reconstruction)",
         "context": "Table 7 analogue: VRMSE by context length",
-        "spread_skill": "Spread-skill ratio of the diffusion ensembles (ideal 1)",
+        "spread_skill": "Spread-skill ratio of the diffusion ensembles against the truth x (ideal 1)",
+        "spread_skill_relative": "Spread-skill ratio of the diffusion ensembles against D(E(x)), "
+        "the paper's Figure 9 (ideal 1; finding 5 tests it)",
         "crps": "Fair CRPS by lead-time horizon (deterministic solvers: the MAE)",
         "coverage_90": "Coverage of the diffusion ensembles' central 90 % interval (ideal 0.9; 50 %: per-lead figure)",
         "psrmse_high": "Power-spectrum RMSE, high frequencies",
@@ -274,8 +311,26 @@ def write_study_report(
         "cost": "Inference time per state (rollout + decoding, per member)",
     }
 
+    interval_tables = {
+        "vrmse_intervals": interval_table(units, horizons=horizons, order=METHOD_ORDER),
+        "spread_skill_intervals": interval_table(
+            [r for r in units if r["method"] == "diffusion"], metric="spread_skill", horizons=horizons
+        ),
+        "spread_skill_relative_intervals": interval_table(
+            [r for r in units if r["method"] == "diffusion"],
+            metric="spread_skill",
+            reference="relative",
+            horizons=horizons,
+        ),
+    }
+    captions |= {
+        "vrmse_intervals": "Table 6 with confidence: VRMSE mean over the scored trajectories, "
+        "its paired bootstrap interval, and the median",
+        "spread_skill_intervals": "Diffusion spread-skill against the truth, with intervals",
+        "spread_skill_relative_intervals": "Diffusion spread-skill against D(E(x)), with intervals",
+    }
     files: list[Path] = []
-    for name, t in metric_tables.items():
+    for name, t in {**metric_tables, **interval_tables}.items():
         (folder / f"study_{name}.csv").write_text(t.to_csv())
         (folder / f"study_{name}.txt").write_text(f"{captions[name]}\n\n{t.to_text()}\n")
         files += [folder / f"study_{name}.csv", folder / f"study_{name}.txt"]
@@ -291,8 +346,8 @@ def write_study_report(
     if recon:
         plots.insert(1, figures.reconstruction_figure(recon))
     plots += _guided_snapshot_figures(evaluations)
-    # The six findings, from the same rows as the tables (absolute reference).
-    findings = paper_findings.assess_findings(recon + overall + per_context, horizons=horizons)
+    # The six findings, from the per-unit rows behind the tables, with intervals.
+    findings = paper_findings.assess_findings(units, horizons=horizons)
     (folder / "study_findings.csv").write_text(findings_csv(findings))
     (folder / "study_findings.txt").write_text(
         f"The paper's findings, tested on this study\n\n{findings_text(findings)}\n"
@@ -305,7 +360,10 @@ def write_study_report(
         ),
         report.Section(
             "Tables",
-            [report.RawHTML(t.to_html(caption=captions[name])) for name, t in metric_tables.items()],
+            [
+                report.RawHTML(t.to_html(caption=captions[name]))
+                for name, t in {**metric_tables, **interval_tables}.items()
+            ],
         ),
         report.Section("Figures", plots),
         report.Section("Rollouts", _animations(evaluations)),
@@ -319,4 +377,4 @@ def write_study_report(
         ),
     ]
     files.append(report.write_html_report(folder / "study.html", title, sections, description=description))
-    return StudyReport(files=files, tables=metric_tables, findings=findings)
+    return StudyReport(files=files, tables=metric_tables, findings=findings, intervals=interval_tables)

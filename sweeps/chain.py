@@ -52,6 +52,11 @@ class Profile:
     :param augment: the augmentations of the autoencoder's states, the latent cache's copies
         and the pixel solver's windows (the dataset spec's, set by :meth:`for_dataset`).
     :param workers: Ray Train workers per training stage; ``actors``: encoder / rollout actors.
+    :param compression_rates: given, the study derives its latent channel counts from these
+        rates on its dataset instead of taking ``latent_channels``
+        (:func:`~lolaray.sweeps.compression_rates.latent_channels_for_rates`); ``"spec"``: the
+        dataset spec's rates (the paper's). ``--latent-channels`` and ``--compression-rates``
+        override it.
     """
 
     dataset: str
@@ -67,6 +72,7 @@ class Profile:
     augment: bool | tuple[str, ...] = True
     workers: int = 1
     actors: int = 1
+    compression_rates: tuple[float, ...] | str | None = None
 
     def for_dataset(self, spec: DatasetSpec) -> Profile:
         """This profile with the dataset's window, stride and log parameters in both

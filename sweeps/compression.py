@@ -17,6 +17,8 @@ Examples::
 
     python sweeps/compression.py                           # demo profile, embedded Ray
     python sweeps/compression.py --profile smoke           # minutes, for a first look
+    python sweeps/compression.py --compression-rates 80,320  # rates, as the demo's latent channels
+    python sweeps/compression.py --autoencoder-preset smoke  # the demo study, autoencoder r = 2
     python sweeps/compression.py --profile paper --plan    # what the paper study costs, in seconds
     python sweeps/compression.py --profile paper --address auto \\
         --dataset euler_multi_quadrants_openBC --data-root s3://bucket/the_well \\
@@ -30,6 +32,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
@@ -46,7 +49,8 @@ from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError, resolv
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext
 from lolaray.sweeps.chain import PROFILES, Profile, run_latent_chain, run_pixel_chain
-from lolaray.sweeps.plan import add_plan_arguments, print_plan
+from lolaray.sweeps.compression_rates import format_rate, latent_channels_for_rates, parse_rates, study_rates
+from lolaray.sweeps.plan import add_plan_arguments, plan_dataset, print_plan
 from lolaray.sweeps.sweep import (
     SweepInputError,
     add_common_arguments,
@@ -59,8 +63,31 @@ from lolaray.sweeps.sweep import (
     sweep_run,
     tag_reuse,
 )
+from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS
 
-__all__ = ["SweepFailed", "SweepOutcome", "main", "parse_args", "run_compression_sweep"]
+__all__ = [
+    "SweepFailed",
+    "SweepOutcome",
+    "latent_channels_from_args",
+    "main",
+    "parse_args",
+    "run_compression_sweep",
+]
+
+
+def _rates_option(text: str) -> tuple[float, ...] | str:
+    try:
+        return parse_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _preset_option(name: str) -> str:
+    if name not in AUTOENCODER_PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown autoencoder preset {name!r}; choose one of {', '.join(sorted(AUTOENCODER_PRESETS))}"
+        )
+    return name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,12 +97,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="demo", help="size of everything (default demo)"
     )
-    parser.add_argument(
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument(
         "--latent-channels",
         type=int,
         nargs="*",
         default=None,
         help="latent channel counts, one trial each (default: the profile's)",
+    )
+    rates.add_argument(
+        "--compression-rates",
+        type=_rates_option,
+        default=None,
+        metavar="R,...|spec",
+        help="compression rates numel(x)/numel(z), one trial each, as the latent channel counts the "
+        "profile's autoencoder gives them on the dataset ('spec': the dataset spec's, the paper's)",
+    )
+    parser.add_argument(
+        "--autoencoder-preset",
+        type=_preset_option,
+        default=None,
+        metavar="NAME",
+        help="the autoencoder's architecture instead of the profile's (its factor r sets the latent "
+        f"grid; on 3-D data a 2-D preset's 3-D counterpart): one of {', '.join(sorted(AUTOENCODER_PRESETS))}",
     )
     parser.add_argument(
         "--contexts",
@@ -105,6 +149,8 @@ class SweepOutcome:
     errors: dict[str, str] = field(default_factory=dict)
     study: object | None = None
     tables: dict = field(default_factory=dict)
+    #: The tables with bootstrap intervals and medians over the scored units.
+    intervals: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)
 
 
@@ -312,6 +358,7 @@ def run_compression_sweep(
             f"{profile.members} members, {profile.trajectories} test trajectories, contexts {list(profile.contexts)}",
         )
         outcome.tables = report.tables
+        outcome.intervals = report.intervals
         outcome.findings = report.findings
         log_findings(parent.client, parent.run_id, report.findings)
     return outcome
@@ -325,22 +372,59 @@ class SweepFailed(RuntimeError):
         self.outcome = outcome
 
 
+def latent_channels_from_args(
+    args: argparse.Namespace, profile: Profile, *, out: Callable[[str], None] = print
+) -> tuple[int, ...] | list[int]:
+    """The latent channel counts of a sweep's trials: ``--latent-channels``, else those of
+    ``--compression-rates`` or the profile's ``compression_rates``
+    (:func:`~lolaray.sweeps.compression_rates.latent_channels_for_rates` for the profile's
+    autoencoder, fitted to the dataset's spec, on the dataset's geometry: headers only, no
+    data generated or read), else the profile's ``latent_channels``.
+
+    :param out: where the derivation is reported (one line).
+    :raises SweepInputError: an unknown dataset, or a rate the geometry cannot give (naming
+        the nearest rates it can).
+    """
+    if args.latent_channels is not None:
+        return args.latent_channels
+    if args.compression_rates is None and profile.compression_rates is None:
+        return profile.latent_channels
+    try:
+        info, _ = plan_dataset(args.dataset or profile.dataset, data_root=args.data_root)
+        spec = spec_from_args(args, info)
+        rates = study_rates(profile, spec, args.compression_rates)
+        fitted = profile.for_dataset(spec)  # the autoencoder the study trains (3-D preset on 3-D data)
+        channels = latent_channels_for_rates(rates, fitted.autoencoder, info)
+    except (ValueError, FileNotFoundError) as error:  # DatasetSpecError among them
+        raise SweepInputError(str(error)) from error
+    out(
+        f"[lolaray] compression rates {', '.join(map(format_rate, rates))} of {info.name}: "
+        f"latent channels {', '.join(map(str, channels))} (autoencoder preset {fitted.autoencoder.preset!r})"
+    )
+    return channels
+
+
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 done, 1 a trial failed, 2 bad input)."""
     args = parse_args(argv)
     start = time.perf_counter()
     profile = PROFILES[args.profile]
+    if args.autoencoder_preset is not None:
+        # Before the latent channels are derived from --compression-rates (they depend on r)
+        # and before Profile.for_dataset, which still swaps a 2-D preset for its 3-D counterpart.
+        autoencoder = dataclasses.replace(profile.autoencoder, preset=args.autoencoder_preset)
+        profile = dataclasses.replace(profile, autoencoder=autoencoder)
     try:
-        latent_channels = profile.latent_channels if args.latent_channels is None else args.latent_channels
-        if not latent_channels:
-            raise SweepInputError("the latent channel list is empty: pass --latent-channels C [C ...]")
-        if any(c < 1 for c in latent_channels):
-            raise SweepInputError(f"latent channel counts must be >= 1, got {latent_channels}")
         if args.contexts is not None:
             largest = profile.emulator.window - 1  # a window needs at least one new state
             if not all(1 <= c <= largest for c in args.contexts):
                 raise SweepInputError(f"context lengths must lie in [1, {largest}], got {args.contexts}")
             profile = dataclasses.replace(profile, contexts=tuple(sorted(set(args.contexts))))
+        latent_channels = latent_channels_from_args(args, profile)
+        if not latent_channels:
+            raise SweepInputError("the latent channel list is empty: pass --latent-channels C [C ...]")
+        if any(c < 1 for c in latent_channels):
+            raise SweepInputError(f"latent channel counts must be >= 1, got {latent_channels}")
         if args.plan:  # sizes, FLOPs, resources and device-hours; no Ray, no data, nothing run
             return print_plan(
                 args, profile, latent_channels, profile_name=args.profile, pixel=not args.no_pixel
@@ -399,11 +483,13 @@ def main(argv=None) -> int:
         print(f"[lolaray] {mlflow_hint(uri, args.experiment, failure.outcome.parent_run_id)}")
         return 1
     print()
-    print(f"Table 6 analogue — {outcome.tables['vrmse'].metric}, by lead-time horizon:")
-    print(outcome.tables["vrmse"].to_text())
+    print("Table 6 analogue — VRMSE by lead-time horizon (autoencoder: reconstruction; pca: PCA of the")
+    print("latent's size; persistence: the initial state repeated):")
+    print(outcome.intervals["vrmse_intervals"].to_text())
     print()
-    print(outcome.tables["spread_skill"].metric + ":")
-    print(outcome.tables["spread_skill"].to_text())
+    print("Diffusion spread-skill against D(E(x)) (finding 5) and against the truth:")
+    print(outcome.intervals["spread_skill_relative_intervals"].to_text())
+    print(outcome.intervals["spread_skill_intervals"].to_text())
     print()
     print("The paper's findings, tested on this run:")
     print(findings_text(outcome.findings))

@@ -23,8 +23,9 @@ from the code that trains, not from a formula that could drift from it:
 
 Nothing is run: no Ray, no data read (The Well's geometry comes from
 :data:`WELL_GEOMETRY` when the data is not at hand). A misconfigured profile — attention
-heads that do not divide the width, a patch or an autoencoder factor that does not
-divide the grid — fails here, with the stage's own validation, before any worker starts.
+heads that do not divide the width, a patch size that does not divide the grid — fails
+here, with the stage's own validation, before any worker starts. (A grid the autoencoder's
+factor does not divide is padded, not refused: ``trainers/autoencoder.py``.)
 """
 
 from __future__ import annotations

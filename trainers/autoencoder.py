@@ -29,6 +29,14 @@ scalars broadcast over space. The encoder reads them beside the state,
 reads the whole latent state, :math:`\hat x = D(\tilde z)`, so it is told :math:`k` rather
 than made to remember it. Emulators treat the last :math:`K` channels of a latent state as
 always known (:func:`lolaray.trainers.diffusion.known_channel_mask`).
+
+**Grids r does not divide** (``pixel_grid`` given, e.g. The Well's 192×128×66): the encoder
+first pads the end of each axis up to the next multiple of ``r`` — wrapping around on a
+periodic axis, mirroring (without repeating the edge cell) on another — and the decoder's
+output is cropped back to the grid, so the latent grid is :math:`\lceil s / r \rceil` per
+axis and reconstructions (and every loss on them) have the state's shape. The known channels
+are padded the same way before they are pooled. On a grid ``r`` divides nothing is padded:
+the network and its outputs are those of an autoencoder built without ``pixel_grid``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AUTOENCODER_PRESETS",
+    "GRID_PADDINGS",
     "AutoEncoder",
     "ChannelLayerNorm",
     "Decoder",
@@ -53,6 +62,7 @@ __all__ = [
     "build_autoencoder",
     "compression_rate",
     "identity_init_",
+    "pad_axis",
     "pool_to_latent",
     "saturate",
     "vmse_loss",
@@ -60,6 +70,10 @@ __all__ = [
 ]
 
 _AXIS_NAMES = ("H", "W", "Z")
+
+#: How :class:`AutoEncoder` pads an axis of a ``pixel_grid`` that ``r`` does not divide:
+#: ``circular`` (a periodic axis), ``reflect`` (any other) or ``replicate`` (repeat the last cell).
+GRID_PADDINGS = ("circular", "reflect", "replicate")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,11 +354,27 @@ class AutoEncoder(nn.Module):
     :param kernel_size: odd conv kernel size.
     :param known_channels: :math:`K`, known channels read beside each state and carried,
         pooled, as the last :math:`K` channels of the latent state (module docstring).
+    :param pixel_grid: ``(H, W[, Z])``, the only grid this network then encodes; one that ``r``
+        does not divide is padded at the end of each axis up to the next multiple of ``r``
+        before encoding, and decodings are cropped back to it (module docstring). ``None``:
+        any grid ``r`` divides, nothing padded.
+    :param grid_padding: per axis of ``pixel_grid``, one of :data:`GRID_PADDINGS`
+        (``circular`` for a periodic axis, ``reflect`` for another); default ``circular`` on
+        every axis when ``periodic``, else ``reflect``. A reflection needs fewer padded cells
+        than the axis has; an axis with no more cells than it pads is padded ``replicate``
+        instead (:attr:`padding_modes`).
 
-    Shapes: ``encode: (B, C_pix, H, W[, Z]) [, (B, K, H, W[, Z])] -> (B, C_lat + K, H/r, W/r[, Z/r])``,
-    ``decode: (B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``,
-    ``forward(x[, known]) -> (x_hat, z)``.
+    Shapes: ``encode: (B, C_pix, H, W[, Z]) [, (B, K, H, W[, Z])] -> (B, C_lat + K, ⌈H/r⌉, ⌈W/r⌉[, ⌈Z/r⌉])``,
+    ``decode: (B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])`` (cropped to
+    ``pixel_grid`` when it is padded), ``forward(x[, known]) -> (x_hat, z)``.
     """
+
+    # Class-level defaults: a network pickled before these attributes existed (an MLflow
+    # model logged with ``serialization_format="pickle"``) unpickles without them.
+    pixel_grid: tuple[int, ...] | None = None
+    grid_padding: tuple[str, ...] | None = None
+    padding_modes: tuple[str, ...] = ()
+    grid_pad: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -360,6 +390,8 @@ class AutoEncoder(nn.Module):
         saturation_bound: float | None = 5.0,
         kernel_size: int = 3,
         known_channels: int = 0,
+        pixel_grid: Sequence[int] | None = None,
+        grid_padding: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("pixel_channels", pixel_channels)
@@ -397,6 +429,7 @@ class AutoEncoder(nn.Module):
         self.periodic = periodic
         self.saturation_bound = saturation_bound
         self.known_channels = known_channels
+        self._set_grid(pixel_grid, grid_padding)
 
         kw = {
             "known_channels": known_channels,
@@ -420,20 +453,64 @@ class AutoEncoder(nn.Module):
         """:math:`r = 2^{L-1}`, the down-sampling factor per spatial axis."""
         return 2 ** (len(self.hidden_channels) - 1)
 
+    def _set_grid(self, pixel_grid: Sequence[int] | None, grid_padding: Sequence[str] | None) -> None:
+        """Checks and records ``pixel_grid`` / ``grid_padding`` and what they pad per axis."""
+        if pixel_grid is None:
+            if grid_padding is not None:
+                raise ValueError("grid_padding needs a pixel_grid: the grid whose axes it pads")
+            return
+        grid = tuple(pixel_grid)
+        if len(grid) != self.spatial_dims:
+            raise ValueError(f"pixel_grid must have {self.spatial_dims} sizes (one per axis), got {grid}")
+        for axis, size in enumerate(grid):
+            _check_positive_int(f"pixel_grid[{axis}]", size)
+        default = "circular" if self.periodic else "reflect"
+        modes = (default,) * len(grid) if grid_padding is None else tuple(grid_padding)
+        if len(modes) != len(grid) or any(mode not in GRID_PADDINGS for mode in modes):
+            raise ValueError(
+                f"grid_padding must give one of {list(GRID_PADDINGS)} per axis of {grid}, got {modes}"
+            )
+        r = self.spatial_factor
+        pads = tuple(-size % r for size in grid)
+        self.pixel_grid = grid
+        self.grid_padding = modes
+        self.grid_pad = pads
+        # A reflection mirrors the cells before the last one, so it pads at most size - 1 cells:
+        # an axis that needs more (3 cells with r = 8 pad 5) repeats its last cell instead.
+        self.padding_modes = tuple(
+            "replicate" if mode == "reflect" and pad >= size else mode
+            for mode, pad, size in zip(modes, pads, grid)
+        )
+
+    @property
+    def latent_grid(self) -> tuple[int, ...] | None:
+        r""":math:`\lceil s / r \rceil` per axis of ``pixel_grid`` (``None`` without one)."""
+        if self.pixel_grid is None:
+            return None
+        return tuple(-(-size // self.spatial_factor) for size in self.pixel_grid)
+
     def _check_spatial(self, spatial: Sequence[int], *, what: str) -> None:
+        if self.pixel_grid is not None:
+            if tuple(spatial) != self.pixel_grid:
+                raise ValueError(
+                    f"{what}: grid {tuple(spatial)}, but this autoencoder was built for the grid "
+                    f"{self.pixel_grid} (pixel_grid)"
+                )
+            return
         r = self.spatial_factor
         for axis, size in enumerate(spatial):
             if size % r != 0:
                 raise ValueError(
                     f"{what}: spatial axis {axis} ({_AXIS_NAMES[axis]}) has size {size}, which is not "
-                    f"divisible by the spatial factor r={r}"
+                    f"divisible by the spatial factor r={r} (build the autoencoder with pixel_grid to pad it)"
                 )
 
     def latent_shape(self, pixel_shape: Sequence[int]) -> tuple[int, ...]:
         """Per-sample latent shape for a per-sample pixel shape.
 
         :param pixel_shape: ``(C_pix, H, W[, Z])`` (no batch axis).
-        :returns: ``(C_lat + K, H/r, W/r[, Z/r])`` (``K`` constant channels).
+        :returns: ``(C_lat + K, ⌈H/r⌉, ⌈W/r⌉[, ⌈Z/r⌉])`` (``K`` constant channels; the
+            division is exact unless ``pixel_grid`` is padded).
         """
         pixel_shape = tuple(int(s) for s in pixel_shape)
         if len(pixel_shape) != self.spatial_dims + 1:
@@ -445,9 +522,9 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"pixel_shape has {pixel_shape[0]} channels, expected {self.pixel_channels}")
         self._check_spatial(pixel_shape[1:], what="pixel_shape")
         r = self.spatial_factor
-        return (self.latent_channels + self.known_channels, *(s // r for s in pixel_shape[1:]))
+        return (self.latent_channels + self.known_channels, *(-(-s // r) for s in pixel_shape[1:]))
 
-    def _check_input(self, x: Tensor, *, channels: int, name: str, check_divisible: bool) -> None:
+    def _check_input(self, x: Tensor, *, channels: int, name: str, check_grid: bool) -> None:
         expected_ndim = self.spatial_dims + 2
         if x.ndim != expected_ndim:
             axes = ", ".join(("B", name, *_AXIS_NAMES[: self.spatial_dims]))
@@ -457,16 +534,24 @@ class AutoEncoder(nn.Module):
             )
         if x.shape[1] != channels:
             raise ValueError(f"expected {channels} channels ({name}) on dim 1, got shape {tuple(x.shape)}")
-        if check_divisible:
+        if check_grid:
             self._check_spatial(tuple(x.shape[2:]), what="input")
 
     # -- maps ---------------------------------------------------------------------------------
 
+    def _pad_grid(self, fields: Tensor) -> Tensor:
+        """``fields`` on ``pixel_grid`` padded up to multiples of ``r`` (as is when none is needed)."""
+        for axis, (pad, mode) in enumerate(zip(self.grid_pad, self.padding_modes)):
+            if pad:
+                fields = pad_axis(fields, 2 + axis, pad, mode)
+        return fields
+
     def encode(self, x: Tensor, known: Tensor | None = None) -> Tensor:
         """``(B, C_pix, H, W[, Z])`` and its known channels ``(B, K, H, W[, Z])`` (``None`` when
-        ``K = 0``) ``-> (B, C_lat + K, H/r, W/r[, Z/r])``: the code, saturated into ``(-B, B)``,
-        then the known channels average-pooled to the latent grid."""
-        self._check_input(x, channels=self.pixel_channels, name="C_pix", check_divisible=True)
+        ``K = 0``) ``-> (B, C_lat + K, ⌈H/r⌉, ⌈W/r⌉[, ⌈Z/r⌉])``: the code, saturated into
+        ``(-B, B)``, then the known channels average-pooled to the latent grid (both from the
+        padded grid when ``pixel_grid`` is padded)."""
+        self._check_input(x, channels=self.pixel_channels, name="C_pix", check_grid=True)
         if self.known_channels == 0:
             if known is not None and known.shape[1] > 0:
                 raise ValueError(f"this autoencoder has no known channels, got {tuple(known.shape)}")
@@ -478,6 +563,11 @@ class AutoEncoder(nn.Module):
                     f"expected known channels of shape {expected}, got {None if known is None else tuple(known.shape)}"
                 )
             inputs = torch.cat([x, known.to(x.dtype)], dim=1)
+        if any(self.grid_pad):
+            # State and known channels padded together: the pooled known channels below are
+            # then averages over the same padded cells the encoder reads.
+            inputs = self._pad_grid(inputs)
+            known = inputs[:, self.pixel_channels :] if self.known_channels else None
         z = self.encoder(inputs)
         if self.saturation_bound is not None:
             z = saturate(z, self.saturation_bound)
@@ -486,16 +576,53 @@ class AutoEncoder(nn.Module):
         return z
 
     def decode(self, z: Tensor) -> Tensor:
-        """``(B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``."""
+        """``(B, C_lat + K, h, w[, z]) -> (B, C_pix, h·r, w·r[, z·r])``, cropped to ``pixel_grid``
+        when it is padded (a latent then must be on its :attr:`latent_grid`)."""
         self._check_input(
-            z, channels=self.latent_channels + self.known_channels, name="C_lat + K", check_divisible=False
+            z, channels=self.latent_channels + self.known_channels, name="C_lat + K", check_grid=False
         )
-        return self.decoder(z)
+        if self.pixel_grid is not None and tuple(z.shape[2:]) != self.latent_grid:
+            raise ValueError(
+                f"expected a latent on the grid {self.latent_grid} (that of pixel_grid {self.pixel_grid}), "
+                f"got shape {tuple(z.shape)}"
+            )
+        x_hat = self.decoder(z)
+        if any(self.grid_pad):
+            x_hat = x_hat[(..., *(slice(0, size) for size in self.pixel_grid))]
+        return x_hat
 
     def forward(self, x: Tensor, known: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return ``(x_hat, z)`` with ``z = encode(x, known)`` and ``x_hat = decode(z)``."""
         z = self.encode(x, known)
         return self.decode(z), z
+
+
+def pad_axis(fields: Tensor, dim: int, pad: int, mode: str) -> Tensor:
+    r"""``fields`` with ``pad`` cells appended at the end of axis ``dim``.
+
+    For an axis of ``n`` cells, appended cell ``n + j`` holds cell ``(n + j) mod n`` (``circular``:
+    wraps any number of times), ``n - 2 - j`` (``reflect``: about the last cell, which is not
+    repeated, as ``torch.nn.functional.pad``; needs ``pad < n``) or ``n - 1`` (``replicate``).
+    An index gather rather than ``nn.functional.pad``: that pads every trailing axis with one
+    mode and refuses a circular pad longer than the axis.
+
+    :param fields: ``(..., n, ...)``.
+    :param mode: one of :data:`GRID_PADDINGS`.
+    """
+    size = fields.shape[dim]
+    tail = range(size, size + pad)
+    if mode == "circular":
+        index = [i % size for i in tail]
+    elif mode == "reflect":
+        if pad >= size:
+            raise ValueError(f"a reflection pads at most {size - 1} cells of an axis of {size}, asked {pad}")
+        index = [2 * (size - 1) - i for i in tail]
+    elif mode == "replicate":
+        index = [size - 1] * pad
+    else:
+        raise ValueError(f"unknown padding {mode!r}; choose one of {list(GRID_PADDINGS)}")
+    index = torch.tensor(index, dtype=torch.long, device=fields.device)
+    return torch.cat([fields, fields.index_select(dim, index)], dim=dim)
 
 
 def pool_to_latent(fields: Tensor, factor: int) -> Tensor:

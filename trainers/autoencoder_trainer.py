@@ -42,7 +42,7 @@ from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.snapshots import save_autoencoder
 
-__all__ = ["AutoencoderConfig", "train_autoencoder"]
+__all__ = ["AutoencoderConfig", "latent_geometry", "periodic_axes", "train_autoencoder"]
 
 STAGE = "autoencoder"
 
@@ -82,7 +82,12 @@ class AutoencoderConfig(StageConfig):
         object.__setattr__(self, "augment", augmentation_setting(self.augment))
 
     def model_kwargs(self, info: DatasetInfo) -> dict:
-        return {
+        """The :class:`~lolaray.trainers.autoencoder.AutoEncoder` keywords on ``info``'s states
+        (what its snapshot records). On a grid the factor ``r`` does not divide they add
+        ``pixel_grid`` and ``grid_padding`` (``circular`` on an axis periodic in every file,
+        else ``reflect``: :func:`periodic_axes`); on one it divides they are what they were
+        before grids were padded, so such snapshots are unchanged."""
+        kwargs = {
             "spatial_dims": info.n_spatial_dims,  # unless the preset is 2-D or 3-D by design
             **AUTOENCODER_PRESETS.get(self.preset, {}),
             **self.architecture,
@@ -90,6 +95,15 @@ class AutoencoderConfig(StageConfig):
             "latent_channels": self.latent_channels,
             **({"known_channels": info.n_known} if info.n_known else {}),
         }
+        levels = len(kwargs.get("hidden_channels", ()))  # none: an unknown preset, refused by validate
+        r = 2 ** (levels - 1) if levels else 1
+        if any(size % r for size in info.resolution):
+            kwargs.setdefault("pixel_grid", tuple(info.resolution))
+            kwargs.setdefault(
+                "grid_padding",
+                tuple("circular" if periodic else "reflect" for periodic in periodic_axes(info)),
+            )
+        return kwargs
 
     def validate(self, info: DatasetInfo) -> None:
         """Clear errors for a bad config, before any worker starts."""
@@ -105,30 +119,35 @@ class AutoencoderConfig(StageConfig):
             raise ValueError(f"loss_eps must be positive, got {self.loss_eps!r}")
         if self.batch_size < 1 or self.valid_states < 1:
             raise ValueError("batch_size and valid_states must be >= 1")
-        kwargs = self.model_kwargs(info)
-        r = 2 ** (len(kwargs["hidden_channels"]) - 1)
-        dims = kwargs["spatial_dims"]
+        # No check that r divides the grid: the network pads one it does not (model_kwargs).
+        dims = self.model_kwargs(info)["spatial_dims"]
         if dims != info.n_spatial_dims:
             counterpart = f"{self.preset}_3d" if info.n_spatial_dims == 3 else self.preset.removesuffix("_3d")
             hint = f"; use preset {counterpart!r}" if counterpart in AUTOENCODER_PRESETS else ""
             raise ValueError(
                 f"preset {self.preset!r} is {dims}-D but {info.name} is {info.n_spatial_dims}-D{hint}"
             )
-        for axis, size in zip(info.spatial_dims, info.resolution):
-            if size % r:
-                raise ValueError(
-                    f"resolution {size} along {axis} of {info.name} is not divisible by the autoencoder's "
-                    f"spatial factor r={r} (preset {self.preset!r}); pick a preset with fewer levels"
-                )
+
+
+def periodic_axes(info: DatasetInfo) -> tuple[bool, ...]:
+    """Per spatial axis, whether it is periodic in every file of every split
+    (:meth:`~lolaray.platform.data.DatasetInfo.boundary_codes`): only then may padding wrap
+    around it."""
+    per_file = [codes for split in info.splits for codes in info.boundary_codes(split)]
+    return tuple(
+        bool(per_file) and all(codes[axis] == "PERIODIC" for codes in per_file)
+        for axis in range(info.n_spatial_dims)
+    )
 
 
 def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple[int, ...], float]:
-    """The latent state's shape ``(C_lat + K, *spatial/r)`` (``K`` known channels, pooled:
+    """The latent state's shape ``(C_lat + K, *⌈spatial/r⌉)`` (``K`` known channels, pooled:
     given, not compressed) and the compression rate ``numel(x) / numel(z)`` of the code
-    ``z`` ``(C_lat, *spatial/r)``."""
+    ``z`` ``(C_lat, *⌈spatial/r⌉)``: on a grid ``r`` does not divide (padded before encoding)
+    the latent grid rounds up and the rate need not be an integer."""
     kwargs = config.model_kwargs(info)
     r = 2 ** (len(kwargs["hidden_channels"]) - 1)
-    grid = tuple(s // r for s in info.resolution)
+    grid = tuple(-(-s // r) for s in info.resolution)
     rate = math.prod(info.state_shape) / (config.latent_channels * math.prod(grid))
     return (config.latent_channels + info.n_known, *grid), rate
 

@@ -15,6 +15,7 @@ from wellfiles import make_tiny_dataset
 
 from lolaray.evaluation import evaluate as evaluate_module
 from lolaray.evaluation import split_ensemble
+from lolaray.evaluation.baselines import latent_numbers
 from lolaray.evaluation.evaluate import evaluate
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, standardizer_for
@@ -325,11 +326,24 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
     assert {(r["trajectory"], r["start"]) for r in per_trajectory if r["reference"] == "absolute"} == {
         (float(t), float(s)) for t in trajectories for s in (0, 2)
     }
+    # The baselines on the same units: persistence per (trajectory, start), PCA of the
+    # latent's size and the reconstruction per trajectory, each by horizon.
+    baselines = _numeric_rows(whole.path / "baselines.csv")
+    by_method = {
+        m: {(r["trajectory"], r["start"]) for r in baselines if r["method"] == m}
+        for m in ("persistence", "pca", "autoencoder")
+    }
+    assert by_method["persistence"] == {(float(t), float(s)) for t in trajectories for s in (0, 2)}
+    assert by_method["pca"] == by_method["autoencoder"] == {(float(t), 0.0) for t in trajectories}
+    assert all(math.isfinite(r["vrmse/lead_1-20"]) for r in baselines)
+    summary = json.loads((whole.path / "summary.json").read_text())
+    assert summary["pca_components"] == latent_numbers(autoencoder.manifest)
+    assert set(summary["persistence_vrmse_by_horizon"]) == set(summary["horizons"])
     fields = {r["field"] for r in _numeric_rows(whole.path / "per_field_lead.csv")}
     assert fields == set(info.field_names)
     params = MlflowClient(context.tracking_uri).get_run(whole.manifest["mlflow_run_id"]).data.params
     assert params["vrmse_convention"] == "well" and params["vrmse_eps"] == "1e-07"
-    assert params["starts"] == "[0, 2]" and params["trajectory_selection"] == "seed 3"
+    assert params["starts"] == "[0, 2]" and params["trajectory_selection"] == "stratified, seed 3"
     # The options are part of the artifact's identity; the defaults leave ids unchanged.
     assert whole.manifest["vrmse_convention"] == "well" and whole.manifest["initial_states"] == [0, 2]
 

@@ -78,7 +78,7 @@ def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, local_stag
     ("kwargs", "message"),
     [
         ({"latent_channels": 0}, "latent_channels must be a positive integer"),
-        ({"preset": "small_r16"}, "resolution 8 along x .* not divisible by .* r=16"),
+        ({"preset": "paper_3d"}, "preset 'paper_3d' is 3-D but"),
         ({"preset": "enormous"}, "unknown autoencoder preset 'enormous'"),
         ({"loop": LoopConfig(optimizer="sgd")}, "unknown optimizer 'sgd'"),
     ],

@@ -188,11 +188,13 @@ def test_a_misconfigured_paper_profile_fails_in_plan_before_any_worker(monkeypat
     assert "would fail" in out and message in out
 
 
-def test_an_autoencoder_factor_that_does_not_divide_the_grid_fails_in_plan():
+def test_a_grid_the_autoencoder_factor_does_not_divide_is_padded_and_the_patch_refused_in_plan():
     profile = PROFILES["paper"]
     info, _ = plan_dataset("rayleigh_benard")
     info = dataclasses.replace(info, resolution=(512, 100))  # 100 is not a multiple of r = 32
-    with pytest.raises(ValueError, match="not divisible"):
+    # The autoencoder pads 100 to 128 (4 latent cells); the pixel solver's 16-cell patches
+    # cannot tile 100 cells, and the plan says so before any worker starts.
+    with pytest.raises(ValueError, match="patch size 16 does not divide the grid"):
         plan_study(profile, info, (64,))
 
 

@@ -72,6 +72,8 @@ class Profile:
     augment: bool | tuple[str, ...] = True
     workers: int = 1
     actors: int = 1
+    #: Draw the scored test trajectories stratified with this seed (``None``: the first N).
+    trajectory_seed: int | None = None
     compression_rates: tuple[float, ...] | str | None = None
 
     def for_dataset(self, spec: DatasetSpec) -> Profile:
@@ -119,6 +121,12 @@ class Profile:
             repeat=self.repeat if spec.augment is not False else 1,
         )
 
+    def scoring(self, given: dict | None = None) -> dict:
+        """The evaluations' scoring keywords: the profile's trajectory draw under ``given``
+        (the command line's; its ``None`` values do not count)."""
+        ours = {} if self.trajectory_seed is None else {"trajectory_seed": self.trajectory_seed}
+        return {**ours, **{key: value for key, value in (given or {}).items() if value is not None}}
+
     def scaling(self) -> ScalingSpec:
         """What each stage of the profile's chain asks Ray for."""
         return ScalingSpec(workers=self.workers, actors=self.actors)
@@ -151,33 +159,35 @@ PROFILES: dict[str, Profile] = {
         sampler_steps=8,
         repeat=2,
     ),
-    # Under half an hour on 2 CPU cores, dataset included: 32² states, r = 16 → 2×2 latents at
-    # the paper's Euler rates ÷80 / ÷320 / ÷1280 (C_lat 16 / 4 / 1). Chosen by issue 15's
-    # measurements (one process, one thread, batch 8; reconstruction VRMSE of valid states 1-20
-    # in physical units): at 64² the autoencoder costs 4× more per state and reached 0.48 after
-    # 600 steps; at 32² 1500 steps took 170 s and reached 0.49, and encoding, the pixel solver
-    # and every decoded rollout are 4× cheaper, which buys the autoencoders 12× the old steps.
-    # Adam at lr 1e-3 with 100 warm-up steps and the cosine decay beat a flat 3e-4 (0.49 vs
-    # 0.56 at 1500 steps); PSGD cost 4.5× more per step on one CPU thread. No dropout: with a
-    # few thousand steps the networks underfit (train and valid losses within 10 %), they do not
-    # overfit.
+    # Under half an hour on 2 CPU cores, dataset included, in the paper's regime at 32²:
+    # r = 8 → 4×4 latents with the paper's 64 / 16 / 4 channels, ÷5 / ÷20 / ÷80 (issue 28).
+    # Fronts are lines, so a state's information grows with its side N, not N²: the paper's
+    # ÷80/320/1280 on 512² keep 0.26-0.65 latent numbers per front cell at ÷1280, which a 32²
+    # state reaches near ÷80, and its ÷320/÷1280 (16 and 4 numbers) lie below the 12 degrees of
+    # freedom of this data's initial states (benchmarks/choose_rates.py: two-NN dimension 12.4;
+    # PCA-k over 1:20 0.127 / 0.300 / 0.518 at these rates, a growth of ×4, the paper's ×5.5).
+    # Adam at lr 1e-3 with 100 warm-up steps and the cosine decay beat a flat 3e-4 (issue 15:
+    # 0.49 vs 0.56 at 1500 steps); PSGD cost 4.5× more per step on one CPU thread. No dropout:
+    # with a few thousand steps the networks underfit, they do not overfit.
     "demo": Profile(
         dataset="euler_quadrants:demo",
-        latent_channels=(16, 4, 1),
+        latent_channels=(64, 16, 4),
+        compression_rates=(5, 20, 80),
         autoencoder=AutoencoderConfig(
-            preset="small_r16",
+            preset="small_r8",
             architecture={"dropout": 0.0},
             batch_size=8,
             valid_states=32,
             loss_eps=1.0,
             loop=_loop("adam", 1e-3, 8, 300, warmup=100),
         ),
-        # Latent emulators: 2×2 latents are 20 tokens per window, ~0.05 s per step of 16. The
+        # Latent emulators: 2×2 patches of the 4×4 latents make 4 tokens per state, 20 per
+        # window (patch 1: 80 tokens, 4× the FLOPs: 65 of the study's TFLOP instead of 16). The
         # pixel solver's 8×8 patches make 16 tokens per 32² state (4×4 patches made 64 and cost
         # 1.5 s per step of 16 among the other trials: 27 minutes for 1200 steps).
         emulator=EmulatorConfig(
             preset="demo",
-            architecture={"dropout": 0.0},
+            architecture={"dropout": 0.0, "patch_size": 2},
             batch_size=16,
             valid_windows=32,
             loop=_loop("adamw", 5e-4, 8, 200, warmup=100),
@@ -189,8 +199,10 @@ PROFILES: dict[str, Profile] = {
             valid_windows=32,
             loop=_loop("adamw", 5e-4, 8, 200, warmup=100),
         ),
+        # 10 test trajectories drawn stratified over the 10 (γ, boundary) files: every stratum once.
         members=8,
-        trajectories=4,
+        trajectories=10,
+        trajectory_seed=0,
         sampler_steps=16,
         repeat=1,
     ),

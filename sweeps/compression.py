@@ -273,8 +273,7 @@ def run_compression_sweep(
     # artifacts (same ids) as the command line on the same data.
     dataset_spec = dataset_spec or resolve_spec(dataset)
     profile = profile.for_dataset(dataset_spec)
-    given = {key: value for key, value in (scoring or {}).items() if value is not None}
-    scoring = {**dataset_spec.scoring(), **given}
+    scoring = {**dataset_spec.scoring(), **profile.scoring(scoring)}
     # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
     # are more trials than slots it frees its slot early instead of running alone at the end.
     chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]

@@ -210,6 +210,7 @@ def run_context_sweep(
                         "steps": int(s),
                     }
                 )
+    scoring = profile.scoring(scoring)  # the same scored set as the compression sweep's
     max_concurrent = max_concurrent or default_concurrency(ray.cluster_resources(), 1)
     params = {
         "profile": profile_name,

@@ -679,6 +679,8 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"hidden_channels": (32, 64, 128, 128), "hidden_blocks": (1, 1, 1, 1)},
     # r=16 (e.g. 64×64 -> 4×4, the paper's Euler compression rates at C_lat 16/4/1).
     "small_r16": {"hidden_channels": (16, 32, 64, 128, 128), "hidden_blocks": (1, 1, 1, 1, 1)},
+    # The demo's (issue 28): r = 8, 4×4 latents of a 32² state, the cost per step of small_r16.
+    "small_r8": {"hidden_channels": (16, 32, 64, 128), "hidden_blocks": (1, 1, 1, 1)},
 }
 
 

@@ -130,6 +130,7 @@ def test_roundtrip_shapes(preset, pixel_shape, periodic):
 def test_preset_r_values():
     expected = {"paper": 32, "paper_small": 32, "paper_3d": 8, "smoke": 2, "smoke_3d": 2, "demo": 8}
     expected["small_r16"] = 16
+    expected["small_r8"] = 8
     assert set(expected) == set(AUTOENCODER_PRESETS)
     for name, r in expected.items():
         with torch.device("meta"):

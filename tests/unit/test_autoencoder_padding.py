@@ -325,7 +325,7 @@ def test_an_unknown_autoencoder_preset_is_refused_with_the_valid_ones(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "argument --autoencoder-preset: unknown autoencoder preset 'huge'; choose one of" in err
-    assert "demo, paper, paper_3d, paper_small, small_r16, smoke, smoke_3d" in err
+    assert "demo, paper, paper_3d, paper_small, small_r16, small_r8, smoke, smoke_3d" in err
 
 
 def test_the_autoencoder_preset_replaces_the_profile_s_before_rates_become_channels(monkeypatch, capsys):

@@ -137,8 +137,9 @@ def test_the_paper_s_rates_are_the_paper_profile_s_channels(profile, dataset):
 
 def test_study_rates_command_line_then_profile_then_none():
     spec = resolve_spec(plan_dataset("euler_quadrants:demo")[0])
-    demo = PROFILES["demo"]
+    demo = dataclasses.replace(PROFILES["demo"], compression_rates=None)
     assert study_rates(demo, spec) is None  # the profile's latent_channels
+    assert study_rates(PROFILES["demo"], spec) == (5.0, 20.0, 80.0)  # the demo asks for rates
     asks = dataclasses.replace(demo, compression_rates=(80, 320))
     assert study_rates(asks, spec) == (80.0, 320.0)
     assert study_rates(asks, spec, (20,)) == (20.0,)
@@ -179,8 +180,15 @@ def test_compression_rates_on_the_command_line_become_latent_channels():
             "(autoencoder preset 'demo')"
         )
     ]
-    # the demo profile's autoencoder has r = 16, and the spec's rates are the paper's
-    assert _channels(["--compression-rates", "spec"])[0] == (16, 4, 1)
+    # the demo profile asks for its own rates (÷5/20/80 of 4×4 latents, r = 8) ...
+    assert _channels([])[0] == (64, 16, 4) == PROFILES["demo"].latent_channels
+    # ... and the spec's (the paper's 512² rates) reach no whole channel count at ÷1280 there
+    with pytest.raises(ValueError, match="÷1280 is not reachable .* r=8"):
+        _channels(["--compression-rates", "spec"])
+    small_r16 = dataclasses.replace(
+        PROFILES["demo"], autoencoder=dataclasses.replace(PROFILES["demo"].autoencoder, preset="small_r16")
+    )
+    assert _channels(["--compression-rates", "spec"], small_r16)[0] == (16, 4, 1)
     # nothing asked: the profile's counts, nothing printed
     assert _channels(["--profile", "smoke"]) == (PROFILES["smoke"].latent_channels, [])
 

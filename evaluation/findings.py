@@ -13,6 +13,8 @@ long-format rows **per scored unit** (a test trajectory and start state; the row
   truth (``reference`` ``"absolute"``, the default) or against the auto-encoded truth
   :math:`D(E(x))` (``"relative"``);
 * the same with an integer ``context`` (and optionally ``steps``) — one context length (Table 7);
+* optionally ``replicate`` (the training seed, ``--seeds``): a unit's value is then the mean
+  over its replicates;
 * ``method`` ``"autoencoder"`` — the reconstruction error of the unit's states by horizon;
   ``"pca"`` — PCA with as many numbers as the latent of that ÷; ``"persistence"`` — the
   initial state repeated (:mod:`lolaray.evaluation.baselines`).
@@ -207,7 +209,9 @@ class UnitCells:
     def __init__(self, rows: Iterable[Mapping], horizons: Sequence[str]):
         self.horizons = tuple(horizons)
         column = {h: j for j, h in enumerate(self.horizons)}
-        self._cells: dict[tuple, _Cell] = {}
+        # key -> unit -> horizon index -> replicate -> value; a unit's value is the mean over
+        # its replicates (--seeds), so the bootstrap resamples trajectories, not seeds.
+        collected: dict[tuple, dict] = {}
         for row in rows:
             if row.get("method") not in _METHODS or row.get("horizon") not in column:
                 continue
@@ -224,8 +228,17 @@ class UnitCells:
                     row.get("context", "all"),
                     row.get("steps", "-"),
                 )
-                values = self._cells.setdefault(key, {}).setdefault(unit, np.full(len(self.horizons), np.nan))
-                values[column[row["horizon"]]] = value
+                slot = (
+                    collected.setdefault(key, {}).setdefault(unit, {}).setdefault(column[row["horizon"]], {})
+                )
+                slot[row.get("replicate", 0)] = value
+        self._cells: dict[tuple, _Cell] = {}
+        for key, units in collected.items():
+            for unit, by_horizon in units.items():
+                values = np.full(len(self.horizons), np.nan)
+                for j, replicates in by_horizon.items():
+                    values[j] = np.mean(list(replicates.values()))
+                self._cells.setdefault(key, {})[unit] = values
 
     def rates(self, method: str, *, metric: str = "vrmse", reference: str = "absolute") -> list[float]:
         """The rates at which ``method`` has a complete cell (context ``all``), ascending."""

@@ -72,15 +72,28 @@ def long_unit_rows(rows: Iterable[Mapping], horizons: Sequence[str], *, steps=No
 
 def study_unit_rows(evaluations: Sequence, horizons: Sequence[str]) -> list[dict]:
     """Every evaluation's per-unit rows, long (:func:`long_unit_rows`), the baselines' and
-    reconstructions' once each (evaluations of one autoencoder share them)."""
+    reconstructions' once each (evaluations of one autoencoder share them). Each row's
+    ``replicate`` is its evaluation's seed (``--seeds``: replicate ``i`` of a chain is seeded
+    ``S + i`` in every stage)."""
     rows, seen = [], set()
     for e in evaluations:
-        rows += long_unit_rows(e.per_trajectory or [], horizons, steps=e.steps)
+        replicate = e.summary.get("config", {}).get("seed", 0)
+        rows += [
+            {**r, "replicate": replicate}
+            for r in long_unit_rows(e.per_trajectory or [], horizons, steps=e.steps)
+        ]
         for row in long_unit_rows(e.baselines or [], horizons):
-            key = (row["method"], str(row["compression"]), row["trajectory"], row["start"], row["horizon"])
+            key = (
+                row["method"],
+                str(row["compression"]),
+                replicate,
+                row["trajectory"],
+                row["start"],
+                row["horizon"],
+            )
             if key not in seen:
                 seen.add(key)
-                rows.append(row)
+                rows.append({**row, "replicate": replicate})
     return rows
 
 
@@ -88,7 +101,8 @@ def study_unit_rows(evaluations: Sequence, horizons: Sequence[str]) -> list[dict
 class IntervalTable:
     """A metric per (method, ÷) × horizon: mean over units, its bootstrap interval, the median.
 
-    :ivar rows: ``(key values, [(mean, low, high, median, units) per column])``.
+    :ivar rows: ``(key values, [(mean, low, high, median, units, seed_sd) per column])``;
+        ``seed_sd`` is the standard deviation over the replicates' means (NaN with one).
     """
 
     metric: str
@@ -101,10 +115,10 @@ class IntervalTable:
         """One line per cell: keys, horizon, mean, low, high, median, units."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([*self.row_keys, "horizon", "mean", "low", "high", "median", "units"])
+        writer.writerow([*self.row_keys, "horizon", "mean", "low", "high", "median", "units", "seed_sd"])
         for keys, cells in self.rows:
             for column, cell in zip(self.columns, cells):
-                writer.writerow([*keys, column, *(f"{v:.6g}" for v in cell[:4]), cell[4]])
+                writer.writerow([*keys, column, *(f"{v:.6g}" for v in cell[:4]), cell[4], f"{cell[5]:.6g}"])
         return buffer.getvalue()
 
     def _body(self) -> tuple[list[str], list[list[str]]]:
@@ -114,13 +128,13 @@ class IntervalTable:
         body = []
         for keys, cells in self.rows:
             texts = []
-            for mean, low, high, median, _ in cells:
+            for mean, low, high, median, _, seed_sd in cells:
                 if not np.isfinite(mean):
                     texts.append("—")
-                elif np.isfinite(low):
-                    texts.append(f"{mean:.3f} [{low:.3f}, {high:.3f}] med {median:.3f}")
-                else:
-                    texts.append(f"{mean:.3f} med {median:.3f}")
+                    continue
+                text = f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f}"
+                text += f" med {median:.3f}"
+                texts.append(text + (f" ±{seed_sd:.3f} seeds" if np.isfinite(seed_sd) else ""))
             body.append(
                 [
                     tables.format_compression(v) if k == "compression" else str(v)
@@ -137,7 +151,10 @@ class IntervalTable:
         line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
         rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
         units = sorted({c[4] for _, cells in self.rows for c in cells})
-        note = f"mean over {'/'.join(map(str, units))} scored units [{self.level:.0%} paired bootstrap interval], median"
+        note = (
+            f"mean over {'/'.join(map(str, units))} scored units [{self.level:.0%} paired bootstrap interval], "
+            "median; ±: standard deviation over seeds (--seeds)"
+        )
         return "\n".join([line(header), rule, *(line(r) for r in body), "", note])
 
     def to_html(self, *, caption: str | None = None) -> str:
@@ -169,12 +186,14 @@ def interval_table(
     seed: int = 0,
 ) -> IntervalTable:
     """Per (method, ÷), context ``all``: each horizon's mean over units, its bootstrap
-    interval (:func:`~lolaray.evaluation.bootstrap.bootstrap_means`) and the median.
+    interval (:func:`~lolaray.evaluation.bootstrap.bootstrap_means`) and the median — a
+    unit's value the mean over its replicates — and the spread of the replicates' means.
 
     :param methods: the methods to keep (default: all).
     :param order: the methods' row order (others follow, by first appearance).
     """
-    cells: dict[tuple, dict[str, list[float]]] = {}
+    # (method, ÷) -> horizon -> unit -> replicate -> value
+    cells: dict[tuple, dict[str, dict[tuple, dict]]] = {}
     for row in rows:
         if row.get("reference", "absolute") != reference or row.get("context", "all") != "all":
             continue
@@ -183,7 +202,9 @@ def interval_table(
         value = tables.finite_or_none(row.get(metric))
         if value is None:
             continue
-        cells.setdefault((row["method"], row["compression"]), {}).setdefault(row["horizon"], []).append(value)
+        unit = (row.get("trajectory"), row.get("start"))
+        by_unit = cells.setdefault((row["method"], row["compression"]), {}).setdefault(row["horizon"], {})
+        by_unit.setdefault(unit, {})[row.get("replicate", 0)] = value
     rank = {m: i for i, m in enumerate(order)}
     first = {key[0]: i for i, key in reversed(list(enumerate(cells)))}
     ordered = sorted(
@@ -194,11 +215,15 @@ def interval_table(
     for key in ordered:
         out = []
         for horizon in horizons:
-            values = np.asarray(cells[key].get(horizon, []), dtype=np.float64)
-            if values.size == 0:
-                out.append((np.nan, np.nan, np.nan, np.nan, 0))
+            by_unit = cells[key].get(horizon, {})
+            if not by_unit:
+                out.append((np.nan, np.nan, np.nan, np.nan, 0, np.nan))
                 continue
+            values = np.asarray([np.mean(list(r.values())) for r in by_unit.values()])
             interval = bootstrap_means([values], lambda m: m, seed=seed)
+            replicates = sorted({rep for r in by_unit.values() for rep in r}, key=str)
+            seed_means = [np.mean([r[rep] for r in by_unit.values() if rep in r]) for rep in replicates]
+            seed_sd = float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else np.nan
             out.append(
                 (
                     float(interval.estimate),
@@ -206,6 +231,7 @@ def interval_table(
                     float(interval.high),
                     float(np.median(values)),
                     values.size,
+                    seed_sd,
                 )
             )
         table_rows.append((key, tuple(out)))

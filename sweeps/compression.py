@@ -82,6 +82,16 @@ def _rates_option(text: str) -> tuple[float, ...] | str:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number >= 1, got {text!r}")
+    return value
+
+
 def _preset_option(name: str) -> str:
     if name not in AUTOENCODER_PRESETS:
         raise argparse.ArgumentTypeError(
@@ -112,6 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="R,...|spec",
         help="compression rates numel(x)/numel(z), one trial each, as the latent channel counts the "
         "profile's autoencoder gives them on the dataset ('spec': the dataset spec's, the paper's)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="train N replicates of every chain (seeds S, S+1, ...); the study reports their spread",
     )
     parser.add_argument(
         "--autoencoder-preset",
@@ -169,14 +186,16 @@ class _TrialContext:
     scoring: dict | None = None
 
 
-def _label(chain) -> str:
-    return "pixel" if chain == "pixel" else f"c{chain}"  # MLflow tag keys allow no "="
+def _label(chain, replicate: int = 0) -> str:
+    """``"c64"``, ``"pixel"``; replicates after the first ``"c64-r1"`` (MLflow tag keys allow no "=")."""
+    name = "pixel" if chain == "pixel" else f"c{chain}"
+    return name if not replicate else f"{name}-r{replicate}"
 
 
 def _chain_trial(config: dict, context: _TrialContext) -> None:
     """A Tune trial: one chain (a latent channel count, or ``"pixel"``), then one report."""
-    chain = config["chain"]
-    label = _label(chain)
+    chain, replicate = config["chain"], int(config.get("replicate", 0))
+    label = _label(chain, replicate)
     stage_context = StageContext(
         store=ArtifactStore(context.store_root),
         tracking_uri=context.mlflow_uri,
@@ -184,7 +203,7 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
         parent_run_id=context.parent_run_id,
     )
     common = {
-        "seed": context.seed,
+        "seed": context.seed + replicate,  # replicate i: every stage of the chain seeded S + i
         "progress": lambda text: print(f"[lolaray] {text}", flush=True),
         "fail_at": (context.fail_at or {}).get(label),
         "scoring": context.scoring,
@@ -238,6 +257,7 @@ def run_compression_sweep(
     experiment: str = "lolaray",
     seed: int = 0,
     pixel: bool = True,
+    seeds: int = 1,
     max_concurrent: int | None = None,
     retries: int = 1,
     fail_at: dict[str, str] | None = None,
@@ -254,6 +274,9 @@ def run_compression_sweep(
     :param latent_channels: one trial per entry.
     :param store: an :class:`~lolaray.platform.artifacts.ArtifactStore`.
     :param pixel: also the pixel-space solver (one more trial).
+    :param seeds: replicates of every chain, seeded ``seed``, ``seed + 1``, … (every stage of
+        replicate ``i`` seeded ``seed + i``); the study averages them per scored trajectory and
+        reports their spread beside the bootstrap intervals.
     :param max_concurrent: trials at once (default from the cluster's resources).
     :param retries: Tune restarts of a failed trial (each resumes after its last finished stage).
     :param fail_at: fault injection, trial label → stage name (``{"c16": "evaluation/solver"}``):
@@ -286,6 +309,7 @@ def run_compression_sweep(
         "pixel_baseline": pixel,
         "contexts": list(profile.contexts),
         "seed": seed,
+        "seeds": seeds,
         "store": store.root,
         "max_concurrent_trials": max_concurrent,
         "guidance": guidance,
@@ -314,7 +338,7 @@ def run_compression_sweep(
         )
         trials = run_trials(
             ray.tune.with_parameters(_chain_trial, context=context),
-            {"chain": ray.tune.grid_search(chains)},
+            {"chain": ray.tune.grid_search(chains), "replicate": ray.tune.grid_search(list(range(seeds)))},
             name=f"compression-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{store.root}/_tune",
             max_concurrent=max_concurrent,
@@ -323,7 +347,7 @@ def run_compression_sweep(
         )
         evaluations = []
         for trial in trials:
-            label = _label(trial.config.get("chain"))
+            label = _label(trial.config.get("chain"), trial.config.get("replicate", 0))
             if trial.error is not None or "artifacts" not in trial.metrics:
                 outcome.errors[label] = trial.error or "the trial reported nothing"
                 continue
@@ -353,7 +377,9 @@ def run_compression_sweep(
             client=parent.client,
             run_id=parent.run_id,
             title=f"Compression sweep ({profile_name}): {dataset.name}",
-            description=f"latent channels {list(latent_channels)}, seed {seed}, "
+            description=f"latent channels {list(latent_channels)}, seed {seed}"
+            + (f" ({seeds} replicates: seeds {seed}..{seed + seeds - 1})" if seeds > 1 else "")
+            + ", "
             f"{profile.members} members, {profile.trajectories} test trajectories, contexts {list(profile.contexts)}",
         )
         outcome.tables = report.tables
@@ -468,6 +494,7 @@ def main(argv=None) -> int:
             mlflow_uri=uri,
             experiment=args.experiment,
             seed=args.seed,
+            seeds=args.seeds,
             pixel=not args.no_pixel,
             max_concurrent=args.max_concurrent_trials,
             profile_name=args.profile,

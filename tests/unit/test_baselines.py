@@ -135,8 +135,16 @@ def test_interval_tables_show_mean_interval_and_median():
     overall = [r for r in long if r["context"] == "all"]
     assert len(overall) == 5 and overall[0]["vrmse"] == pytest.approx(0.2 * 1.15)
     table = interval_table(long, horizons=["lead_1-4"])
-    (keys, ((mean, low, high, median, units),)) = table.rows[0]
+    (keys, ((mean, low, high, median, units, seed_sd),)) = table.rows[0]
     assert keys == ("diffusion", 80.0) and units == 5
     assert mean == pytest.approx(np.mean([0.2, 0.3, 0.25, 0.35, 5.0]) * 1.15)
     assert median == pytest.approx(0.3 * 1.15) and low < mean < high
     assert "med 0.345" in table.to_text() and "mean over 5 scored units" in table.to_text()
+    assert math.isnan(seed_sd) and "seeds" not in table.to_text().splitlines()[2]
+    # Two replicates (--seeds 2): a unit is the mean of its replicates, their spread shown.
+    twice = [{**r, "replicate": 0} for r in long] + [
+        {**r, "replicate": 1, "vrmse": r["vrmse"] + 0.1} for r in long if "vrmse" in r
+    ]
+    (_, ((mean2, _, _, _, units2, seed_sd2),)) = interval_table(twice, horizons=["lead_1-4"]).rows[0]
+    assert units2 == 5 and mean2 == pytest.approx(mean + 0.05)
+    assert seed_sd2 == pytest.approx(0.1 / math.sqrt(2))

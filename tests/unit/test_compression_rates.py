@@ -260,3 +260,13 @@ def test_main_sweeps_the_derived_channels(monkeypatch, capsys):
     compression.main(["--profile", "smoke", "--plan"])
     assert [tuple(c) for c in seen] == [(64, 4), (1,)]
     assert "latent channels 64, 4" in capsys.readouterr().out
+
+
+def test_seeds_replicate_every_chain_and_are_checked():
+    assert compression.parse_args([]).seeds == 1
+    assert compression.parse_args(["--seeds", "3"]).seeds == 3
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            compression.parse_args(["--seeds", bad])
+    assert compression._label(64) == "c64" and compression._label(64, 2) == "c64-r2"
+    assert compression._label("pixel", 1) == "pixel-r1"

@@ -492,3 +492,15 @@ def test_the_study_report_holds_the_findings_table(tmp_path):
     assert _verdicts(study.findings)[4] == NOT_SHOWN
     page = (tmp_path / "again" / "study.html").read_text(encoding="utf-8")
     assert re.findall(r'data-verdict="([^"]+)"', page)[3] == NOT_SHOWN
+
+
+def test_replicates_are_averaged_per_trajectory():
+    """``--seeds``: each unit's value is the mean over its replicates, so two replicates that
+    straddle the paper's numbers show what the numbers themselves show."""
+    base = _rows()
+    replicated = [{**r, "replicate": 0, "vrmse": r["vrmse"] * 0.9} for r in base if "vrmse" in r]
+    replicated += [{**r, "replicate": 1, "vrmse": r["vrmse"] * 1.1} for r in base if "vrmse" in r]
+    replicated += [r for r in base if "vrmse" not in r]
+    findings = assess_findings(replicated, horizons=HORIZONS)
+    assert _verdicts(findings) == _verdicts(assess_findings(base, horizons=HORIZONS))
+    assert findings[0].figures == assess_findings(base, horizons=HORIZONS)[0].figures

@@ -10,6 +10,8 @@
 - A local SQLite store is created (or migrated) under an exclusive lock on
   ``mlflow.db.lock``: two processes opening a fresh database at once would otherwise both
   run MLflow's schema migration, and the second fails (``duplicate column name``).
+- Logged models carry their requirements (:func:`model_requirements`): left to infer them,
+  MLflow loads every model in a fresh Python process (5-10 s a model, ~10 models a study).
 - Experiments are *model-training* experiments: MLflow 3 opens an experiment without the
   tag ``mlflow.experimentKind`` on its GenAI overview (traces, prompts); with
   ``custom_model_development`` the UI lands on the runs table with their metrics.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -36,6 +39,7 @@ __all__ = [
     "create_run",
     "ensure_experiment",
     "flatten_params",
+    "model_requirements",
     "open_client",
     "stage_run",
     "tracking_uri",
@@ -176,3 +180,18 @@ def stage_run(experiment: str, *, run_name: str, uri: str | None = None, **kwarg
         run.client.set_terminated(run.run_id, "FAILED")
         raise
     run.client.set_terminated(run.run_id, "FINISHED")
+
+
+def model_requirements(packages: tuple[str, ...] = ("torch", "numpy", "einops", "lolaray")) -> list[str]:
+    """The pip requirements of a logged lolaray network: the installed versions of what its
+    pickle imports (a local version label such as ``+cpu`` dropped: PyPI's wheels carry none),
+    given to ``log_model`` so that MLflow does not load the model in a fresh process to infer
+    them. Packages that are not installed are left out."""
+    found = []
+    for name in packages:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(f"{name}=={version.split('+')[0]}")
+    return found

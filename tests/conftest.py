@@ -11,11 +11,6 @@ for _key, _value in {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
-    # MLflow infers a logged model's pip requirements by loading it in a fresh Python process
-    # (5-10 s a model on 2 cores, ~30 models a suite run). No test reads those requirements:
-    # a zero timeout makes log_model record MLflow's defaults for the flavor (torch,
-    # cloudpickle) at once, with a warning. The model itself is logged and reloads as before.
-    "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -35,7 +35,7 @@ from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standa
 from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
-from lolaray.platform.tracking import StageRun
+from lolaray.platform.tracking import StageRun, model_requirements
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training, trained_weights
@@ -312,6 +312,7 @@ def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: s
             # and forward() returns a tuple (reconstruction, latent).
             signature=infer_signature(example.numpy(), reconstruction.numpy()),
             serialization_format="pickle",
+            pip_requirements=model_requirements(),
         )
     return info_.model_uri
 

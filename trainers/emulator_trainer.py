@@ -46,7 +46,7 @@ from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_
 from lolaray.platform.preprocessing import Standardizer, ThetaStandardizer
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
-from lolaray.platform.tracking import StageRun
+from lolaray.platform.tracking import StageRun, model_requirements
 from lolaray.trainers.diffusion import (
     ElucidatedDenoiser,
     context_pmf,
@@ -355,6 +355,7 @@ def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri
             name=config.kind,
             signature=infer_signature(example.numpy(), example.numpy()),
             serialization_format="pickle",
+            pip_requirements=model_requirements(),
         )
     return info.model_uri
 

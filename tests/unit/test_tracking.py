@@ -5,7 +5,13 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from lolaray.platform.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, create_run, ensure_experiment
+from lolaray.platform.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    create_run,
+    ensure_experiment,
+    model_requirements,
+)
 
 
 def test_a_nested_run_goes_to_its_parents_experiment(tmp_path):
@@ -58,3 +64,12 @@ def test_studies_started_together_on_a_fresh_database_both_open_it(tmp_path):
         "study-2",
     ]
     assert len(set(ids)) == 3
+
+
+def test_logged_models_name_their_requirements():
+    """Given to ``log_model``, so MLflow does not load each model in a fresh process to infer them."""
+    requirements = model_requirements()
+    names = [r.split("==")[0] for r in requirements]
+    assert names[:3] == ["torch", "numpy", "einops"] and "lolaray" in names
+    assert all("+" not in r for r in requirements)  # no local label such as +cpu
+    assert model_requirements(("torch", "no-such-package-here")) == [requirements[0]]

@@ -244,9 +244,9 @@ def analyse(
             # Persistence does not depend on the context length: every context length's
             # rollout starts from the same initial state s (rollout_origin).
             origin = rollout_origin(s, contexts[0], stride)
-            states = truth[:, origin:]
-            leads = lead_times(states.shape[1], contexts[0], stride)
-            persisted = persistence_vrmse(states, leads, spatial_dims=spatial_dims, eps=vrmse_eps)
+            rollout_truth = truth[:, origin:]
+            leads = lead_times(rollout_truth.shape[1], contexts[0], stride)
+            persisted = persistence_vrmse(rollout_truth, leads, spatial_dims=spatial_dims, eps=vrmse_eps)
             persistence_row = _unit_row("persistence", "-", t, s)  # no model, no ÷
             for label, value in aggregate_by_horizon(persisted, leads, horizons).items():
                 persistence_by_horizon.setdefault(label, []).append(float(value))

@@ -180,6 +180,14 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
     assert "| method" in (folder / "table.txt").read_text()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["infer_ms_per_state"] > 0 and summary["recon_vrmse"] > 0
+    # Scoring leaves the truth as it found it: against the truth and against D(E(x)), the
+    # emulator's errors are of the same size, and the generated states are counted as an int
+    # (an in-place update of a view of the truth once made the first thousands of times the second).
+    assert isinstance(summary["states_generated"], int) and summary["states_generated"] > 0
+    for horizon in summary["horizons"]:
+        absolute = summary["metrics"][f"absolute/context_all/vrmse/{horizon}"]
+        relative = summary["metrics"][f"relative/context_all/vrmse/{horizon}"]
+        assert 0 < absolute < 3 * relative + 3, (horizon, absolute, relative)
 
     client = MlflowClient(context.tracking_uri)
     run = client.get_run(artifact.manifest["mlflow_run_id"])

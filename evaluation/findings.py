@@ -325,6 +325,17 @@ def _no_interval(units: int) -> str:
     return f"no interval: {units} scored unit(s) shared by the methods compared, needs {MIN_UNITS}"
 
 
+#: Failures listed in a verdict's reason before "and N more".
+_LISTED = 4
+
+
+def _first(failures: list[str]) -> list[str]:
+    """The first :data:`_LISTED` failures, and how many more there are."""
+    if len(failures) <= _LISTED:
+        return failures
+    return [*failures[:_LISTED], f"and {len(failures) - _LISTED} more"]
+
+
 def _judge(
     number: int,
     figures: str,
@@ -336,6 +347,11 @@ def _judge(
     shown: str,
 ) -> Finding:
     """The verdict: the means must hold, then the intervals, then every model must have learned."""
+    mean_failures, interval_failures, unlearned = (
+        _first(mean_failures),
+        _first(interval_failures),
+        _first(unlearned),
+    )
     if mean_failures:
         return _finding(number, figures, NOT_SHOWN, "; ".join(mean_failures))
     if units < MIN_UNITS:

@@ -184,10 +184,15 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
     # emulator's errors are of the same size, and the generated states are counted as an int
     # (an in-place update of a view of the truth once made the first thousands of times the second).
     assert isinstance(summary["states_generated"], int) and summary["states_generated"] > 0
-    for horizon in summary["horizons"]:
-        absolute = summary["metrics"][f"absolute/context_all/vrmse/{horizon}"]
-        relative = summary["metrics"][f"relative/context_all/vrmse/{horizon}"]
-        assert 0 < absolute < 3 * relative + 3, (horizon, absolute, relative)
+    scored = [
+        (
+            summary["metrics"][f"absolute/context_all/vrmse/{h}"],
+            summary["metrics"][f"relative/context_all/vrmse/{h}"],
+        )
+        for h in summary["horizons"]
+    ]
+    scored = [(a, r) for a, r in scored if math.isfinite(a)]  # a horizon these short rollouts reach
+    assert scored and all(0 < a < 3 * r + 3 for a, r in scored), scored
 
     client = MlflowClient(context.tracking_uri)
     run = client.get_run(artifact.manifest["mlflow_run_id"])
@@ -345,7 +350,11 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
     assert by_method["pca"] == by_method["autoencoder"] == {(float(t), 0.0) for t in trajectories}
     assert all(math.isfinite(r["vrmse/lead_1-20"]) for r in baselines)
     summary = json.loads((whole.path / "summary.json").read_text())
-    assert summary["pca_components"] == latent_numbers(autoencoder.manifest)
+    # As many components as the latent holds numbers, or every train state where there are fewer.
+    train_states = sum(
+        n * t for n, t in zip(info.splits["train"].n_trajectories, info.splits["train"].n_steps)
+    )
+    assert summary["pca_components"] == min(latent_numbers(autoencoder.manifest), train_states)
     assert set(summary["persistence_vrmse_by_horizon"]) == set(summary["horizons"])
     fields = {r["field"] for r in _numeric_rows(whole.path / "per_field_lead.csv")}
     assert fields == set(info.field_names)

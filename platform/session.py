@@ -130,6 +130,11 @@ def start_ray(
     if address is None:
         cores = os.cpu_count() or 2
         ray.init(
+            # "local": always a new embedded Ray. Without it ray.init() connects to whatever
+            # /tmp/ray/ray_current_cluster names — a cluster another process started on this
+            # machine, or a dead one whose file a killed run left behind — and then refuses
+            # the num_cpus below ("When connecting to an existing cluster, ...").
+            address="local",
             num_cpus=num_cpus or max(6, 3 * cores),
             resources={TRAIN_DRIVER_RESOURCE: 8},
             include_dashboard=False,

@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import ray
+
+from lolaray.platform import session
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 
@@ -84,3 +87,16 @@ def test_the_denoiser_stops_faulting_once_the_heap_has_grown():
 def test_keep_freed_memory_can_be_turned_off():
     took = 'print(json.dumps({"took": took}))'
     assert _probe(took, "on", LOLARAY_KEEP_FREED_MEMORY="0")["took"] is False
+
+
+def test_the_embedded_ray_never_joins_a_cluster_named_by_a_stale_address_file(monkeypatch):
+    """``start_ray()`` starts a new local Ray (``address="local"``): a bare ``ray.init()`` would
+    connect to the cluster that /tmp/ray/ray_current_cluster names — one another process runs,
+    or a dead one whose file a killed run left — and refuse the logical CPUs it is given."""
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 6.0})
+    monkeypatch.setattr(session, "setup_process", lambda: None)
+    assert session.start_ray() == {"CPU": 6.0}
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] >= 6

@@ -121,22 +121,29 @@ def test_the_sweep_logs_nested_runs_uniform_metrics_models_and_the_study(swept):
 def test_the_study_table_has_the_rows_of_table_6(swept):
     table = swept["resumed"].tables["vrmse"]
     keys = [key for key, _ in table.rows]
+    # The baselines are rows too: PCA of each latent's size, and persistence (no model, no ÷).
     assert keys == [
         ("autoencoder", 20.0),
         ("autoencoder", 80.0),
+        ("pca", 20.0),
+        ("pca", 80.0),
         ("diffusion", 20.0),
         ("diffusion", 80.0),
         ("solver", 20.0),
         ("solver", 80.0),
         ("pixel solver", 1.0),
+        ("persistence", "-"),
     ]
     assert table.columns == ("lead_1-20", "lead_21-60", "lead_61-100")
     for _, values in table.rows:
         assert all(v > 0 for v in values)
-    # reconstruction error grows with the compression rate (the paper's first finding)
-    assert table.cell("autoencoder", 80.0, column="lead_1-20") > table.cell(
-        "autoencoder", 20.0, column="lead_1-20"
-    )
+    # reconstruction error grows with the compression rate (the paper's first finding), and
+    # so does that of PCA with as many numbers as each latent
+    for method in ("autoencoder", "pca"):
+        assert table.cell(method, 80.0, column="lead_1-20") > table.cell(method, 20.0, column="lead_1-20")
+    # every cell again with its bootstrap interval over the scored trajectories
+    intervals = swept["resumed"].intervals["vrmse_intervals"]
+    assert [key for key, _ in intervals.rows] == keys
 
 
 def test_the_study_report_opens_in_a_browser(swept, chromium, tmp_path):
@@ -281,8 +288,15 @@ def test_the_sweep_with_guidance_keeps_guided_rollouts_closer_to_the_truth(swept
 
     # The study on the parent run: guided beside unguided in the Table 6 analogue ...
     table = Path(client.download_artifacts(parent.info.run_id, "study/study_vrmse.csv", str(tmp_path)))
-    rows = {(r["method"], float(r["compression"])): r for r in csv.DictReader(table.read_text().splitlines())}
-    assert {"autoencoder", "diffusion", "guided diffusion", "solver"} == {m for m, _ in rows}
+    rows = {
+        (r["method"], r["compression"] if r["method"] == "persistence" else float(r["compression"])): r
+        for r in csv.DictReader(table.read_text().splitlines())
+    }
+    # (with the baselines: PCA of the latent's size, and persistence, which has no ÷)
+    assert {"autoencoder", "pca", "diffusion", "guided diffusion", "solver", "persistence"} == {
+        m for m, _ in rows
+    }
+    assert ("persistence", "-") in rows
     late = {m: float(rows[(m, 20.0)]["lead_61-100"]) for m in ("diffusion", "guided diffusion")}
     print("VRMSE at lead 61-100:", late)
     assert late["guided diffusion"] < late["diffusion"]

@@ -1,10 +1,14 @@
 """The latent cache: trajectories encoded once, stored as Parquet shards, streamed as windows.
 
-Writing (:func:`build_latent_cache`) is a Ray Data pipeline::
+Writing (:func:`build_latent_caches`, or :func:`build_latent_cache` for one split) is a Ray
+Data pipeline::
 
-    trajectory ids ──map──► read + augment + standardize (tasks)
+    (split, trajectory, copy) ──map──► read + augment + standardize (tasks)
                   ──map_batches──► encoder actor pool (a GPU each on a cluster)
-                  ──write_parquet──► shards (on the store's file system, from any node)
+                  ──write──► each split's shards (on the store's file system, from any node)
+
+One job encodes every split asked for with one actor pool: the pool's start (an actor
+loading the autoencoder) and the job's scheduling are most of a small split's time.
 
 Each row holds one (augmented copy of a) trajectory: ``trajectory_id``, ``file``,
 ``trajectory``, ``copy``, ``theta`` and the latent trajectory ``(L, C, h[, w, z])`` as raw
@@ -26,16 +30,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pyarrow.dataset
 import pyarrow.fs
 import pyarrow.parquet as pq
 import ray.data
 import torch
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from lolaray.platform.artifacts import filesystem_for
 from lolaray.platform.augmentation import Augmentation, augmentation_setting
@@ -52,6 +62,7 @@ __all__ = [
     "CorruptCacheError",
     "LatentCache",
     "build_latent_cache",
+    "build_latent_caches",
     "decode_latents",
     "draw_windows",
     "encode_latents",
@@ -136,6 +147,179 @@ def _read_trajectories(batch: dict, *, source: _Source) -> dict:
     return {k: np.stack(v) if k in ("theta", "x", "known") else np.array(v) for k, v in out.items()}
 
 
+def _read_split_trajectories(batch: dict, *, sources: Mapping[str, _Source]) -> Iterator[dict]:
+    """Ray task: :func:`_read_trajectories` of a batch whose rows may belong to several splits
+    (``batch["split"]``), one output per split (their trajectories may differ in length),
+    each row keeping its ``split``."""
+
+    splits = np.asarray(batch["split"])
+    for split in dict.fromkeys(splits.tolist()):  # each split once, in the rows' order
+        rows = splits == split
+        out = _read_trajectories(
+            {"index": batch["index"][rows], "copy": batch["copy"][rows]}, source=sources[split]
+        )
+        out["split"] = np.array([split] * int(rows.sum()))
+        yield out
+
+
+class _SplitTagged:
+    """Ray Data actor: the caller's encoder (built once per actor), its output rows tagged
+    with their input rows' ``split`` for the write to route; the encoder never sees the split."""
+
+    def __init__(self, encoder_cls, **kwargs):
+        self.encoder = encoder_cls(**kwargs)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        split = batch.pop("split")
+        return self.encoder(batch).append_column("split", pa.array(split.tolist(), pa.string()))
+
+
+class _SplitShardsDatasink(Datasink):
+    """Writes each row into its split's shard folder, without the ``split`` column.
+
+    Each write task gets at least ``rows_per_shard`` rows and cuts each split's share of them
+    into files of at most ``rows_per_shard`` rows, with the options ``write_parquet`` used
+    before (one row group per full shard): a split's shards hold the rows and columns a job
+    of that split alone writes; only where the rows are cut into files differs.
+
+    :param shards: split → ``(file system, shard folder)``.
+    """
+
+    def __init__(self, shards: Mapping[str, tuple[pyarrow.fs.FileSystem, str]], rows_per_shard: int):
+        self.shards, self.rows_per_shard = dict(shards), rows_per_shard
+        self.write_id = uuid.uuid4().hex[:16]  # a file's name: the job's id, the write task's, its part
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_shard
+
+    def on_write_start(self, schema=None) -> None:
+        for fs, folder in self.shards.values():
+            if _makes_dirs(fs):
+                fs.create_dir(folder, recursive=True)
+
+    def write(self, blocks, ctx) -> None:
+        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+        if not tables:
+            return
+        table = pa.concat_tables(tables)
+        splits = table.column("split")
+        for split in dict.fromkeys(splits.to_pylist()):
+            rows = table.filter(pyarrow.compute.equal(splits, split)).drop_columns(["split"])
+            fs, folder = self.shards[split]
+            pyarrow.dataset.write_dataset(
+                _widened(rows),
+                base_dir=folder,
+                filesystem=fs,
+                format="parquet",
+                basename_template=f"{self.write_id}_{ctx.task_idx:06}-{{i}}.parquet",
+                existing_data_behavior="overwrite_or_ignore",
+                create_dir=_makes_dirs(fs),
+                min_rows_per_group=self.rows_per_shard,
+                max_rows_per_group=self.rows_per_shard,
+                max_rows_per_file=self.rows_per_shard,
+            )
+
+
+def _makes_dirs(fs: pyarrow.fs.FileSystem) -> bool:
+    """Whether to create folders on ``fs``: not on S3, which has none (``write_parquet``'s
+    rule too: creating one checks every parent prefix, which a policy that grants only the
+    store's prefix refuses)."""
+    return fs.type_name != "s3"
+
+
+def _widened(table: pa.Table) -> pa.Table:
+    """``table`` with its binary columns of over 2 GiB as ``large_binary``: a row group is
+    one contiguous array per column, and ``binary``'s 32-bit offsets address 2 GiB at most
+    (Parquet stores both alike)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type) and table.column(i).nbytes >= 2**31:
+            table = table.set_column(i, field.name, table.column(i).cast(pa.large_binary()))
+    return table
+
+
+def build_latent_caches(
+    folders: Mapping[str, str | os.PathLike],
+    *,
+    dataset_root: str,
+    standardizer: dict,
+    encoder_cls,
+    encoder_kwargs: dict,
+    repeat: Mapping[str, int] | None = None,
+    augment: bool | Sequence[str] = True,
+    dtype: str = "float32",
+    seed: int = 0,
+    actors: int = 1,
+    actor_gpus: float = 0.0,
+    actor_cpus: float = 0.5,
+    trajectories_per_batch: int = 2,
+    rows_per_shard: int = 64,
+) -> dict[str, dict]:
+    """Encode every trajectory of each split of ``folders`` (``repeat[split]`` copies each)
+    into Parquet shards in that split's folder (a path or URI every Ray worker can write: a
+    staging folder on the store, :meth:`~lolaray.platform.artifacts.ArtifactStore.build_on_store`),
+    in one Ray Data job with one encoder actor pool.
+
+    A split's shards hold the same rows, byte for byte, as a job of that split alone writes:
+    a copy's augmentation is seeded by the seed, its split, trajectory and copy, and the
+    encoder encodes each trajectory on its own.
+
+    :param encoder_cls: a callable class for ``map_batches``: built once per actor with
+        ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``
+        (and ``known`` ``(B, L, K, *spatial)`` on data with known channels);
+        returns a pyarrow table with the shard columns (``trajectory_id, file, trajectory, copy,
+        theta, length, latent``); see :class:`lolaray.trainers.encoding.AutoencoderEncoder`.
+    :param repeat: copies per trajectory of each split (default 1).
+    :param augment: the augmentations of copies 1… (an
+        :func:`~lolaray.platform.augmentation.augmentation_setting`; copy 0 is never augmented).
+    :param actors: size of the encoder actor pool; ``actor_gpus`` GPUs per actor on a cluster.
+    :returns: per split, the manifest entries describing its shards (``shards``, ``rows``,
+        ``min_length``, ``states``).
+    """
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown latent dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    repeat = {split: (repeat or {}).get(split, 1) for split in folders}
+    augment = augmentation_setting(augment)
+    for copies in repeat.values():
+        if copies < 1:
+            raise ValueError(f"repeat must be >= 1, got {copies}")
+        if copies > 1 and augment is False:
+            raise ValueError(
+                f"repeat={copies} copies of each trajectory need augmentations to differ; got none"
+            )
+    info = read_dataset_info(dataset_root)
+    items = [
+        {"split": split, "index": i, "copy": c}
+        for split in folders
+        for i in range(len(WellWindows(info, split, length=None)))
+        for c in range(repeat[split])
+    ]
+    sources = {s: _Source(dataset_root, s, standardizer, repeat[s], seed, augment) for s in folders}
+    blocks = max(1, -(-len(items) // trajectories_per_batch))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(
+        _read_split_trajectories, batch_size=trajectories_per_batch, fn_kwargs={"sources": sources}
+    )
+    ds = ds.map_batches(
+        _SplitTagged,
+        fn_constructor_kwargs={"encoder_cls": encoder_cls, **encoder_kwargs, "dtype": dtype},
+        batch_size=trajectories_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=actor_gpus or None,
+        num_cpus=None if actor_gpus else actor_cpus,
+    )
+    shards = {}
+    for split, folder in folders.items():
+        fs, base = filesystem_for(folder)
+        shards[split] = (fs, f"{base.rstrip('/')}/shards")
+    # Rows land in the order the actors finish; readers that need a fixed order (the
+    # emulator workers) sort by trajectory id. (A Ray Data sort here is a shuffle, whose
+    # tasks cannot be scheduled inside a Tune trial's placement group.)
+    ds.write_datasink(_SplitShardsDatasink(shards, rows_per_shard))
+    return {split: describe_shards(fs, folder) for split, (fs, folder) in shards.items()}
+
+
 def build_latent_cache(
     folder: str | os.PathLike,
     *,
@@ -145,61 +329,22 @@ def build_latent_cache(
     encoder_cls,
     encoder_kwargs: dict,
     repeat: int = 1,
-    augment: bool | Sequence[str] = True,
-    dtype: str = "float32",
-    seed: int = 0,
-    actors: int = 1,
-    actor_gpus: float = 0.0,
-    actor_cpus: float = 0.5,
-    trajectories_per_batch: int = 2,
-    rows_per_shard: int = 64,
+    **options,
 ) -> dict:
-    """Encode every trajectory of ``split`` (``repeat`` copies each) into Parquet shards in
-    ``folder`` (a path or URI every Ray worker can write: a staging folder on the store,
-    :meth:`~lolaray.platform.artifacts.ArtifactStore.build_on_store`).
+    """:func:`build_latent_caches` of one split into ``folder``: every trajectory of
+    ``split``, ``repeat`` copies each (``options``: its other keywords).
 
-    :param encoder_cls: a callable class for ``map_batches``: built once per actor with
-        ``encoder_kwargs`` (plus ``dtype``), called with a batch whose ``x`` is ``(B, L, C, *spatial)``
-        (and ``known`` ``(B, L, K, *spatial)`` on data with known channels);
-        returns a pyarrow table with the shard columns (``trajectory_id, file, trajectory, copy,
-        theta, length, latent``); see :class:`lolaray.trainers.encoding.AutoencoderEncoder`.
-    :param augment: the augmentations of copies 1… (an
-        :func:`~lolaray.platform.augmentation.augmentation_setting`; copy 0 is never augmented).
-    :param actors: size of the encoder actor pool; ``actor_gpus`` GPUs per actor on a cluster.
     :returns: the manifest entries describing the shards (``shards``, ``rows``, ``min_length``, ``states``).
     """
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown latent dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
-    augment = augmentation_setting(augment)
-    if repeat > 1 and augment is False:
-        raise ValueError(f"repeat={repeat} copies of each trajectory need augmentations to differ; got none")
-    info = read_dataset_info(dataset_root)
-    count = len(WellWindows(info, split, length=None))
-    items = [{"index": i, "copy": c} for i in range(count) for c in range(repeat)]
-    source = _Source(dataset_root, split, standardizer, repeat, seed, augment)
-    blocks = max(1, -(-len(items) // trajectories_per_batch))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(_read_trajectories, batch_size=trajectories_per_batch, fn_kwargs={"source": source})
-    ds = ds.map_batches(
-        encoder_cls,
-        fn_constructor_kwargs={**encoder_kwargs, "dtype": dtype},
-        batch_size=trajectories_per_batch,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=actor_gpus or None,
-        num_cpus=None if actor_gpus else actor_cpus,
-    )
-    fs, base = filesystem_for(folder)
-    shards = f"{base.rstrip('/')}/shards"
-    # Rows land in the order the actors finish; readers that need a fixed order (the
-    # emulator workers) sort by trajectory id. (A Ray Data sort here is a shuffle, whose
-    # tasks cannot be scheduled inside a Tune trial's placement group.)
-    ds.write_parquet(
-        shards, filesystem=fs, min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard
-    )
-    return describe_shards(fs, shards)
+    return build_latent_caches(
+        {split: folder},
+        dataset_root=dataset_root,
+        standardizer=standardizer,
+        encoder_cls=encoder_cls,
+        encoder_kwargs=encoder_kwargs,
+        repeat={split: repeat},
+        **options,
+    )[split]
 
 
 def describe_shards(fs: pyarrow.fs.FileSystem, shards: str) -> dict:

@@ -2,19 +2,22 @@
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import torch
+from mlflow import MlflowClient
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from wellfiles import make_tiny_dataset
+from wellfiles import make_tiny_dataset, write_tiny
 
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
-from lolaray.platform.latent_cache import CorruptCacheError, window_dataset
+from lolaray.platform.latent_cache import CorruptCacheError, build_latent_caches, window_dataset
 from lolaray.platform.stages import ScalingSpec, StageContext
+from lolaray.platform.well_format import compute_stats, write_stats
 from lolaray.trainers import encoding
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
-from lolaray.trainers.encoding import cache_latents, open_cache
+from lolaray.trainers.encoding import cache_latents, cache_latents_splits, open_cache
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.snapshots import load_autoencoder
 
@@ -145,3 +148,114 @@ def test_two_train_workers_see_disjoint_shards(ray_cluster, setup, tmp_path):
     seen = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert len(seen[0]) + len(seen[1]) == cache.manifest["rows"] * 2
+
+
+SPLITS = ("train", "valid", "test")
+
+
+@pytest.fixture(scope="module")
+def distinct_splits(tmp_path_factory):
+    """A tiny dataset like ``setup``'s whose splits differ: other fields (seeds), other
+    trajectory counts (train 4, valid 3 in one file, test 2: batches of two straddle
+    splits), so a row written to the wrong split shows."""
+    root = tmp_path_factory.mktemp("distinct")
+    files = {"train": (("periodic", 1.4, 2), ("open", 1.76, 2)), "valid": (("periodic", 1.4, 3),)}
+    files["test"] = (("periodic", 1.4, 1), ("open", 1.76, 1))
+    for s, split in enumerate(SPLITS):
+        (root / "data" / split).mkdir(parents=True)
+        for i, (bc, gamma, n_traj) in enumerate(files[split]):
+            path = root / "data" / split / f"tiny_{bc}_{gamma}.hdf5"
+            write_tiny(path, boundary=bc, gamma=gamma, seed=10 * s + i, res=8, steps=11, n_traj=n_traj)
+    write_stats(compute_stats(sorted((root / "data" / "train").glob("*.hdf5"))), root / "stats.yaml")
+    return open_dataset(root)
+
+
+def _rows(artifact) -> list[dict]:
+    """Every row of a cache's shards, every column, sorted by trajectory id."""
+    cache = open_cache(artifact)  # verifies every shard against its manifest's checksum
+    rows = [r for path in cache.shard_paths for r in pq.read_table(path).to_pylist()]
+    return sorted(rows, key=lambda r: r["trajectory_id"])
+
+
+def _count_jobs(monkeypatch) -> list[list[str]]:
+    """The splits of each :func:`build_latent_caches` job that ``encoding`` runs from now on."""
+    jobs = []
+
+    def counted(folders, **kwargs):
+        jobs.append(list(folders))
+        return build_latent_caches(folders, **kwargs)
+
+    monkeypatch.setattr(encoding, "build_latent_caches", counted)
+    return jobs
+
+
+def test_one_job_writes_the_caches_three_jobs_write(
+    ray_cluster, setup, distinct_splits, tmp_path, monkeypatch
+):
+    """The caches of three splits written by one job are those of one job per split: same
+    ids, same manifests, the same rows, column for column and latent byte for latent byte.
+
+    Shard files are compared by their rows, not their bytes: a cache's files are named by
+    its write's uuid and filled in the order the encoder actors finish, so not even two runs
+    of ``cache_latents`` write the same bytes."""
+
+    _, context, autoencoder = setup
+    info = distinct_splits
+    separate = context.replace(store=ArtifactStore(tmp_path / "separate"))
+    together = context.replace(store=ArtifactStore(tmp_path / "together"))
+    expected = {
+        s: cache_latents(autoencoder, info, s, separate, repeat=2 if s == "train" else None) for s in SPLITS
+    }
+    jobs = _count_jobs(monkeypatch)
+    caches = cache_latents_splits(autoencoder, info, SPLITS, together, repeat={"train": 2})
+    assert jobs == [list(SPLITS)] and list(caches) == list(SPLITS)
+    timing = {"created", "mlflow_run_id", "shards"}
+    client = MlflowClient(context.tracking_uri)
+    for split, rows in zip(SPLITS, (4 * 2, 3, 2)):
+        ours, theirs = caches[split], expected[split]
+        assert ours.id == theirs.id and ours.path.parent == tmp_path / "together" / "latents"
+        assert {k: v for k, v in ours.manifest.items() if k not in timing} == {
+            k: v for k, v in theirs.manifest.items() if k not in timing
+        }
+        assert ours.manifest["rows"] == rows
+        ours_rows, their_rows = _rows(ours), _rows(theirs)
+        assert [r["trajectory_id"] for r in ours_rows] == [r["trajectory_id"] for r in their_rows]
+        assert ours_rows == their_rows
+        schemas = {pq.read_schema(p) for p in open_cache(ours).shard_paths + open_cache(theirs).shard_paths}
+        assert len(schemas) == 1 and "split" not in schemas.pop().names
+        run = client.get_run(ours.manifest["mlflow_run_id"])  # each split its own finished run
+        assert (
+            run.info.status == "FINISHED"
+            and run.info.run_name == f"latents-{split}-x{ours.manifest['compression']:g}"
+        )
+        assert run.data.tags["artifact_id"] == ours.id and run.data.metrics["cache/rows"] == rows
+    latents = [{r["latent"] for r in _rows(caches[s])} for s in SPLITS]
+    assert not (latents[0] & latents[1] or latents[0] & latents[2] or latents[1] & latents[2])
+
+
+def test_the_shared_job_encodes_only_missing_caches_and_a_crash_publishes_none(
+    ray_cluster, setup, tmp_path, monkeypatch
+):
+    """A stored cache stays out of the job; a crash of the job publishes none of its caches
+    and fails each one's run; the caches are then built, and found the next time."""
+    info, context, autoencoder = setup
+    context = context.replace(store=ArtifactStore(tmp_path / "store"))
+    valid = cache_latents(autoencoder, info, "valid", context)
+    jobs = _count_jobs(monkeypatch)
+    with pytest.raises(Exception, match="injected encoder failure"):
+        cache_latents_splits(autoencoder, info, SPLITS, context, encoder_kwargs={"fail_after_calls": 2})
+    assert [p.parent.name for p in (tmp_path / "store" / "latents").glob("*/manifest.json")] == [valid.id]
+    client = MlflowClient(context.tracking_uri)
+    failed = client.search_runs(
+        [client.get_experiment_by_name(context.experiment).experiment_id],
+        filter_string="tags.job_splits = 'train,test' and attributes.status = 'FAILED'",
+    )
+    assert sorted(r.info.run_name.split("-")[1] for r in failed) == ["test", "train"]
+    caches = cache_latents_splits(autoencoder, info, SPLITS, context)
+    assert jobs == [["train", "test"]] * 2
+    assert caches["valid"].manifest == valid.manifest  # the stored cache, not a new one
+    assert [caches[s].manifest["rows"] for s in SPLITS] == [4 * 4, 4, 4]  # train: 4 copies by default
+    assert caches["test"].id == cache_latents(autoencoder, info, "test", context).id
+    monkeypatch.setattr(encoding, "build_latent_caches", lambda *a, **k: pytest.fail("encoded again"))
+    again = cache_latents_splits(autoencoder, info, SPLITS, context)
+    assert {s: a.manifest for s, a in again.items()} == {s: a.manifest for s, a in caches.items()}

@@ -324,6 +324,7 @@ def evaluate(
                     "vrmse_eps": VRMSE_EPS[vrmse_convention],
                     "scratch": scratch,
                     "scored_field": scored_field,
+                    "threads": context.scaling.threads,
                 },
                 actors=actors,
                 actor_gpus=context.scaling.resolved_actor_gpus(),

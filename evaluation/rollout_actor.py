@@ -94,8 +94,11 @@ class RolloutActor:
         vrmse_eps: float = VRMSE_EPS["lola"],
         scratch: str | None = None,
         scored_field: str | None = None,
+        threads: int | None = None,
     ):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if threads is not None and self.device.type == "cpu":  # the study's schedule; else Ray's 1
+            torch.set_num_threads(threads)
         self.emulator, self.config = load_emulator(emulator_dir)
         self.emulator.to(self.device)
         self.autoencoder = None

@@ -103,6 +103,9 @@ class ScalingSpec:
         torch's CPU kernels do not sum in the same order at every thread count, so a seeded
         stage would then give numbers that depend on how many trials happen to run beside
         it (measured: metrics differing at 1e-4 between a sweep and the same chain alone).
+    :param threads: torch threads of each CPU training worker and rollout actor, decided
+        by the study's schedule (:func:`~lolaray.sweeps.schedule.schedule_chains`); given,
+        it overrides ``cpus_per_worker`` and ``free_cores`` (``None``: they decide).
     :param max_failures: worker-group restarts from the last checkpoint before giving up.
     :param actors: actors of the encoding and rollout passes (Ray Data actor pools).
     :param actor_gpus: GPUs per such actor (``None``: 1 where the cluster has GPUs, else 0).
@@ -115,6 +118,7 @@ class ScalingSpec:
     max_failures: int = 2
     actors: int = 1
     actor_gpus: float | None = None
+    threads: int | None = None
 
     def __post_init__(self):
         if self.workers < 0:
@@ -125,6 +129,8 @@ class ScalingSpec:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.actor_gpus is not None and self.actor_gpus < 0:
             raise ValueError(f"actor_gpus must be >= 0, got {self.actor_gpus}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
     def resolved_use_gpu(self) -> bool:
         """Whether training workers take a GPU: ``use_gpu``, else whether the cluster has one."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lolaray.evaluation.evaluate import evaluate
@@ -33,7 +33,7 @@ from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.emulator_trainer import train_diffusion, train_pixel_solver, train_solver
 from lolaray.trainers.emulators import EmulatorConfig
-from lolaray.trainers.encoding import cache_latents
+from lolaray.trainers.encoding import cache_latents_splits
 from lolaray.trainers.loop import LoopConfig
 
 __all__ = ["PROFILES", "ChainResult", "InjectedFailure", "Profile", "run_latent_chain", "run_pixel_chain"]
@@ -260,6 +260,14 @@ def _run_stage(
     return artifact
 
 
+def _scheduled(context: StageContext, threads: Mapping[str, int] | None, stage: str) -> StageContext:
+    """``context`` with the study schedule's torch threads for ``stage`` (a stage name of the
+    plan: ``"autoencoder"``, ``"evaluation/solver"``; unchanged without a schedule)."""
+    if not threads or stage not in threads:
+        return context
+    return context.replace(scaling=dataclasses.replace(context.scaling, threads=threads[stage]))
+
+
 def run_latent_chain(
     profile: Profile,
     dataset: DatasetInfo,
@@ -271,6 +279,7 @@ def run_latent_chain(
     fail_at: str | None = None,
     guidance: dict | None = None,
     scoring: dict | None = None,
+    threads: Mapping[str, int] | None = None,
 ) -> ChainResult:
     """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
 
@@ -284,6 +293,8 @@ def run_latent_chain(
 
     :param fail_at: a stage name (``"autoencoder"``, ``"latents/train"``, ``"diffusion"``,
         ``"evaluation/solver"``, ...) before which to raise :class:`InjectedFailure`.
+    :param threads: stage name → torch threads of its workers and actors (the study's
+        :class:`~lolaray.sweeps.schedule.Schedule`; a guided evaluation takes the unguided one's).
     """
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
@@ -300,26 +311,33 @@ def run_latent_chain(
         "autoencoder",
         store,
         "autoencoder",
-        lambda: train_autoencoder(ae_config, dataset, context),
+        lambda: train_autoencoder(ae_config, dataset, _scheduled(context, threads, "autoencoder")),
     )
-    caches = {}
-    for split in ("train", "valid", "test"):
-        progress(f"[c={latent_channels}] latent cache ({split})")
-        caches[split] = _stage(
-            result,
-            f"latents/{split}",
-            store,
-            "latents",
-            lambda s=split: cache_latents(
-                autoencoder,
-                dataset,
-                s,
-                context,
-                repeat=profile.repeat if s == "train" else 1,
-                augment=profile.augment,
-                seed=seed,
-            ),
+    # The three caches in one Ray Data job (one encoder pool, whose start is most of a small
+    # split's time), each still a stage of its own: recorded, reused and failed at by name.
+    splits = ("train", "valid", "test")
+    names = [f"latents/{split}" for split in splits]
+    stop = names.index(fail_at) if fail_at in names else len(splits)  # the caches before fail_at are built
+    progress(f"[c={latent_channels}] latent caches ({', '.join(splits)})")
+    before = store.complete_ids("latents")
+    caches = (
+        cache_latents_splits(
+            autoencoder,
+            dataset,
+            splits[:stop],
+            context,
+            repeat={"train": profile.repeat},
+            augment=profile.augment,
+            seed=seed,
         )
+        if stop
+        else {}
+    )
+    for name, split in zip(names, caches):
+        (result.reused if caches[split].id in before else result.ran).append(name)
+        result.artifacts[name] = caches[split]
+    if stop < len(splits):
+        raise InjectedFailure(f"injected failure before stage {fail_at!r}")
     emulator_config = dataclasses.replace(
         profile.emulator, loop=dataclasses.replace(profile.emulator.loop, seed=seed)
     )
@@ -330,12 +348,12 @@ def run_latent_chain(
             kind,
             store,
             "emulator",
-            lambda stage=stage: stage(
+            lambda stage=stage, kind=kind: stage(
                 emulator_config,
                 autoencoder=autoencoder,
                 train_cache=caches["train"],
                 valid_cache=caches["valid"],
-                context=context,
+                context=_scheduled(context, threads, kind),
             ),
         )
         evaluations = [(kind, None)]
@@ -348,11 +366,11 @@ def run_latent_chain(
                 f"evaluation/{name}",
                 store,
                 "evaluation",
-                lambda emulator=emulator, guide=guide: evaluate(
+                lambda emulator=emulator, guide=guide, kind=kind: evaluate(
                     emulator,
                     autoencoder,
                     dataset,
-                    context,
+                    _scheduled(context, threads, f"evaluation/{kind}"),
                     contexts=profile.contexts,
                     members=profile.members,
                     trajectories=profile.trajectories,
@@ -374,9 +392,11 @@ def run_pixel_chain(
     progress: Callable[[str], None] = print,
     fail_at: str | None = None,
     scoring: dict | None = None,
+    threads: Mapping[str, int] | None = None,
 ) -> ChainResult:
-    """The pixel-space solver and its evaluation (once per sweep); ``fail_at`` and
-    ``scoring`` as in :func:`run_latent_chain` (``"pixel_solver"``, ``"evaluation/pixel_solver"``)."""
+    """The pixel-space solver and its evaluation (once per sweep); ``fail_at``, ``scoring``
+    and ``threads`` as in :func:`run_latent_chain` (stages ``"pixel_solver"`` and
+    ``"evaluation/pixel_solver"``, scheduled as the plan's ``"solver"`` and ``"evaluation/solver"``)."""
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
     context = context.replace(scaling=profile.scaling())
@@ -390,7 +410,7 @@ def run_pixel_chain(
         "pixel_solver",
         store,
         "emulator",
-        lambda: train_pixel_solver(config, dataset, context),
+        lambda: train_pixel_solver(config, dataset, _scheduled(context, threads, "solver")),
     )
     progress("[pixel] evaluation")
     _stage(
@@ -402,7 +422,7 @@ def run_pixel_chain(
             solver,
             None,
             dataset,
-            context,
+            _scheduled(context, threads, "evaluation/solver"),
             contexts=profile.contexts,
             members=1,
             trajectories=profile.trajectories,

@@ -63,8 +63,11 @@ def fit_stage(
 
     use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
     # Local mode runs the worker function in this process: it keeps the caller's threads
-    # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts).
-    if scaling.workers == 0:
+    # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts)
+    # unless the study's schedule sets them (a sweep's trial process runs nothing else).
+    if scaling.threads is not None:  # the study's schedule (sweeps/schedule.py), local mode too
+        threads = scaling.threads
+    elif scaling.workers == 0:
         threads = torch.get_num_threads()
     elif scaling.free_cores:  # a worker training alone takes every core; trials side by side share
         threads = worker_threads(

@@ -18,8 +18,12 @@ from the code that trains, not from a formula that could drift from it:
   training :math:`S \cdot W \cdot F_\text{step}` plus a validation forward pass per epoch;
   encoding the states of each split; evaluation rollouts of ``trajectories × contexts ×
   members`` with ``sampler_steps`` denoiser calls per window, decoding included;
-- **device-hours** :math:`= \sum F / (P \cdot u)` for a peak :math:`P` (default 312 TFLOP/s,
-  an A100's dense bf16) at a stated utilisation :math:`u` (default 40 %).
+- **device-hours** :math:`= \sum F / (P \cdot u)` for a peak :math:`P` at an efficiency
+  (utilisation) :math:`u`, and the **predicted wall time** of the whole study on one such
+  device (:func:`predicted_wall_seconds`). By default :math:`P` is this machine's GEMM peak,
+  measured once and cached (fp32 on a CPU, bf16 on a GPU:
+  :func:`~lolaray.trainers.hardware.cached_gemm_peak`), at :data:`DEFAULT_EFFICIENCY`;
+  ``--plan-peak-tflops 312`` gives an A100's dense bf16 (at 40 %, :data:`DEFAULT_UTILISATION`).
 
 Nothing is run: no Ray, no data read (The Well's geometry comes from
 :data:`WELL_GEOMETRY` when the data is not at hand). A misconfigured profile — attention
@@ -44,25 +48,41 @@ from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.sweeps.chain import Profile
 from lolaray.sweeps.step_costs import NetworkCost, autoencoder_cost, emulator_cost
 from lolaray.trainers.autoencoder_trainer import latent_geometry
+from lolaray.trainers.hardware import cached_gemm_peak, gemm_peak_cache_path
 
 __all__ = [
+    "DEFAULT_EFFICIENCY",
     "DEFAULT_PEAK_TFLOPS",
     "DEFAULT_UTILISATION",
     "WELL_GEOMETRY",
     "StagePlan",
     "StudyPlan",
     "add_plan_arguments",
+    "format_duration",
     "format_plan",
+    "machine_gemm_peak",
     "plan_context_sweep",
     "plan_dataset",
+    "plan_estimate",
     "plan_study",
+    "predicted_wall_seconds",
     "print_plan",
+    "sweep_prediction",
 ]
 
 #: Dense bf16 peak of an A100 (the paper's GPUs), TFLOP/s.
 DEFAULT_PEAK_TFLOPS = 312.0
-#: Model-FLOPs utilisation assumed for the estimate.
+#: Model-FLOPs utilisation assumed for the estimate at a given peak (``--plan-peak-tflops``).
 DEFAULT_UTILISATION = 0.4
+#: The fraction of this machine's measured GEMM peak the study's networks are assumed to
+#: reach when ``--plan`` measures the peak. Measured on a 2-core Xeon (AVX-512, no AMX),
+#: fp32: the demo's training steps on one thread reach 21–34 % of the one-thread GEMM peak
+#: of 155 GFLOP/s (autoencoder ``small_r8``, batch 8 on 32²: 35 GFLOP/s; latent diffusion,
+#: ``demo`` preset: 33; pixel solver, patch 8: 53). The demo study as a whole ran at
+#: 25.7 GFLOP/s of the 2-thread peak of 310 (0.083: Ray, data, evaluation's uncounted work
+#: and idle cores included), so the wall time predicted at 0.22 is the networks' work, about
+#: 2.7 times shorter than that study took.
+DEFAULT_EFFICIENCY = 0.22
 
 _EULER = {
     "field_names": ("energy", "density", "pressure", "momentum_x", "momentum_y"),
@@ -136,6 +156,8 @@ class StudyPlan:
     utilisation: float = DEFAULT_UTILISATION
     notes: list[str] = field(default_factory=list)
     trial: str = "chain"
+    #: Where the peak and the efficiency come from, in words (:func:`plan_estimate`).
+    estimate_basis: str = ""
 
     def device_hours(self, stage: StagePlan) -> float | None:
         """Device-hours of a stage at the plan's peak and utilisation."""
@@ -146,6 +168,102 @@ class StudyPlan:
     @property
     def total_device_hours(self) -> float:
         return sum(h for h in map(self.device_hours, self.stages) if h is not None)
+
+
+def predicted_wall_seconds(plan: StudyPlan, peak_tflops: float, efficiency: float) -> float:
+    r"""The study's wall time on one device of peak ``peak_tflops`` (TFLOP/s) reaching the
+    fraction ``efficiency`` of it, every stage one after another: :math:`\sum F / (P \cdot e)`
+    seconds (stages of unknown FLOPs left out).
+
+    :raises ValueError: a peak that is not positive or an efficiency outside ``(0, 1]``.
+    """
+    if peak_tflops <= 0 or not 0 < efficiency <= 1:
+        raise ValueError(
+            f"the peak must be > 0 and the efficiency in (0, 1], got {peak_tflops}, {efficiency}"
+        )
+    total = sum(stage.flops for stage in plan.stages if stage.flops is not None)
+    return total / (peak_tflops * 1e12 * efficiency)
+
+
+def format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"6 min 5 s"``, ``"38 min"``, ``"5 h 20 min"``, ``"12.5 days"``."""
+    if seconds < 59.5:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 599.5:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min"
+    return f"{seconds / 86400:,.1f} days"
+
+
+def machine_gemm_peak() -> tuple[float, str]:
+    """This machine's GEMM peak in FLOP/s and its description: bf16 on the GPU where torch
+    sees one, else fp32 on torch's CPU threads; measured once per machine, torch version,
+    threads and dtype (about a second), then read from
+    :func:`~lolaray.trainers.hardware.gemm_peak_cache_path`."""
+    import torch
+
+    if torch.cuda.is_available():
+        dtype, device, where = torch.bfloat16, "cuda", torch.cuda.get_device_name()
+    else:
+        threads = torch.get_num_threads()
+        dtype, device, where = torch.float32, "cpu", f"{threads} thread{'s' if threads != 1 else ''}"
+    flops, how = cached_gemm_peak(dtype, device)
+    dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    return (
+        flops,
+        f"{dtype_name} GEMM peak {_si(flops, 'FLOP/s')} on {where}, {how} (cache: {gemm_peak_cache_path()})",
+    )
+
+
+def plan_estimate(
+    peak_tflops: float | None = None,
+    utilisation: float | None = None,
+    *,
+    measure: Callable[[], tuple[float, str]] | None = None,
+) -> tuple[float, float, str]:
+    """The peak (TFLOP/s) and efficiency of the plan's estimate, and where they come from.
+
+    No peak given: this machine's (``measure``, default :func:`machine_gemm_peak`) at
+    ``utilisation`` or :data:`DEFAULT_EFFICIENCY`. A peak given: that peak at ``utilisation``
+    or :data:`DEFAULT_UTILISATION` (``--plan-peak-tflops 312``: an A100 at 40 %, as before).
+    A measurement that fails falls back to :data:`DEFAULT_PEAK_TFLOPS` and says why.
+
+    :returns: ``(peak_tflops, efficiency, basis in words)``.
+    :raises ValueError: a given peak that is not positive or a utilisation outside ``(0, 1]``.
+    """
+    if (peak_tflops is not None and peak_tflops <= 0) or (
+        utilisation is not None and not 0 < utilisation <= 1
+    ):
+        raise ValueError(f"utilisation must be in (0, 1] and the peak > 0, got {utilisation}, {peak_tflops}")
+    if peak_tflops is not None:
+        efficiency = DEFAULT_UTILISATION if utilisation is None else utilisation
+        how = "assumed" if utilisation is None else "given"
+        return (
+            peak_tflops,
+            efficiency,
+            f"peak {_si(peak_tflops * 1e12, 'FLOP/s')} given; efficiency {efficiency:g} {how}",
+        )
+    efficiency = DEFAULT_EFFICIENCY if utilisation is None else utilisation
+    how = "assumed (the demo networks' training steps on a CPU)" if utilisation is None else "given"
+    try:
+        flops, described = (measure or machine_gemm_peak)()
+    except Exception as error:  # noqa: BLE001 -- a probe that cannot run must not cost the plan
+        efficiency = DEFAULT_UTILISATION if utilisation is None else utilisation
+        return (
+            DEFAULT_PEAK_TFLOPS,
+            efficiency,
+            (
+                f"this machine's GEMM peak could not be measured ({type(error).__name__}: {error}); "
+                f"an A100's {DEFAULT_PEAK_TFLOPS:g} TFLOP/s assumed, efficiency {efficiency:g}"
+            ),
+        )
+    return flops / 1e12, efficiency, f"this machine: {described}; efficiency {efficiency:g} {how}"
 
 
 def plan_dataset(dataset: str, *, data_root: str | None = None) -> tuple[DatasetInfo, dict[str, int] | None]:
@@ -520,7 +638,7 @@ def format_plan(plan: StudyPlan) -> str:
         )
     lines += [
         "",
-        f"Stages (device-hours at {plan.peak_tflops:g} TFLOP/s x {plan.utilisation:.0%} utilisation):",
+        f"Stages (device-hours at {_si(plan.peak_tflops * 1e12, 'FLOP/s')} x {plan.utilisation:.0%} utilisation):",
         (
             f"  {'stage':<34} {'kind':<9} {'steps':>10} {'batch':>6} {'resources':<28} {'FLOPs':>12} {'device-h':>9} "
             f"{'wall-h':>7}"
@@ -534,14 +652,21 @@ def format_plan(plan: StudyPlan) -> str:
             f"{'n/a' if hours is None else f'{hours:.3g}':>9} "
             f"{'n/a' if hours is None else f'{hours / stage.devices:.3g}':>7}"
         )
+    peak = _si(plan.peak_tflops * 1e12, "FLOP/s")
     lines += [
         "",
         (
             f"Total: {_si(sum(s.flops or 0 for s in plan.stages), 'FLOP')}, "
             f"{plan.total_device_hours:,.4g} device-hours "
-            f"({plan.total_device_hours / 24:,.3g} device-days) at {plan.peak_tflops:g} TFLOP/s and "
+            f"({plan.total_device_hours / 24:,.3g} device-days) at {peak} and "
             f"{plan.utilisation:.0%} utilisation."
         ),
+        (
+            f"Predicted wall time: {format_duration(predicted_wall_seconds(plan, plan.peak_tflops, plan.utilisation))}"
+            f" (every stage one after another on one device, at "
+            f"{_si(plan.peak_tflops * 1e12 * plan.utilisation, 'FLOP/s')}: {peak} peak x {plan.utilisation:g})."
+        ),
+        *([f"  Peak and efficiency: {plan.estimate_basis}."] if plan.estimate_basis else []),
         (
             "  FLOPs: matrix products, convolutions and attention (elementwise work not counted); training"
             " = steps x workers x step + a validation pass per epoch."
@@ -565,15 +690,25 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--plan-peak-tflops",
+        "--peak-tflops",
+        dest="plan_peak_tflops",
         type=float,
-        default=DEFAULT_PEAK_TFLOPS,
-        help=f"device peak for --plan, TFLOP/s (default {DEFAULT_PEAK_TFLOPS:g}: A100 dense bf16)",
+        default=None,
+        help=(
+            "device peak for --plan, TFLOP/s (default: this machine's GEMM peak, measured once and "
+            f"cached; {DEFAULT_PEAK_TFLOPS:g}: an A100's dense bf16)"
+        ),
     )
     parser.add_argument(
         "--plan-utilisation",
+        "--utilisation",
+        dest="plan_utilisation",
         type=float,
-        default=DEFAULT_UTILISATION,
-        help=f"model-FLOPs utilisation assumed by --plan (default {DEFAULT_UTILISATION:g})",
+        default=None,
+        help=(
+            f"fraction of the peak the networks reach, for --plan (default {DEFAULT_EFFICIENCY:g} of this "
+            f"machine's measured peak, {DEFAULT_UTILISATION:g} of a given --plan-peak-tflops)"
+        ),
     )
     parser.add_argument(
         "--plan-device",
@@ -601,9 +736,10 @@ def print_plan(
         else the compression study's (:func:`plan_study`).
     """
     gpu = args.plan_device == "gpu" or (args.plan_device == "auto" and profile_name == "paper")
-    assumptions = {"gpu": gpu, "peak_tflops": args.plan_peak_tflops, "utilisation": args.plan_utilisation}
     try:
         info, trajectories = plan_dataset(args.dataset or profile.dataset, data_root=args.data_root)
+        peak, efficiency, basis = plan_estimate(args.plan_peak_tflops, args.plan_utilisation)
+        assumptions = {"gpu": gpu, "peak_tflops": peak, "utilisation": efficiency}
         profile = profile.for_dataset(spec_from_args(args, info))  # the stride and window it would train
         if contexts is None:
             plan = plan_study(
@@ -630,5 +766,55 @@ def print_plan(
     except (ValueError, FileNotFoundError) as error:
         out(f"plan: error: the {profile_name} profile would fail: {error}")
         return 2
+    plan.estimate_basis = basis
     out(format_plan(plan))
     return 0
+
+
+def sweep_prediction(
+    profile: Profile,
+    info: DatasetInfo,
+    latent_channels: Sequence[int],
+    *,
+    pixel: bool = True,
+    seeds: int = 1,
+    elapsed_s: float | None = None,
+    peak_tflops: float | None = None,
+    utilisation: float | None = None,
+) -> str:
+    """For the end of a sweep: the wall time the plan predicts for the study just run (its
+    :func:`plan_study` on the opened dataset, times ``seeds`` replicates, at
+    :func:`plan_estimate`'s peak and efficiency) and, given ``elapsed_s``, the rate the
+    study's counted FLOPs actually ran at. Never raises: an estimate that cannot be made
+    says why.
+
+    :param profile: the profile fitted to the dataset (``Profile.for_dataset``), as the sweep ran it.
+    """
+    try:
+        trajectories = {split: sum(layout.n_trajectories) for split, layout in info.splits.items()} or None
+        peak, efficiency, _ = plan_estimate(peak_tflops, utilisation)
+        plan = plan_study(
+            profile,
+            info,
+            latent_channels,
+            trajectories=trajectories,
+            pixel=pixel,
+            peak_tflops=peak,
+            utilisation=efficiency,
+        )
+        replicates = max(1, int(seeds))
+        seconds = predicted_wall_seconds(plan, peak, efficiency) * replicates
+        flops = replicates * sum(stage.flops for stage in plan.stages if stage.flops is not None)
+    except Exception as error:  # noqa: BLE001 -- the sweep is done; its estimate must not fail it
+        return f"no estimate from the plan: {type(error).__name__}: {error}"
+    text = (
+        f"the plan predicted {format_duration(seconds)}"
+        + (f" for {replicates} seeds" if replicates > 1 else "")
+        + f" at {_si(peak * 1e12 * efficiency, 'FLOP/s')}: {_si(peak * 1e12, 'FLOP/s')} peak x {efficiency:g}"
+    )
+    if elapsed_s:
+        rate = flops / elapsed_s
+        text += (
+            f"; its {_si(flops, 'FLOP')} ran at {_si(rate, 'FLOP/s')}, {rate / (peak * 1e12):.2g} of the peak"
+        )
+    return text

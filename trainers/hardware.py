@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,10 +46,15 @@ __all__ = [
     "PROBE_MIN_WEIGHT",
     "ProcessGroupSettings",
     "autocast_context",
+    "cached_gemm_peak",
     "compile_backbones",
     "compile_enabled",
     "cpu_flags",
+    "cpu_model",
+    "gemm_peak_cache_path",
+    "gemm_peak_key",
     "measure_bf16_speedup",
+    "measure_gemm_peak",
     "process_group_settings",
     "resolve_precision",
     "use_fused_adam",
@@ -263,3 +269,154 @@ def worker_threads(cpus_per_worker: float, *, cores: int, concurrent_workers: in
     """
     share = cores // max(1, concurrent_workers)
     return max(1, min(cores, max(int(cpus_per_worker), share)))
+
+
+def measure_gemm_peak(
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    *,
+    n: int | None = None,
+    repeats: int = 5,
+    budget_s: float | None = None,
+) -> tuple[float, float]:
+    r"""The GEMM peak of this machine in ``dtype``: FLOP/s of the best of ``repeats`` ``n × n``
+    products (:math:`2 n^3` FLOPs each, after one warm-up product), the ceiling any network
+    step can reach in that dtype.
+
+    :param device: ``"cpu"`` or a CUDA device (synchronized around each product).
+    :param threads: torch's CPU threads during the probe (restored after); default: as set.
+    :param n: the products' size (default 2048 on a CPU, about 0.1 s a product on 2 cores;
+        8192 on CUDA, where smaller products do not fill the GPU).
+    :param budget_s: stop repeating once this many seconds have passed (at least one timed
+        product); ``None``: all ``repeats``.
+    :returns: ``(by wall time, by CPU time)``: the second counts the process's CPU seconds
+        spread on torch's threads (what the cores deliver when they are ours alone; on a
+        shared machine the wall-time figure also counts the others' work). On CUDA only
+        the first means anything.
+    """
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+
+        def synchronize() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        best, best_cpu = math.inf, math.inf
+        started = time.perf_counter()
+        for i in range(repeats + 1):
+            synchronize()
+            began, cpu = time.perf_counter(), time.process_time()
+            torch.mm(a, b)
+            synchronize()
+            if i:  # the first product warms up (allocation, kernel selection)
+                best = min(best, time.perf_counter() - began)
+                best_cpu = min(best_cpu, (time.process_time() - cpu) / torch.get_num_threads())
+                if budget_s is not None and time.perf_counter() - started > budget_s:
+                    break
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * n**3 / max(best, 1e-9), 2 * n**3 / max(best_cpu, 1e-9)
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s first ``model name``; elsewhere
+    :func:`platform.processor` or the architecture)."""
+    try:
+        with open(path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def gemm_peak_key(dtype: torch.dtype, device: str | torch.device, threads: int) -> str:
+    """What a cached GEMM peak is valid for: the CPU's model (the GPU's name on CUDA), the
+    torch version, the threads (CPU) and the dtype."""
+    device = torch.device(device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        return f"cuda | {torch.cuda.get_device_name(device)} | torch {torch.__version__} | {dtype_name}"
+    return f"{device.type} | {cpu_model()} | torch {torch.__version__} | {threads} threads | {dtype_name}"
+
+
+def gemm_peak_cache_path() -> Path:
+    """The cache of measured GEMM peaks: ``gemm_peaks.json`` in ``hardware/`` under the
+    platform's data cache (``$LOLARAY_DATA_DIR``, else ``~/.cache/lolaray/datasets``)."""
+    from lolaray.platform.embedded import data_cache_dir
+
+    return data_cache_dir() / "hardware" / "gemm_peaks.json"
+
+
+def cached_gemm_peak(
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    *,
+    path: str | Path | None = None,
+    budget_s: float = 1.0,
+    busy_ratio: float = 0.8,
+    busy_load: float | None = None,
+) -> tuple[float, str]:
+    """This machine's GEMM peak in ``dtype`` (:func:`measure_gemm_peak`, about a second),
+    measured once per :func:`gemm_peak_key` and kept in a small JSON file (default
+    :func:`gemm_peak_cache_path`; delete it to measure again); an unreadable file is
+    measured over, an unwritable one only not kept.
+
+    On a CPU, a probe that did not have the cores to itself is not kept, so that a busy
+    moment does not become the machine's figure for good: one whose wall-time figure falls
+    below ``busy_ratio`` of its CPU-time figure, or that began at a 1-minute load average
+    above ``busy_load`` (default half the cores + 0.5). Its larger figure is returned (on 2
+    shared cores under others' tests, load 6–19, the wall-time figure read 6–150 GFLOP/s
+    and the CPU-time one 115–290, against 300–315 for both quiet).
+
+    :param threads: torch's CPU threads (default: as set now); ignored on CUDA.
+    :returns: ``(FLOP/s, how)``: ``"measured earlier"`` (from the file), ``"measured now"``
+        or ``"measured now on a busy machine, by CPU time, not kept"``.
+    """
+    import json
+
+    device = torch.device(device)
+    threads = int(threads or torch.get_num_threads())
+    path = Path(path) if path is not None else gemm_peak_cache_path()
+    key = gemm_peak_key(dtype, device, threads)
+    try:
+        peaks = json.loads(path.read_text())
+        if not isinstance(peaks, dict):
+            peaks = {}
+    except (OSError, ValueError):
+        peaks = {}
+    record = peaks.get(key)
+    flops = record.get("flops_per_s") if isinstance(record, dict) else None
+    if isinstance(flops, (int, float)) and flops > 0:
+        return float(flops), "measured earlier"
+    cpu = device.type == "cpu"
+    try:
+        load = os.getloadavg()[0] if cpu else 0.0
+    except (AttributeError, OSError):  # no load average (Windows)
+        load = 0.0
+    cores = os.cpu_count() or 1
+    busy_load = 0.5 * cores + 0.5 if busy_load is None else busy_load
+    flops, by_cpu_time = measure_gemm_peak(dtype, device, threads if cpu else None, budget_s=budget_s)
+    if cpu and (flops < busy_ratio * by_cpu_time or load > busy_load):
+        how = f"measured now on a busy machine (load {load:.1f}, {cores} cores), not kept"
+        return max(flops, by_cpu_time), how
+    peaks[key] = {"flops_per_s": flops, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(peaks, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return flops, "measured now"

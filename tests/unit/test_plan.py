@@ -18,6 +18,16 @@ from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.transformer import EMULATOR_PRESETS
 
 
+@pytest.fixture(autouse=True)
+def _no_gemm_probe(monkeypatch):
+    """--plan's default peak is this machine's, measured and cached in the user's data cache:
+    here a fixed figure, neither measured nor written."""
+    monkeypatch.setattr(
+        "lolaray.sweeps.plan.machine_gemm_peak",
+        lambda: (3.1e11, "fp32 GEMM peak 310 GFLOP/s (fixed for the tests)"),
+    )
+
+
 def _linear(rows, fan_in, fan_out):
     return 2 * rows * fan_in * fan_out
 

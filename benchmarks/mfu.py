@@ -4,9 +4,9 @@ r"""Model-FLOPs utilisation of the training steps on this machine's CPU (or GPU)
 
 1. The GEMM peak, measured: the best of a few ``n × n`` matrix products in fp32 and in
    bf16 (``2 n^3`` FLOPs each), the ceiling any network step can reach in that dtype.
-2. Training steps of the demo profile's networks — the autoencoder (``small_r16`` on the demo
-   dataset's 32² states, batch 8) and the latent diffusion emulator (``demo`` preset on its
-   16 × 2 × 2 latents, batch 16) — and, with ``--wide``, of a paper-width emulator (``paper`` preset, 1024
+2. Training steps of the demo profile's networks at ÷20 — the autoencoder (``small_r8`` on the
+   demo dataset's 32² states, batch 8) and the latent diffusion emulator (``demo`` preset, 2×2
+   patches of its 16 × 4 × 4 latents, batch 16) — and, with ``--wide``, of a paper-width emulator (``paper`` preset, 1024
    wide, on 64 × 8 × 8 latents, batch 1), in fp32 and under bf16 autocast: forward,
    backward, clipping and the AdamW step, as :func:`~lolaray.trainers.loop.run_training`
    takes them.
@@ -23,36 +23,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 
 import torch
 
+from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.plan import plan_dataset
 from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
 from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
-from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
+from lolaray.trainers.autoencoder_trainer import latent_geometry
 from lolaray.trainers.emulator_trainer import Objective, draw_masks
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
-from lolaray.trainers.hardware import autocast_context, cpu_flags, measure_bf16_speedup, resolve_precision
+from lolaray.trainers.hardware import (
+    autocast_context,
+    cpu_flags,
+    measure_bf16_speedup,
+    measure_gemm_peak,
+    resolve_precision,
+)
 from lolaray.trainers.optim import build_optimizer
-
-
-def gemm_peak(dtype: torch.dtype, device: torch.device, *, n: int, repeats: int = 5) -> tuple[float, float]:
-    """FLOP/s of the best of ``repeats`` ``n × n`` products in ``dtype``: by wall time, and by
-    the process's CPU time spread on torch's threads (what the cores deliver when they are ours
-    alone; on a shared machine the wall-time figure also counts the others' work)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats + 1):
-        _synchronize(device)
-        began, cpu = time.perf_counter(), _cpu_seconds()
-        torch.mm(a, b)
-        _synchronize(device)
-        best = min(best, time.perf_counter() - began)
-        best_cpu = min(best_cpu, (_cpu_seconds() - cpu) / torch.get_num_threads())
-    return 2 * n**3 / best, 2 * n**3 / max(best_cpu, 1e-9)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -88,8 +77,8 @@ def _median(values: list[float]) -> float:
 
 
 def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
+    # process_time counts in nanoseconds; os.times ticks every 10 ms, a fraction of a small step
+    return time.process_time()
 
 
 def main(argv=None) -> None:
@@ -113,8 +102,8 @@ def main(argv=None) -> None:
         f"avx512_bf16={'avx512_bf16' in flags}"
     )
     measured_peaks = {
-        "fp32": gemm_peak(torch.float32, device, n=args.gemm),
-        "bf16": gemm_peak(torch.bfloat16, device, n=args.gemm),
+        "fp32": measure_gemm_peak(torch.float32, device, n=args.gemm),
+        "bf16": measure_gemm_peak(torch.bfloat16, device, n=args.gemm),
     }
     peaks = {dtype: wall for dtype, (wall, _) in measured_peaks.items()}
     cpu_peaks = {dtype: cpu for dtype, (_, cpu) in measured_peaks.items()}
@@ -129,7 +118,8 @@ def main(argv=None) -> None:
         )
 
     info, _ = plan_dataset("euler_quadrants:demo")
-    ae_config = AutoencoderConfig(preset="small_r16", latent_channels=16, batch_size=8)
+    demo = PROFILES["demo"]
+    ae_config = dataclasses.replace(demo.autoencoder, latent_channels=16)  # ÷20
     cases = []
 
     def autoencoder_case():
@@ -143,7 +133,7 @@ def main(argv=None) -> None:
         return model, loss, autoencoder_cost(ae_config, info).train.flops
 
     grid = "x".join(str(n) for n in info.state_shape[1:])
-    cases.append((f"autoencoder small_r16 {grid}, batch 8", autoencoder_case))
+    cases.append((f"autoencoder {ae_config.preset} {grid}, batch {ae_config.batch_size}", autoencoder_case))
 
     def emulator_case(config: EmulatorConfig, latent: tuple[int, ...]):
         def build():
@@ -159,12 +149,14 @@ def main(argv=None) -> None:
 
         return build
 
-    demo = EmulatorConfig(kind="diffusion", preset="demo", batch_size=16)
-    latent = (16, *(n // 16 for n in info.state_shape[1:]))  # small_r16: r = 16
+    emulator = dataclasses.replace(demo.emulator, kind="diffusion")
+    latent, _ = latent_geometry(ae_config, info)
     label = "x".join(str(n) for n in latent)
-    cases.append((f"latent diffusion demo {label}, batch 16", emulator_case(demo, latent)))
+    cases.append(
+        (f"latent diffusion demo {label}, batch {emulator.batch_size}", emulator_case(emulator, latent))
+    )
     if args.wide:
-        wide = dataclasses.replace(demo, preset="paper", batch_size=1)
+        wide = dataclasses.replace(emulator, preset="paper", batch_size=1, architecture={})
         cases.append(("latent diffusion paper 64x8x8, batch 1", emulator_case(wide, (64, 8, 8))))
 
     threads = torch.get_num_threads()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +51,15 @@ from lolaray.platform.session import start_ray
 from lolaray.platform.stages import StageContext
 from lolaray.sweeps.chain import PROFILES, Profile, run_latent_chain, run_pixel_chain
 from lolaray.sweeps.compression_rates import format_rate, latent_channels_for_rates, parse_rates, study_rates
-from lolaray.sweeps.plan import add_plan_arguments, plan_dataset, print_plan
+from lolaray.sweeps.plan import (
+    add_plan_arguments,
+    format_duration,
+    plan_dataset,
+    plan_study,
+    print_plan,
+    sweep_prediction,
+)
+from lolaray.sweeps.schedule import Schedule, chain_costs, schedule_chains
 from lolaray.sweeps.sweep import (
     SweepInputError,
     add_common_arguments,
@@ -72,6 +81,7 @@ __all__ = [
     "main",
     "parse_args",
     "run_compression_sweep",
+    "study_schedule",
 ]
 
 
@@ -146,6 +156,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="context lengths of the evaluations (default: the profile's, 1 2 3)",
     )
     parser.add_argument("--no-pixel", action="store_true", help="skip the pixel-space solver baseline")
+    parser.add_argument(
+        "--worker-threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch threads of every training worker and rollout actor (default: the study's schedule "
+        "gives a stage the cores the other chains leave free; pin it for results bit-equal to a "
+        "chain run alone or in another sweep)",
+    )
     add_guidance_arguments(parser, what="also evaluate each diffusion emulator guided")
     add_scoring_arguments(parser)
     add_dataset_spec_arguments(parser)
@@ -184,6 +203,7 @@ class _TrialContext:
     fail_at: dict | None
     guidance: dict | None = None
     scoring: dict | None = None
+    schedule: Schedule | None = None
 
 
 def _label(chain, replicate: int = 0) -> str:
@@ -194,7 +214,7 @@ def _label(chain, replicate: int = 0) -> str:
 
 def _chain_trial(config: dict, context: _TrialContext) -> None:
     """A Tune trial: one chain (a latent channel count, or ``"pixel"``), then one report."""
-    chain, replicate = config["chain"], int(config.get("replicate", 0))
+    chain, replicate = config["trial"]["chain"], int(config["trial"]["replicate"])
     label = _label(chain, replicate)
     stage_context = StageContext(
         store=ArtifactStore(context.store_root),
@@ -207,6 +227,7 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
         "progress": lambda text: print(f"[lolaray] {text}", flush=True),
         "fail_at": (context.fail_at or {}).get(label),
         "scoring": context.scoring,
+        "threads": context.schedule.threads.get(label) if context.schedule is not None else None,
     }
     if chain == "pixel":
         result = run_pixel_chain(context.profile, context.dataset, stage_context, **common)
@@ -247,6 +268,42 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
     ray.tune.report(metrics)
 
 
+def study_schedule(
+    profile: Profile,
+    dataset,
+    latent_channels: list[int],
+    *,
+    pixel: bool,
+    seeds: int,
+    slots: int,
+    cores: int,
+    worker_threads: int | None = None,
+) -> Schedule:
+    """The study's trial order and threads per stage (:func:`~lolaray.sweeps.schedule.schedule_chains`)
+    from its plan's FLOPs (:func:`~lolaray.sweeps.plan.plan_study`): longest chain first, each
+    stage the cores the chains running beside it leave free; ``worker_threads`` pins them all."""
+    chains = [*(int(c) for c in latent_channels), *(["pixel"] if pixel else [])]
+    labels = [_label(chain, replicate) for chain in chains for replicate in range(seeds)]
+    counts = {split: sum(layout.n_trajectories) for split, layout in dataset.splits.items()}
+    plan = plan_study(
+        profile, dataset, [int(c) for c in latent_channels], trajectories=counts, pixel=pixel, gpu=False
+    )
+    schedule = schedule_chains(chain_costs(plan.stages, labels), cores=cores, slots=slots)
+    if worker_threads is not None:
+        pinned = {label: dict.fromkeys(stages, worker_threads) for label, stages in schedule.threads.items()}
+        schedule = dataclasses.replace(schedule, threads=pinned)
+    return schedule
+
+
+def _local_cores() -> int | None:
+    """This machine's cores when every trial runs on it (one Ray node, no GPU), else ``None``:
+    on a cluster each worker keeps the CPUs it reserves."""
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    if len(alive) != 1 or ray.cluster_resources().get("GPU", 0) > 0:
+        return None
+    return os.cpu_count() or 1
+
+
 def run_compression_sweep(
     profile: Profile,
     dataset,
@@ -266,6 +323,8 @@ def run_compression_sweep(
     guidance: dict | None = None,
     scoring: dict | None = None,
     dataset_spec: DatasetSpec | None = None,
+    worker_threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
     """The compression sweep on a running Ray: Tune trials, then the study report.
 
@@ -286,6 +345,9 @@ def run_compression_sweep(
     :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
         convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`), and
         their ``horizons``.
+    :param worker_threads: torch threads of every training worker and rollout actor (default:
+        the study's schedule, on one machine; :func:`study_schedule`).
+    :param progress: where the schedule is reported (one line; default: nowhere).
     :param dataset_spec: the dataset's settings (default: :func:`~lolaray.platform.dataset_specs.resolve_spec`
         of ``dataset``): the profile is fitted to them
         (:meth:`~lolaray.sweeps.chain.Profile.for_dataset`), the evaluations take their start
@@ -297,10 +359,32 @@ def run_compression_sweep(
     dataset_spec = dataset_spec or resolve_spec(dataset)
     profile = profile.for_dataset(dataset_spec)
     scoring = {**dataset_spec.scoring(), **profile.scoring(scoring)}
-    # The pixel chain first: it is the shortest (no autoencoder, no caches), so when there
-    # are more trials than slots it frees its slot early instead of running alone at the end.
-    chains: list = (["pixel"] if pixel else []) + [int(c) for c in latent_channels]
     max_concurrent = max_concurrent or default_concurrency(ray.cluster_resources(), profile.workers)
+    # Longest chain first, by the plan's FLOPs; on one machine each stage also takes the cores
+    # the chains beside it leave free (sweeps/schedule.py). On a cluster only the order.
+    cores = _local_cores()
+    schedule = study_schedule(
+        profile,
+        dataset,
+        list(latent_channels),
+        pixel=pixel,
+        seeds=seeds,
+        slots=max_concurrent,
+        cores=cores or max_concurrent,
+        worker_threads=worker_threads,
+    )
+    if cores is None and worker_threads is None:
+        schedule = dataclasses.replace(schedule, threads={})
+    chains = [*(int(c) for c in latent_channels), *(["pixel"] if pixel else [])]
+    trials = {_label(c, r): {"chain": c, "replicate": r} for c in chains for r in range(seeds)}
+    trial_grid = [trials[label] for label in schedule.order]
+    if progress is not None:
+        threads = "pinned" if worker_threads else ("by the schedule" if cores else "as each stage reserves")
+        progress(
+            f"[lolaray] schedule: {', '.join(schedule.order)} (longest first by the plan's FLOPs), "
+            f"{max_concurrent} at once on {cores or 'the cluster'} cores; threads {threads}"
+            + (f"; simulated {format_duration(schedule.seconds)}" if cores else "")
+        )
     params = {
         "profile": profile_name,
         "dataset": dataset.name,
@@ -312,6 +396,8 @@ def run_compression_sweep(
         "seeds": seeds,
         "store": store.root,
         "max_concurrent_trials": max_concurrent,
+        "trial_order": list(schedule.order),
+        "worker_threads": worker_threads or ("schedule" if cores else "reserved"),
         "guidance": guidance,
         **(scoring or {}),
         "dataset_spec": dataset_spec.to_dict(),
@@ -335,10 +421,13 @@ def run_compression_sweep(
             fail_at=fail_at,
             guidance=guidance,
             scoring=scoring,
+            schedule=schedule,
         )
+        if schedule.threads:
+            parent.client.set_tag(parent.run_id, "schedule/threads", json.dumps(schedule.threads)[:5000])
         trials = run_trials(
             ray.tune.with_parameters(_chain_trial, context=context),
-            {"chain": ray.tune.grid_search(chains), "replicate": ray.tune.grid_search(list(range(seeds)))},
+            {"trial": ray.tune.grid_search(trial_grid)},
             name=f"compression-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{store.root}/_tune",
             max_concurrent=max_concurrent,
@@ -347,7 +436,7 @@ def run_compression_sweep(
         )
         evaluations = []
         for trial in trials:
-            label = _label(trial.config.get("chain"), trial.config.get("replicate", 0))
+            label = _label(trial.config["trial"]["chain"], trial.config["trial"]["replicate"])
             if trial.error is not None or "artifacts" not in trial.metrics:
                 outcome.errors[label] = trial.error or "the trial reported nothing"
                 continue
@@ -501,6 +590,8 @@ def main(argv=None) -> int:
             guidance=guidance,
             scoring=scoring,
             dataset_spec=spec,
+            worker_threads=args.worker_threads,
+            progress=print,
         )
     except SweepFailed as failure:
         for label, error in failure.outcome.errors.items():
@@ -526,7 +617,18 @@ def main(argv=None) -> int:
         )
     print(f"[lolaray] study report: {outcome.study.uri}/study.html")
     print(f"[lolaray] {mlflow_hint(uri, args.experiment, outcome.parent_run_id)}")
-    print(f"[lolaray] sweep done in {elapsed(start)}")
+    took, seconds = elapsed(start), time.perf_counter() - start
+    predicted = sweep_prediction(
+        profile,
+        info,
+        latent_channels,
+        pixel=not args.no_pixel,
+        seeds=args.seeds,
+        elapsed_s=seconds,
+        peak_tflops=args.plan_peak_tflops,
+        utilisation=args.plan_utilisation,
+    )
+    print(f"[lolaray] sweep done in {took} ({predicted})")
     return 0
 
 

@@ -53,7 +53,10 @@ def swept(ray_cluster, smoke_dataset, tmp_path_factory):
     again to completion."""
     root = tmp_path_factory.mktemp("sweep")
     store, uri = ArtifactStore(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
+    # Threads pinned: the studies below that must reproduce these artifacts bit for bit run a
+    # chain alone, which the schedule would give both cores (sweeps/schedule.py).
     kwargs = {"store": store, "mlflow_uri": uri, "profile_name": "smoke", "verbose": 0, "max_concurrent": 2}
+    kwargs["worker_threads"] = 1
     with pytest.raises(SweepFailed) as failed:
         run_compression_sweep(
             SMOKE,
@@ -161,7 +164,7 @@ def test_two_studies_at_once_on_a_fresh_folder_equal_the_resumed_sweep(swept, da
     beside it; and these uninterrupted runs give the artifacts (same ids, same weights) and
     metrics of the sweep that was killed before its last stage and resumed."""
     command = [sys.executable, str(STUDY), "--profile", "smoke", "--latent-channels", "16", "--no-pixel"]
-    command += ["--contexts", "1"]  # the swept fixture's evaluations
+    command += ["--contexts", "1", "--worker-threads", "1"]  # the swept fixture's evaluations and threads
     # The defaults, not a database an earlier test left in MLFLOW_TRACKING_URI (MLflow's
     # set_tracking_uri exports it to the environment of the process that logged a model).
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

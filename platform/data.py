@@ -317,6 +317,23 @@ def split_bytes(info: DatasetInfo, split: str) -> int:
     return sum(t * n for t, n in zip(layout.n_trajectories, layout.n_steps)) * channels * cells * 4
 
 
+def _well_dataset(info: DatasetInfo, split: str, *, length: int, stride: int) -> WellDataset:
+    """The Well's reader of ``split``: windows of ``length`` states ``stride`` steps apart."""
+    return WellDataset(
+        # Custom names need path= (well_dataset_name must be one of The Well's); stats are
+        # never read (use_normalization=False: lolaray standardizes itself).
+        path=f"{info.root}/data/{split}",
+        normalization_path=f"{info.root}/stats.yaml",
+        n_steps_input=length,
+        n_steps_output=0,
+        min_dt_stride=stride,
+        max_dt_stride=stride,
+        use_normalization=False,
+        return_grid=False,
+        boundary_return_type="padding",
+    )
+
+
 class WellWindows(Dataset):
     """Windows of ``length`` states ``stride`` steps apart from one split, channels-first.
 
@@ -381,19 +398,7 @@ class WellWindows(Dataset):
         self.offsets = np.cumsum(
             [0] + [t * w for t, w in zip(layout.n_trajectories, self.windows_per_trajectory)]
         )
-        self.well = WellDataset(
-            # Custom names need path= (well_dataset_name must be one of The Well's); stats are
-            # never read (use_normalization=False: lolaray standardizes itself).
-            path=f"{info.root}/data/{split}",
-            normalization_path=f"{info.root}/stats.yaml",
-            n_steps_input=length,
-            n_steps_output=0,
-            min_dt_stride=stride,
-            max_dt_stride=stride,
-            use_normalization=False,
-            return_grid=False,
-            boundary_return_type="padding",
-        )
+        self.well = _well_dataset(info, split, length=length, stride=stride)
         if len(self.well) != int(self.offsets[-1]):
             raise RuntimeError(
                 f"window count mismatch with WellDataset ({len(self.well)} vs {self.offsets[-1]})"
@@ -406,15 +411,7 @@ class WellWindows(Dataset):
         if preload:
             if len(set(layout.n_steps)) != 1:
                 raise ValueError(f"{info.name}/{split}: preload needs trajectories of one length")
-            self._trajectories = WellDataset(
-                path=f"{info.root}/data/{split}",
-                normalization_path=f"{info.root}/stats.yaml",
-                n_steps_input=shortest,
-                n_steps_output=0,
-                use_normalization=False,
-                return_grid=False,
-                boundary_return_type="padding",
-            )
+            self._trajectories = _well_dataset(info, split, length=shortest, stride=1)
             self._first_trajectory = np.cumsum([0, *layout.n_trajectories])
 
     def __len__(self) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lolaray.platform.embedded import data_cache_dir
 from lolaray.trainers.transformer import SpatioTemporalTransformer
 
 __all__ = [
@@ -353,8 +354,6 @@ def gemm_peak_key(dtype: torch.dtype, device: str | torch.device, threads: int) 
 def gemm_peak_cache_path() -> Path:
     """The cache of measured GEMM peaks: ``gemm_peaks.json`` in ``hardware/`` under the
     platform's data cache (``$LOLARAY_DATA_DIR``, else ``~/.cache/lolaray/datasets``)."""
-    from lolaray.platform.embedded import data_cache_dir
-
     return data_cache_dir() / "hardware" / "gemm_peaks.json"
 
 

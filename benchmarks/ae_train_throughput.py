@@ -23,11 +23,20 @@ from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec
 from lolaray.trainers import autoencoder_trainer
-from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.optim import build_optimizer
+from lolaray.trainers.step import TrainingStep
+
+
+def _loss(config: AutoencoderConfig):
+    def loss(model, batch, device):
+        x = batch["x"][:, :, 0].to(device)  # (B, C, 1, H, W) -> (B, C, H, W)
+        return config.reconstruction_loss(model(x)[0], x), x.shape[0]
+
+    return loss
 
 
 def plain_loop(config, info, standardizer, *, epochs: int, threads: int) -> list[float]:
@@ -39,6 +48,9 @@ def plain_loop(config, info, standardizer, *, epochs: int, threads: int) -> list
     optimizer = build_optimizer(model.parameters(), name=config.loop.optimizer, lr=config.loop.lr)
     states = WellWindows(info, "train", length=1, standardizer=standardizer, augment=True)
     loader = DataLoader(states, batch_size=config.batch_size, shuffle=True, drop_last=True)
+    # The loss the stage trains on, and the step it takes (trainers/step.py); only the data
+    # path and Ray Train differ from the stage.
+    train_step = TrainingStep(model, optimizer, loss=_loss(config))
     rates = []
     batches = iter(())
     for _ in range(epochs):
@@ -49,14 +61,7 @@ def plain_loop(config, info, standardizer, *, epochs: int, threads: int) -> list
             except StopIteration:
                 batches = iter(loader)
                 batch = next(batches)
-            x = batch["x"][:, :, 0]
-            x_hat, _ = model(x)
-            loss = vmse_loss(x_hat, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            samples += x.shape[0]
+            samples += train_step(batch).samples
         rates.append(samples / (time.perf_counter() - began))
     return rates
 

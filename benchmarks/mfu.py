@@ -30,7 +30,7 @@ import torch
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.plan import plan_dataset
 from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
-from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.autoencoder_trainer import latent_geometry
 from lolaray.trainers.emulator_trainer import Objective, draw_masks
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
@@ -42,6 +42,7 @@ from lolaray.trainers.hardware import (
     resolve_precision,
 )
 from lolaray.trainers.optim import build_optimizer
+from lolaray.trainers.step import TrainingStep
 
 
 def _synchronize(device: torch.device) -> None:
@@ -51,21 +52,23 @@ def _synchronize(device: torch.device) -> None:
 
 def time_steps(model, loss_fn, *, precision: str, device: torch.device, steps: int) -> tuple[float, float]:
     """Median wall seconds and median process CPU seconds per training step (after one
-    warm-up step), AdamW, clip 1. On a shared CPU the wall time counts the others' work too;
+    warm-up step) of the training step itself (:class:`~lolaray.trainers.step.TrainingStep`),
+    AdamW, clip 1. On a shared CPU the wall time counts the others' work too;
     CPU seconds / threads is what the step would take with the cores to itself."""
     optimizer = build_optimizer(model.parameters(), name="adamw", lr=1e-4)
-    autocast = autocast_context(precision, device.type)
+    train_step = TrainingStep(
+        model,
+        optimizer,
+        loss=lambda m, _batch, _device: (loss_fn(m), 1),
+        device=device,
+        autocast=autocast_context(precision, device.type),
+    )
     model.train()
     times, cpu_times = [], []
     for _ in range(steps + 1):
         _synchronize(device)
         began, cpu = time.perf_counter(), _cpu_seconds()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = loss_fn(model)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        train_step(None)
         _synchronize(device)
         times.append(time.perf_counter() - began)
         cpu_times.append(_cpu_seconds() - cpu)
@@ -128,7 +131,7 @@ def main(argv=None) -> None:
 
         def loss(m):
             x_hat, _ = m(x)
-            return vmse_loss(x_hat.float(), x)
+            return ae_config.reconstruction_loss(x_hat, x)
 
         return model, loss, autoencoder_cost(ae_config, info).train.flops
 

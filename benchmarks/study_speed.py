@@ -74,7 +74,7 @@ from lolaray.platform.dataset_specs import resolve_spec
 from lolaray.platform.tracking import tracking_uri
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.plan import plan_dataset, plan_study
-from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.autoencoder_trainer import latent_geometry
 from lolaray.trainers.emulator_trainer import Objective, draw_masks
 from lolaray.trainers.emulators import build_emulator
@@ -660,7 +660,7 @@ def measure_networks(
 
             def loss(m, x=x, known=known, ae=ae):
                 x_hat, _ = m(x, known)
-                return vmse_loss(x_hat.float(), x, root=ae.loss_root)
+                return ae.reconstruction_loss(x_hat, x)
 
             timed(f"autoencoder c{channels} (/{rate:g})", model, loss, ae.batch_size, ae.loop.precision)
             for kind in ("diffusion", "solver"):

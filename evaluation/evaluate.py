@@ -172,14 +172,15 @@ def evaluate(
         the dataset spec's (paper Tables 11–13: Euler density, Rayleigh–Bénard ``velocity_y``,
         gravity cooling density); ``None``: density where the data has it.
     :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`);
-        its ``scaling.actors`` and ``scaling.actor_gpus`` size the rollout actor pool.
+        its ``scaling.actors`` and ``scaling.actor_gpus`` size the rollout actor pool
+        (``scaling.local_rollouts``: none, the rollouts run in this process).
     :param max_batch: members per batch. Neither it nor the actor pool changes the results
         (nor the artifact id).
     :returns: the evaluation artifact (``metrics.csv``, ``summary.json``, ``table.txt``,
         ``report.html``, figures).
     """
     context = context or StageContext.default()
-    actors = context.scaling.actors
+    actors = 0 if context.scaling.local_rollouts else context.scaling.actors
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
     manifest = emulator.manifest
     kind, space = manifest.get("kind"), manifest.get("space", "latent")

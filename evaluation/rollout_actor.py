@@ -317,8 +317,15 @@ def _item_key(item: dict) -> str:
 def run_rollouts(
     items: list[dict], actor_kwargs: dict, *, actors: int, actor_gpus: float | None
 ) -> dict[tuple[int, int, int, int], dict]:
-    """Runs the work items through the actor pool; ``(trajectory, origin, context, start)`` → stats."""
+    """Runs the work items through the actor pool; ``(trajectory, origin, context, start)`` → stats.
 
+    ``actors=0`` runs them in this process instead, through the same :class:`RolloutActor`
+    (one a study makes on one machine, where starting an actor -- a fresh Python importing
+    torch -- would cost more than a small evaluation's rollouts, on the same cores anyway);
+    the caller's torch threads are restored afterwards.
+    """
+    if actors == 0:
+        return _rollouts_in_process(items, actor_kwargs)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
         RolloutActor,
@@ -335,3 +342,18 @@ def run_rollouts(
     if len(out) != len(items):
         raise RuntimeError(f"the rollout pipeline returned {len(out)} results for {len(items)} work items")
     return out
+
+
+def _rollouts_in_process(items: list[dict], actor_kwargs: dict) -> dict[tuple[int, int, int, int], dict]:
+    """:func:`run_rollouts` in this process: each item as the one row of a batch, as Ray Data
+    hands it to an actor (``batch_size=1``, numpy format), so both paths run the same code."""
+    caller_threads = torch.get_num_threads()
+    try:
+        actor = RolloutActor(**actor_kwargs)
+        out = {}
+        for item in items:
+            row = actor({key: np.asarray([value]) for key, value in item.items()})
+            out[tuple(int(s) for s in str(row["key"][0]).split("/"))] = pickle.loads(row["result"][0])
+        return out
+    finally:
+        torch.set_num_threads(caller_threads)

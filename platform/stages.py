@@ -97,7 +97,7 @@ class ScalingSpec:
         process, for unit tests).
     :param use_gpu: one GPU per training worker (``None``: when the cluster has GPUs).
     :param cpus_per_worker: logical CPUs each training worker reserves from Ray; a CPU
-        worker runs that many torch threads (local mode keeps the caller's).
+        worker runs that many torch threads (a training in this process keeps the caller's).
     :param free_cores: a CPU worker runs more threads than it reserved when fewer trainings
         than cores run (:func:`~lolaray.trainers.hardware.worker_threads`). Off by default:
         torch's CPU kernels do not sum in the same order at every thread count, so a seeded
@@ -108,6 +108,9 @@ class ScalingSpec:
         it overrides ``cpus_per_worker`` and ``free_cores`` (``None``: they decide).
     :param max_failures: worker-group restarts from the last checkpoint before giving up.
     :param actors: actors of the encoding and rollout passes (Ray Data actor pools).
+    :param local_rollouts: an evaluation rolls out in the calling process instead of a pool
+        of actors (what a study does on one machine: an actor's start costs 5-10 s per
+        evaluation, and it would run on the same cores).
     :param actor_gpus: GPUs per such actor (``None``: 1 where the cluster has GPUs, else 0).
     """
 
@@ -119,6 +122,7 @@ class ScalingSpec:
     actors: int = 1
     actor_gpus: float | None = None
     threads: int | None = None
+    local_rollouts: bool = False
 
     def __post_init__(self):
         if self.workers < 0:

@@ -260,6 +260,20 @@ def _run_stage(
     return artifact
 
 
+def _chain_scaling(profile: Profile, *, in_process: bool) -> ScalingSpec:
+    """The profile's scaling; ``in_process`` trains in the calling process (``workers=0``)
+    where the profile asks for one worker, and rolls out there where it asks for one actor
+    (``local_rollouts``): what a study does on one machine, where starting a Ray Train worker
+    group (11-17 s on 2 cores, measured) or a rollout actor (5-10 s) costs more than a
+    smoke stage's work, and the worker would run on the same cores anyway."""
+    scaling = profile.scaling()
+    if in_process and scaling.workers == 1:
+        scaling = dataclasses.replace(scaling, workers=0)
+    if in_process and scaling.actors == 1:
+        scaling = dataclasses.replace(scaling, local_rollouts=True)
+    return scaling
+
+
 def _scheduled(context: StageContext, threads: Mapping[str, int] | None, stage: str) -> StageContext:
     """``context`` with the study schedule's torch threads for ``stage`` (a stage name of the
     plan: ``"autoencoder"``, ``"evaluation/solver"``; unchanged without a schedule)."""
@@ -280,6 +294,7 @@ def run_latent_chain(
     guidance: dict | None = None,
     scoring: dict | None = None,
     threads: Mapping[str, int] | None = None,
+    in_process: bool = False,
 ) -> ChainResult:
     """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
 
@@ -295,10 +310,12 @@ def run_latent_chain(
         ``"evaluation/solver"``, ...) before which to raise :class:`InjectedFailure`.
     :param threads: stage name → torch threads of its workers and actors (the study's
         :class:`~lolaray.sweeps.schedule.Schedule`; a guided evaluation takes the unguided one's).
+    :param in_process: train and roll out in this process, with no Ray Train worker group
+        and no rollout actor (:func:`_chain_scaling`).
     """
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
-    context = context.replace(scaling=profile.scaling())
+    context = context.replace(scaling=_chain_scaling(profile, in_process=in_process))
     store = context.store
     ae_config = dataclasses.replace(
         profile.autoencoder,
@@ -393,13 +410,14 @@ def run_pixel_chain(
     fail_at: str | None = None,
     scoring: dict | None = None,
     threads: Mapping[str, int] | None = None,
+    in_process: bool = False,
 ) -> ChainResult:
-    """The pixel-space solver and its evaluation (once per sweep); ``fail_at``, ``scoring``
-    and ``threads`` as in :func:`run_latent_chain` (stages ``"pixel_solver"`` and
+    """The pixel-space solver and its evaluation (once per sweep); ``fail_at``, ``scoring``,
+    ``threads`` and ``in_process`` as in :func:`run_latent_chain` (stages ``"pixel_solver"`` and
     ``"evaluation/pixel_solver"``, scheduled as the plan's ``"solver"`` and ``"evaluation/solver"``)."""
     result = ChainResult()
     _stage = functools.partial(_run_stage, fail_at=fail_at)
-    context = context.replace(scaling=profile.scaling())
+    context = context.replace(scaling=_chain_scaling(profile, in_process=in_process))
     store = context.store
     config = dataclasses.replace(
         profile.pixel_emulator, loop=dataclasses.replace(profile.pixel_emulator.loop, seed=seed)

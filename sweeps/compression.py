@@ -204,6 +204,7 @@ class _TrialContext:
     guidance: dict | None = None
     scoring: dict | None = None
     schedule: Schedule | None = None
+    in_process: bool = False
 
 
 def _label(chain, replicate: int = 0) -> str:
@@ -228,6 +229,7 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
         "fail_at": (context.fail_at or {}).get(label),
         "scoring": context.scoring,
         "threads": context.schedule.threads.get(label) if context.schedule is not None else None,
+        "in_process": context.in_process,
     }
     if chain == "pixel":
         result = run_pixel_chain(context.profile, context.dataset, stage_context, **common)
@@ -375,6 +377,9 @@ def run_compression_sweep(
     )
     if cores is None and worker_threads is None:
         schedule = dataclasses.replace(schedule, threads={})
+    # On one machine a chain trains and rolls out in its trial's process: a Ray Train worker
+    # group or a rollout actor would run on the same cores, after 5-17 s of start-up per stage.
+    in_process = cores is not None
     chains = [*(int(c) for c in latent_channels), *(["pixel"] if pixel else [])]
     trials = {_label(c, r): {"chain": c, "replicate": r} for c in chains for r in range(seeds)}
     trial_grid = [trials[label] for label in schedule.order]
@@ -383,6 +388,7 @@ def run_compression_sweep(
         progress(
             f"[lolaray] schedule: {', '.join(schedule.order)} (longest first by the plan's FLOPs), "
             f"{max_concurrent} at once on {cores or 'the cluster'} cores; threads {threads}"
+            + ("; training and rollouts in the trial processes" if in_process else "")
             + (f"; simulated {format_duration(schedule.seconds)}" if cores else "")
         )
     params = {
@@ -398,6 +404,12 @@ def run_compression_sweep(
         "max_concurrent_trials": max_concurrent,
         "trial_order": list(schedule.order),
         "worker_threads": worker_threads or ("schedule" if cores else "reserved"),
+        "training": "in the trial process"
+        if in_process and profile.workers == 1
+        else f"{profile.workers} Ray Train worker(s)",
+        "rollouts": "in the trial process"
+        if in_process and profile.actors == 1
+        else f"{profile.actors} actor(s)",
         "guidance": guidance,
         **(scoring or {}),
         "dataset_spec": dataset_spec.to_dict(),
@@ -422,6 +434,7 @@ def run_compression_sweep(
             guidance=guidance,
             scoring=scoring,
             schedule=schedule,
+            in_process=in_process,
         )
         if schedule.threads:
             parent.client.set_tag(parent.run_id, "schedule/threads", json.dumps(schedule.threads)[:5000])

@@ -40,13 +40,14 @@ import torch
 
 from lolaray.sweeps.plan import plan_dataset
 from lolaray.sweeps.step_costs import autoencoder_cost, emulator_cost
-from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
 from lolaray.trainers.emulator_trainer import Objective
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.hardware import autocast_context, measure_bf16_speedup, resolve_precision
 from lolaray.trainers.optim import build_optimizer
 from lolaray.trainers.samplers import sample
+from lolaray.trainers.step import TrainingStep
 from lolaray.trainers.transformer import count_parameters
 
 __all__ = [
@@ -236,7 +237,7 @@ def _build(spec: NetworkSpec, grid: tuple[int, ...], device: torch.device):
 
         def train_loss(m):
             x_hat, _ = m(x)
-            return vmse_loss(x_hat.float(), x)
+            return config.reconstruction_loss(x_hat, x)
 
         def sample_step(m):
             return m.decode(m.encode(x))
@@ -342,13 +343,11 @@ def dry_run(
     optimizer = build_optimizer(model.parameters(), name=spec.optimizer, lr=1e-5)
     model.train()
     _synchronize(target)
+    train_step = TrainingStep(
+        model, optimizer, loss=lambda m, _batch, _device: (train_loss(m), 1), device=target, autocast=autocast
+    )
     began, cpu = time.perf_counter(), _cpu_seconds()
-    optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        loss = train_loss(model)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
+    outcome = train_step(None)
     _synchronize(target)
     train_seconds, train_cpu = time.perf_counter() - began, _cpu_seconds() - cpu
     return DryRunResult(
@@ -359,7 +358,7 @@ def dry_run(
         full_grid=tuple(full),
         precision=chosen,
         device=str(target),
-        loss=float(loss.detach()),
+        loss=outcome.loss,
         train_seconds=train_seconds,
         sample_seconds=sample_seconds,
         train_cpu_seconds=train_cpu,

@@ -306,7 +306,7 @@ def _known(info: DatasetInfo) -> str:
 
 def _train_resources(workers: int, gpu: bool) -> str:
     worker = "{CPU: 1, GPU: 1}" if gpu else "{CPU: 1}"
-    return f"{workers} worker(s) x {worker}" if workers else "in-process (local mode)"
+    return f"{workers} worker(s) x {worker}" if workers else "in this process"
 
 
 def _actor_resources(actors: int, gpu: bool) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lolaray.platform.data import DatasetInfo
-from lolaray.trainers.autoencoder import AutoEncoder, vmse_loss
+from lolaray.trainers.autoencoder import AutoEncoder
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, latent_geometry
 from lolaray.trainers.emulator_trainer import Objective
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
@@ -136,7 +136,7 @@ def autoencoder_cost(
     def train(model):
         x = torch.randn(batch, *shape, device="meta")
         x_hat, _ = model(x, known(batch))
-        return vmse_loss(x_hat.float(), x, root=config.loss_root)
+        return config.reconstruction_loss(x_hat, x)
 
     parameters, step = count_step(build, train, batch=batch)
     _, forward = count_step(

@@ -31,9 +31,11 @@ def mlflow_uri(tmp_path):
 @pytest.fixture
 def local_stage(tmp_path, mlflow_uri):
     """A stage context for this test: its store in the test's folder, its record in
-    :func:`mlflow_uri`, training in this process (Ray Train's local mode)."""
+    :func:`mlflow_uri`, training and rollouts in this process (no Ray Train, no actors)."""
 
-    return StageContext.resolve(tmp_path / "store", mlflow_uri, scaling=ScalingSpec(workers=0))
+    return StageContext.resolve(
+        tmp_path / "store", mlflow_uri, scaling=ScalingSpec(workers=0, local_rollouts=True)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
-import ray.train
 import torch
 from mlflow.models import infer_signature
 
@@ -40,6 +39,7 @@ from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training, trained_weights
 from lolaray.trainers.optim import OPTIMIZERS
+from lolaray.trainers.runtime import current_runtime
 from lolaray.trainers.snapshots import save_autoencoder
 
 __all__ = ["AutoencoderConfig", "latent_geometry", "periodic_axes", "train_autoencoder"]
@@ -80,6 +80,11 @@ class AutoencoderConfig(StageConfig):
     def __post_init__(self):
         # One spelling per set of augmentations (a list after a JSON round trip), one artifact id.
         object.__setattr__(self, "augment", augmentation_setting(self.augment))
+
+    def reconstruction_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The training loss of a reconstruction ``x_hat`` of ``x`` ``(B, C, *spatial)``: the
+        VMSE (or its root, ``loss_root``) at this config's ``loss_eps``, in fp32."""
+        return vmse_loss(x_hat.float(), x, eps=self.loss_eps, root=self.loss_root)
 
     def model_kwargs(self, info: DatasetInfo) -> dict:
         """The :class:`~lolaray.trainers.autoencoder.AutoEncoder` keywords on ``info``'s states
@@ -160,8 +165,8 @@ class AutoencoderTask:
         self.info = open_dataset(cfg["dataset_root"])
         self.standardizer = Standardizer.from_dict(cfg["standardizer"])
 
-        context = ray.train.get_context()
-        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.runtime = current_runtime()
+        self.rank, self.world = self.runtime.rank, self.runtime.world
 
     def build_model(self) -> AutoEncoder:
         return AutoEncoder(**self.config.model_kwargs(self.info))
@@ -191,7 +196,7 @@ class AutoencoderTask:
         x = batch["x"][:, :, 0].to(device)  # (B, C, 1, H, W) -> (B, C, H, W)
         known = batch["known"][:, :, 0].to(device) if "known" in batch else None
         x_hat, _ = model(x, known)  # the known channels are read, never reconstructed
-        return vmse_loss(x_hat.float(), x, eps=self.config.loss_eps, root=self.config.loss_root), x.shape[0]
+        return self.config.reconstruction_loss(x_hat, x), x.shape[0]
 
 
 def _worker(cfg: dict) -> dict:
@@ -204,6 +209,7 @@ def _worker(cfg: dict) -> dict:
         mlflow_run_id=cfg.get("mlflow_run_id"),
         tracking_uri=cfg.get("tracking_uri"),
         run_storage=cfg.get("run_storage"),
+        runtime=task.runtime,
     )
 
 
@@ -282,7 +288,7 @@ def train_autoencoder(
     return run_stage(
         context,
         STAGE,
-        config={"config": config.to_dict(), "dataset": info.fingerprint()},
+        config={"config": config.identity(), "dataset": info.fingerprint()},
         run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
         build=build,
         tags={"compression": f"{rate:g}", "dataset": info.name},

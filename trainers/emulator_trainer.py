@@ -28,7 +28,6 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 import numpy as np
-import ray.train
 import torch
 from mlflow.models import infer_signature
 from torch import nn
@@ -58,6 +57,7 @@ from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.encoding import cache_latents
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, endless_batches, run_training, trained_weights
+from lolaray.trainers.runtime import current_runtime
 from lolaray.trainers.snapshots import save_emulator
 from lolaray.trainers.solver import solver_loss
 from lolaray.trainers.transformer import EMULATOR_PRESETS
@@ -136,8 +136,8 @@ class EmulatorTask:
         # The states' last channels are known ones (constant fields, time-varying scalars).
         self.known_channels = cfg.get("known_channels", 0)
         self.theta_standardizer = ThetaStandardizer.from_dict(cfg["theta_standardizer"])
-        context = ray.train.get_context()
-        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.runtime = current_runtime()
+        self.rank, self.world = self.runtime.rank, self.runtime.world
 
     def build_model(self) -> nn.Module:
         return Objective(
@@ -146,7 +146,7 @@ class EmulatorTask:
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
         if self.config.space == "latent":
-            shard = ray.train.get_dataset_shard("train")
+            shard = self.runtime.dataset("train")
             config, size = self.config, self.config.batch_size
             for pass_index in itertools.count():  # every pass re-draws random windows
                 key = (config.loop.seed, self.rank, epoch, pass_index)
@@ -248,6 +248,7 @@ def _worker(cfg: dict) -> dict:
         mlflow_run_id=cfg.get("mlflow_run_id"),
         tracking_uri=cfg.get("tracking_uri"),
         run_storage=cfg.get("run_storage"),
+        runtime=task.runtime,
     )
 
 
@@ -326,7 +327,7 @@ def _train(
     return run_stage(
         context,
         STAGE,
-        config={"config": config.to_dict(), **identity},
+        config={"config": config.identity(), **identity},
         upstream=upstream,
         run_name=label,
         build=build,

@@ -4,10 +4,13 @@ Every training stage (autoencoder, diffusion, neural solver) runs the same way:
 
 1. the driver creates the stage's MLflow run (nested under the sweep's run, if any);
 2. a ``TorchTrainer`` named after the stage's artifact id fits ``worker_fn`` on
-   ``workers`` Ray Train workers (``0``: in-process, for unit tests). A stable name means a
-   rerun of an interrupted stage resumes from its last checkpoint, and ``FailureConfig``
-   restarts a failed worker group from it;
-3. the driver reads rank 0's summary and the final checkpoint's full training state.
+   ``workers`` Ray Train workers, or, with ``workers=0``, this process runs it with no Ray
+   Train at all (:class:`~lolaray.trainers.runtime.InProcessRuntime`: the unit tests, and
+   a study's trainings on one machine, where a worker group's start costs 11-17 s). A
+   stable name means a rerun of an interrupted stage resumes from its last checkpoint, and
+   ``FailureConfig`` restarts a failed worker group from it;
+3. the driver reads rank 0's summary and the final checkpoint's full training state, from
+   the run's folder whichever way it ran.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.platform.stages import ScalingSpec
 from lolaray.trainers.checkpoints import newest_checkpoint, run_folder, run_uri
 from lolaray.trainers.hardware import compile_enabled, process_group_settings, worker_threads
-from lolaray.trainers.loop import NonFiniteTrainingError, load_training_state
+from lolaray.trainers.loop import NonFiniteTrainingError
+from lolaray.trainers.runtime import InProcessRuntime, in_process
 
 __all__ = ["fit_stage"]
 
@@ -49,23 +53,18 @@ def fit_stage(
     scaling: ScalingSpec,
     datasets: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Fit ``worker_fn(worker_config)`` as a ``TorchTrainer`` run called ``name``.
+    """Fit ``worker_fn(worker_config)`` as the training run called ``name``: a ``TorchTrainer``
+    of ``scaling.workers`` workers, or this process when ``scaling.workers == 0``.
 
-    ``datasets`` (Ray Data) are split across the workers (``ray.train.get_dataset_shard``).
+    ``datasets`` (Ray Data) are split across the workers (the runtime's ``dataset(name)``).
 
     :returns: ``(summary, state)``: rank 0's return value and the final full training state.
     :raises NonFiniteTrainingError: training stopped on too many non-finite steps.
     :raises ray.train.TrainingFailedError: workers kept failing after ``max_failures`` restarts.
     """
-    # Rows reach the workers in a fixed order, so that a seeded stage is reproducible.
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
-
-    use_gpu = scaling.resolved_use_gpu() if scaling.workers > 0 else False
-    # Local mode runs the worker function in this process: it keeps the caller's threads
-    # (setting them would slow down whatever the caller does next, e.g. a benchmark's rollouts)
-    # unless the study's schedule sets them (a sweep's trial process runs nothing else).
-    if scaling.threads is not None:  # the study's schedule (sweeps/schedule.py), local mode too
+    # In this process it keeps the caller's threads (restored afterwards) unless the study's
+    # schedule sets them; a worker takes its reserved CPUs, or the free cores when asked.
+    if scaling.threads is not None:  # the study's schedule (sweeps/schedule.py)
         threads = scaling.threads
     elif scaling.workers == 0:
         threads = torch.get_num_threads()
@@ -77,12 +76,53 @@ def fit_stage(
         )
     else:
         threads = max(1, int(scaling.cpus_per_worker))
-    group = process_group_settings(use_gpu=use_gpu, compiled=use_gpu and compile_enabled("cuda"))
-    # The run's own folder: rank 0 marks its checkpoints complete there, and restarts (and
-    # the final state below) take the newest one (trainers/checkpoints.py says why).
-    worker_config = {**worker_config, "threads": threads, "run_storage": run_uri(storage_path, name)}
+    run = run_uri(storage_path, name)
+    worker_config = {**worker_config, "threads": threads, "run_storage": run}
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
+    ray_checkpoint = None
+    if scaling.workers == 0:
+        summary = _fit_in_process(worker_fn, worker_config, datasets=datasets)
+    else:
+        summary, ray_checkpoint = _fit_with_ray_train(
+            worker_fn, worker_config, name=name, storage_path=storage_path, scaling=scaling, datasets=datasets
+        )
+    if summary.get("status") == "nonfinite":
+        raise NonFiniteTrainingError(summary["message"])
+    # The newest marked checkpoint, or Ray's where rank 0 died before marking it.
+    final = newest_checkpoint(*run_folder(run), ray_checkpoint=ray_checkpoint)
+    if final is None:
+        raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
+    return summary, final.read_state()
+
+
+def _fit_in_process(worker_fn, worker_config: dict, *, datasets: dict | None) -> dict:
+    """``worker_fn(worker_config)`` in this process, as rank 0 of 1; the caller's torch
+    threads are restored afterwards (the worker function sets ``threads``)."""
+    caller_threads = torch.get_num_threads()
+    try:
+        with in_process(InProcessRuntime(datasets)):
+            return worker_fn(worker_config) or {}
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _fit_with_ray_train(
+    worker_fn,
+    worker_config: dict,
+    *,
+    name: str,
+    storage_path: str,
+    scaling: ScalingSpec,
+    datasets: dict | None,
+) -> tuple[dict, Any]:
+    """``worker_fn(worker_config)`` on ``scaling.workers`` Ray Train workers: rank 0's summary
+    and the newest checkpoint Ray registered."""
+    # Rows reach the workers in a fixed order, so that a seeded stage is reproducible.
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    use_gpu = scaling.resolved_use_gpu()
+    group = process_group_settings(use_gpu=use_gpu, compiled=use_gpu and compile_enabled("cuda"))
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=worker_config,
@@ -103,15 +143,4 @@ def fit_stage(
         ),
     )
     result = trainer.fit()
-    summary = result.return_value or {}
-    if summary.get("status") == "nonfinite":
-        raise NonFiniteTrainingError(summary["message"])
-    if scaling.workers == 0:  # local mode keeps its checkpoints in this process's temp folders
-        if result.checkpoint is None:
-            raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
-        with result.checkpoint.as_directory() as folder:
-            return summary, load_training_state(os.fspath(folder))
-    final = newest_checkpoint(*run_folder(run_uri(storage_path, name)), ray_checkpoint=result.checkpoint)
-    if final is None:
-        raise RuntimeError(f"training run {name} produced no checkpoint (storage: {storage_path})")
-    return summary, final.read_state()
+    return result.return_value or {}, result.checkpoint

@@ -1,18 +1,20 @@
-"""The one training-loop core every trainer shares, run inside Ray Train workers.
+"""The one training-loop core every trainer shares, in a Ray Train worker or in this process.
 
 A trainer supplies a :class:`TrainingTask` — the network, this worker's batches and the
 loss — and :func:`run_training` does the rest, identically for autoencoders, diffusion
 models and neural solvers:
 
-- device from Ray Train (CUDA + NCCL on a cluster, CPU + gloo here), DDP when there are
-  several workers, optional bf16 autocast (GPU *and* CPU: AMX makes it pay on CPU too);
+- rank, device, data shard and checkpoints from its runtime (:mod:`lolaray.trainers.runtime`:
+  a Ray Train worker -- CUDA + NCCL on a cluster, CPU + gloo here, DDP when there are
+  several workers -- or this process, with no Ray Train), optional bf16 autocast (GPU *and* CPU: AMX makes it pay on CPU too);
 - optimizer (:func:`~lolaray.trainers.optim.build_optimizer`) and a per-step cosine schedule;
-- gradient clipping at ``grad_clip``; a step whose (pre-clip) gradient norm is not finite
-  is skipped and counted, and the run stops with :class:`NonFiniteTrainingError` after
-  ``max_nonfinite_in_a_row`` of them. The norm is taken after DDP's all-reduce, so every
-  rank takes the same decision;
-- per epoch: validation loss, metrics averaged over ranks, one ``ray.train.report`` with a
-  full-state checkpoint (model, optimizer, scheduler, step, epoch, every rank's RNG
+- each batch one :class:`~lolaray.trainers.step.TrainingStep` (forward, backward, clip at
+  ``grad_clip``, update; the step the benchmarks and the dry run time too); a step whose
+  (pre-clip) gradient norm is not finite is skipped and counted, and the run stops with
+  :class:`NonFiniteTrainingError` after ``max_nonfinite_in_a_row`` of them. The norm is
+  taken after DDP's all-reduce, so every rank takes the same decision;
+- per epoch: validation loss, metrics averaged over ranks, one full-state checkpoint
+  (a ``ray.train.report`` in a worker) (model, optimizer, scheduler, step, epoch, every rank's RNG
   states) — reports are per epoch because each one blocks about a health-check interval;
 - resume: when Ray Train restarts a failed worker group (``FailureConfig``) or reruns a
   run of the same name, training continues from the newest complete checkpoint at the
@@ -26,19 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
-import ray
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from mlflow.entities import Metric
@@ -46,14 +42,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lolaray.trainers.checkpoints import (
-    STATE_FILE,
-    checkpoint_dir_name,
-    mark_complete,
-    newest_checkpoint,
-    read_state,
-    run_folder,
-)
 from lolaray.trainers.ema import WeightAverage
 from lolaray.trainers.hardware import (
     autocast_context,
@@ -63,6 +51,8 @@ from lolaray.trainers.hardware import (
     resolve_precision,
 )
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
+from lolaray.trainers.runtime import TrainingRuntime, current_runtime
+from lolaray.trainers.step import FaultInjection, TrainingStep, fault_hooks
 
 __all__ = [
     "ADDED_LATER",
@@ -72,7 +62,6 @@ __all__ = [
     "StageConfig",
     "TrainingTask",
     "endless_batches",
-    "load_training_state",
     "run_training",
     "trained_weights",
 ]
@@ -80,24 +69,6 @@ __all__ = [
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Failures injected on purpose, for tests of the recovery paths.
-
-    :param kill_rank, kill_at_steps: the worker of rank ``kill_rank`` exits abruptly when it
-        is about to take each optimizer step of ``kill_at_steps`` — once each: a marker file
-        ``lolaray-fault-<step>`` in ``marker_dir`` records that it happened, so the
-        restarted group runs through.
-    :param nonfinite_steps: batch iterations (counted from 0 over the whole run, skipped
-        ones included) whose loss is replaced by NaN.
-    """
-
-    kill_rank: int | None = None
-    kill_at_steps: tuple[int, ...] = ()
-    marker_dir: str | None = None
-    nonfinite_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,10 +118,9 @@ class LoopConfig:
         return self.epochs * self.steps_per_epoch
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if d["ema_decay"] is None:  # left out when off, so that earlier artifacts keep their ids
-            del d["ema_decay"]
-        return d
+        """Every field, JSON-safe (what a worker receives and a checkpoint records); what of
+        it enters an artifact id is :meth:`StageConfig.identity`'s choice."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> LoopConfig:
@@ -170,14 +140,28 @@ ADDED_LATER = {"omitted_at_default": True}
 
 
 class StageConfig:
-    """Mixin for frozen stage-config dataclasses holding a ``loop: LoopConfig``: JSON-safe
-    ``to_dict`` / ``from_dict`` (what workers receive and artifacts store)."""
+    """Mixin for frozen stage-config dataclasses holding a ``loop: LoopConfig``: the one
+    serialization of a stage's config -- :meth:`to_dict` / :meth:`from_dict` (what workers
+    receive and artifacts store) and :meth:`identity` (what enters the artifact id)."""
 
     def to_dict(self) -> dict:
+        """Every field, JSON-safe, but an :data:`ADDED_LATER` field at its default."""
         d = asdict(self)
         for f in fields(self):
             if f.metadata.get("omitted_at_default") and d[f.name] == f.default:
                 del d[f.name]
+        d["loop"] = self.loop.to_dict()
+        return d
+
+    def identity(self) -> dict:
+        """What of this config enters its artifact's id
+        (:func:`~lolaray.platform.artifacts.artifact_id`): every field that can change the
+        trained network, which is :meth:`to_dict` less the loop's fault injection (a
+        rehearsed failure resumes to the same weights; it is recorded as the default, as
+        it always was, so the ids of stored artifacts stand). An :data:`ADDED_LATER` field
+        at its default is left out, as those artifacts were trained without it."""
+        d = self.to_dict()
+        d["loop"]["fault"] = asdict(FaultInjection())
         return d
 
     @classmethod
@@ -223,11 +207,6 @@ def endless_batches(
         passes += 1
 
 
-def _world() -> tuple[int, int]:
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size()
-
-
 def _all_reduce_mean(values: list[float], device: torch.device, world: int) -> list[float]:
     if world == 1:
         return values
@@ -263,44 +242,6 @@ def _gather_rng_states(world: int) -> list[dict]:
     return states
 
 
-def _local_mode() -> bool:
-    """Whether this is Ray Train's in-process local mode (``ScalingConfig(num_workers=0)``)."""
-
-    return type(ray.train.get_context()).__name__.startswith("Local")
-
-
-def load_training_state(checkpoint_dir: str) -> dict:
-    """The full training state saved by :func:`run_training` in a checkpoint folder."""
-    return torch.load(os.path.join(checkpoint_dir, STATE_FILE), map_location="cpu", weights_only=False)
-
-
-def _state_to_resume(run_storage: str | None, world: int) -> dict | None:
-    """The training state this worker group starts from: the newest complete checkpoint of
-    the run -- Ray's, or a newer one marked complete in ``run_storage`` whose registration
-    Ray lost (see :mod:`lolaray.trainers.checkpoints`) -- or ``None`` for a fresh start.
-
-    Rank 0 chooses and broadcasts its choice, so that every rank loads the same state.
-    """
-
-    ray_checkpoint = ray.train.get_checkpoint()
-    if run_storage is None or _local_mode():
-        if ray_checkpoint is None:
-            return None
-        with ray_checkpoint.as_directory() as folder:
-            return load_training_state(folder)
-    rank, _ = _world()
-    choice = [None]
-    if rank == 0:
-        chosen = newest_checkpoint(*run_folder(run_storage), ray_checkpoint=ray_checkpoint)
-        choice = [None if chosen is None else chosen.path]
-    if world > 1:
-        dist.broadcast_object_list(choice, src=0)
-    if choice[0] is None:
-        return None
-    filesystem, _ = run_folder(run_storage)
-    return read_state(filesystem, choice[0])
-
-
 class _RunLogger:
     """Logs epoch metrics into the driver's MLflow run (rank 0 only); a no-op without a run."""
 
@@ -332,7 +273,7 @@ class _RunLogger:
 
 
 def trained_weights(state: dict) -> dict:
-    """The weights a stage ships from a training state (:func:`load_training_state`): the
+    """The weights a stage ships from a training state (:func:`~lolaray.trainers.checkpoints.read_state`): the
     moving average when :attr:`LoopConfig.ema_decay` was set, else the last weights."""
     return state["ema"]["average"] if state.get("ema") else state["model"]
 
@@ -344,20 +285,23 @@ def run_training(
     mlflow_run_id: str | None = None,
     tracking_uri: str | None = None,
     run_storage: str | None = None,
+    runtime: TrainingRuntime | None = None,
 ) -> dict:
-    """Train ``task`` in this Ray Train worker; returns a summary (rank 0's is ``Result.return_value``).
+    """Train ``task``; returns a summary (in a ``TorchTrainer``, rank 0's is ``Result.return_value``).
 
-    Must run inside a ``TorchTrainer`` (``ScalingConfig(num_workers=0)`` runs it in-process).
+    ``runtime`` says where it runs (:mod:`lolaray.trainers.runtime`; default
+    :func:`~lolaray.trainers.runtime.current_runtime`: the process's, inside
+    :func:`~lolaray.trainers.runtime.in_process`, else this Ray Train worker's).
     ``run_storage`` is the run's folder or URI (``<storage_path>/<name>``, what
     :func:`~lolaray.trainers.launch.fit_stage` passes as ``worker_config["run_storage"]``):
-    rank 0 marks each checkpoint complete there, and a restart resumes from the newest one.
+    each checkpoint is marked complete there, and a restart resumes from the newest one.
     The summary has ``status`` = ``"finished"`` or ``"nonfinite"`` (with ``message``); the
     driver turns the latter into :class:`NonFiniteTrainingError` — raising in the worker
     would make ``FailureConfig`` retry a deterministic failure.
     """
 
-    rank, world = _world()
-    device = ray.train.torch.get_device()
+    runtime = runtime or current_runtime()
+    rank, world, device = runtime.rank, runtime.world, runtime.device
     torch.manual_seed(loop.seed + rank)
     np.random.seed((loop.seed + rank) % 2**32)
     random.seed(loop.seed + rank)
@@ -365,7 +309,7 @@ def run_training(
     model = task.build_model()
     if compile_enabled(device.type):  # opt-in ($LOLARAY_TORCH_COMPILE=1), CUDA only
         compile_backbones(model)
-    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    model = runtime.prepare_model(model)
     core = getattr(model, "module", model)
     optimizer = build_optimizer(
         core.parameters(), name=loop.optimizer, lr=loop.lr, weight_decay=loop.weight_decay, betas=loop.betas
@@ -378,7 +322,7 @@ def run_training(
     ema = WeightAverage(core, loop.ema_decay) if loop.ema_decay is not None else None
 
     start_epoch, step, iteration, skipped_total, resumes = 0, 0, 0, 0, []
-    state = _state_to_resume(run_storage, world)
+    state = runtime.state_to_resume(run_storage)
     if state is not None:
         core.load_state_dict(state["model"])
         if ema is not None and state.get("ema"):
@@ -395,10 +339,20 @@ def run_training(
     if state is not None:
         log.catch_up(state.get("metrics"), step)
         log({"train/resumed_from_step": step}, step)
-    fault = loop.fault
-    params = [p for p in core.parameters() if p.requires_grad]
+    train_step = TrainingStep(
+        model,
+        optimizer,
+        loss=task.loss,
+        device=device,
+        scheduler=scheduler,
+        grad_clip=loop.grad_clip,
+        autocast=autocast,
+        average=ema,
+        hooks=fault_hooks(loop.fault, rank=rank),
+        step=step,
+        iteration=iteration,
+    )
     nonfinite_in_a_row = 0
-    previous_folder = None
     first_step_at = None
     summary = {
         "status": "finished",
@@ -406,7 +360,7 @@ def run_training(
         # Every restart of this run so far, oldest first: where each one resumed.
         "resumed_from_steps": resumes,
         # Where rank 0 ran: the sweep records it, and the multi-node test checks placement.
-        "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+        "node_id": runtime.node_id,
     }
 
     for epoch in range(start_epoch, loop.epochs):
@@ -416,47 +370,29 @@ def run_training(
         batches = task.train_batches(epoch)
         for _ in range(loop.steps_per_epoch):
             batch = next(batches)
-            if step in fault.kill_at_steps and rank == fault.kill_rank:
-                marker = os.path.join(fault.marker_dir or tempfile.gettempdir(), f"lolaray-fault-{step}")
-                if not os.path.exists(marker):
-                    open(marker, "w").close()
-                    os._exit(17)  # an abrupt worker death, as a lost node would look
-            with autocast():
-                loss, n = task.loss(model, batch, device)
-            if iteration in fault.nonfinite_steps:
-                loss = loss * float("nan")
-            iteration += 1
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.grad_clip))
-            if not math.isfinite(grad_norm):
+            first_step_at = first_step_at or time.time()
+            outcome = train_step(batch)
+            if not outcome.taken:
                 skipped_total += 1
                 nonfinite_in_a_row += 1
-                optimizer.zero_grad(set_to_none=True)
                 if nonfinite_in_a_row >= loop.max_nonfinite_in_a_row:
                     summary.update(
                         status="nonfinite",
                         message=(
                             f"{nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient "
-                            f"(at optimizer step {step}, epoch {epoch}); stopping. Lower the learning rate, "
-                            "check the data for NaN/Inf, or raise max_nonfinite_in_a_row."
+                            f"(at optimizer step {train_step.step}, epoch {epoch}); stopping. Lower the "
+                            "learning rate, check the data for NaN/Inf, or raise max_nonfinite_in_a_row."
                         ),
-                        step=step,
+                        step=train_step.step,
                         skipped_total=skipped_total,
                     )
                     return summary
                 continue
             nonfinite_in_a_row = 0
-            if first_step_at is None:
-                first_step_at = time.time()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(core)
-            step += 1
-            losses.append(float(loss.detach()))
-            norms.append(grad_norm)
-            samples += n
+            losses.append(outcome.loss)
+            norms.append(outcome.grad_norm)
+            samples += outcome.samples
+        step, iteration = train_step.step, train_step.iteration
 
         elapsed = time.perf_counter() - began
         model.eval()
@@ -494,47 +430,25 @@ def run_training(
         rng_states = _gather_rng_states(world)
         if any(not torch.isfinite(p).all() for p in core.parameters()):
             raise FloatingPointError(f"non-finite weights after epoch {epoch}; refusing to checkpoint them")
+        state = None
         if rank == 0:
-            folder = tempfile.mkdtemp(prefix="lolaray-ckpt-")
-            torch.save(
-                {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "iteration": iteration,
-                    "skipped_total": skipped_total,
-                    "resumes": resumes,
-                    "rng": rng_states,
-                    "loop": loop.to_dict(),
-                    "ema": None if ema is None else ema.state_dict(),
-                    "metrics": metrics,  # logged by a restart if this process dies before logging them
-                },
-                os.path.join(folder, STATE_FILE),
-            )
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(folder),
-                checkpoint_dir_name=checkpoint_dir_name(epoch),
-            )
-            if run_storage is not None and not _local_mode():
-                # report() returned: the checkpoint is uploaded. The marker, written last, is
-                # what a restart trusts (see trainers/checkpoints.py for why Ray's own record
-                # of it can be lost).
-                persisted = ray.train.get_checkpoint()
-                mark_complete(persisted.filesystem, persisted.path, epoch=epoch, step=step)
-            # Logged once the checkpoint is safe: a restart never resumes from before a logged
-            # step, so the run's metric history never goes back.
-            log(metrics, step)
-            # report() has persisted the checkpoint to the run's storage -- except in local mode
-            # (num_workers=0), where the latest one is read from this folder: keep only that one.
-            if previous_folder is not None:
-                shutil.rmtree(previous_folder, ignore_errors=True)
-            previous_folder = folder
-        else:
-            ray.train.report(metrics)
-    if previous_folder is not None and not _local_mode():
-        shutil.rmtree(previous_folder, ignore_errors=True)
+            state = {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "iteration": iteration,
+                "skipped_total": skipped_total,
+                "resumes": resumes,
+                "rng": rng_states,
+                "loop": loop.to_dict(),
+                "ema": None if ema is None else ema.state_dict(),
+                "metrics": metrics,  # logged by a restart if this process dies before logging them
+            }
+        runtime.keep_checkpoint(state, metrics, epoch=epoch, step=step, run_storage=run_storage)
+        # Logged once the checkpoint is safe: a restart never resumes from before a logged
+        # step, so the run's metric history never goes back.
+        log(metrics, step)
     summary.update(step=step, skipped_total=skipped_total, epochs=loop.epochs, first_step_at=first_step_at)
     return summary

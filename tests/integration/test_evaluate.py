@@ -76,7 +76,7 @@ def _csv_rows(artifact, name="metrics.csv"):
         return list(csv.DictReader(f))
 
 
-def test_one_and_two_actors_give_identical_metrics(setup, tmp_path):
+def test_one_two_and_no_actors_give_identical_metrics(setup, tmp_path):
     info, context, autoencoder, emulators = setup
     common = {
         "contexts": (1, 2),
@@ -99,9 +99,19 @@ def test_one_and_two_actors_give_identical_metrics(setup, tmp_path):
         context.replace(store=ArtifactStore(tmp_path / "b"), scaling=ScalingSpec(actors=2)),
         **common,
     )
-    assert one.id == two.id  # actors and max_batch are not part of the id
+    # No actor: the rollouts in this process (a study on one machine), at an actor's 1 thread.
+    local = evaluate(
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context.replace(
+            store=ArtifactStore(tmp_path / "c"), scaling=ScalingSpec(local_rollouts=True, threads=1)
+        ),
+        **common,
+    )
+    assert one.id == two.id == local.id  # actors and max_batch are not part of the id
     rows_one, rows_two = _csv_rows(one), _csv_rows(two)
-    assert rows_one == rows_two and len(rows_one) > 0
+    assert rows_one == rows_two == _csv_rows(local) and len(rows_one) > 0
     first = next(r for r in rows_one if r["horizon"] == "lead_1-20" and r["reference"] == "absolute")
     assert float(first["vrmse"]) > 0 and float(first["spread"]) > 0
 

@@ -1,4 +1,4 @@
-"""The autoencoder stage in Ray Train's local mode (``num_workers=0``: in-process, no cluster)."""
+"""The autoencoder stage in this process (``workers=0``: no Ray Train, no cluster)."""
 
 import json
 
@@ -30,7 +30,7 @@ def config(**loop_kwargs):
 def test_trains_logs_and_reuses(tiny, local_stage, tmp_path, mlflow_uri, monkeypatch):
     threads = torch.get_num_threads()
     artifact = train_autoencoder(config(), tiny, local_stage)
-    # Local mode trains in this process and must leave its thread count alone.
+    # A training in this process must leave its thread count alone.
     assert torch.get_num_threads() == threads
     manifest = artifact.manifest
     assert manifest["compression"] == pytest.approx(5 * 8 * 8 / (4 * 4 * 4))

@@ -38,8 +38,8 @@ def test_the_average_follows_the_warmed_up_decay():
         WeightAverage(model, decay=1.0)
 
 
-def test_off_by_default_and_out_of_the_artifact_ids():
-    assert "ema_decay" not in LoopConfig().to_dict()
+def test_off_by_default_and_serialized():
+    assert LoopConfig().ema_decay is None
     assert LoopConfig.from_dict(LoopConfig(ema_decay=0.99).to_dict()).ema_decay == 0.99
     assert trained_weights({"model": 1, "ema": None}) == 1
     assert trained_weights({"model": 1, "ema": {"average": 2}}) == 2

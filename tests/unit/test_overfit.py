@@ -34,6 +34,7 @@ from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.optim import build_optimizer, cosine_schedule
 from lolaray.trainers.snapshots import load_autoencoder, save_autoencoder, save_emulator
 from lolaray.trainers.solver import solver_loss
+from lolaray.trainers.step import TrainingStep
 
 # 16² states, 13 snapshots: the whole chain trains in well under a minute on 2 cores.
 TINY = EmbeddedPreset(
@@ -56,19 +57,16 @@ WINDOW = 3
 
 
 def _train(model, loss_fn, *, optimizer: str, lr: float, steps: int) -> float:
-    """Full-batch training with a cosine schedule and clip 1 (as the training loop does)."""
+    """Full-batch training with a cosine schedule and clip 1: the training loop's step."""
     opt = build_optimizer(model.parameters(), name=optimizer, lr=lr)
-    schedule = cosine_schedule(opt, steps)
+    train_step = TrainingStep(
+        model, opt, loss=lambda _m, _batch, _device: (loss_fn(), 1), scheduler=cosine_schedule(opt, steps)
+    )
     model.train()
     for _ in range(steps):
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
+        outcome = train_step(None)
     model.eval()
-    return float(loss.detach())
+    return outcome.loss
 
 
 @pytest.fixture(scope="module")

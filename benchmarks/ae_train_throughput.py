@@ -12,6 +12,7 @@ includes warm-up), their ratio (goal ≥ 0.9), and the Ray Train run's time from
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 
@@ -22,13 +23,13 @@ from torch.utils.data import DataLoader
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
 from lolaray.platform.session import start_ray
 from lolaray.platform.stages import ScalingSpec
-from lolaray.trainers import autoencoder_trainer
 from lolaray.trainers.autoencoder import AutoEncoder
-from lolaray.trainers.autoencoder_trainer import AutoencoderConfig
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, AutoencoderTask
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig
 from lolaray.trainers.optim import build_optimizer
 from lolaray.trainers.step import TrainingStep
+from lolaray.trainers.training_stage import task_worker
 
 
 def _loss(config: AutoencoderConfig):
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
     storage = tempfile.mkdtemp(prefix="lolaray-bench-")
     began = time.time()
     summary, _ = fit_stage(
-        autoencoder_trainer._worker,
+        functools.partial(task_worker, AutoencoderTask),
         {"config": config.to_dict(), "dataset_root": info.root, "standardizer": standardizer.to_dict()},
         name="bench-ae",
         storage_path=storage,

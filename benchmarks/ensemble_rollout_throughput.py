@@ -22,7 +22,7 @@ import time
 import torch
 
 from lolaray.evaluation.emulator_steps import diffusion_step
-from lolaray.evaluation.evaluate import evaluate
+from lolaray.evaluation.evaluate import EvaluationConfig, evaluate
 from lolaray.evaluation.rollout import decode_in_chunks, ensemble_rollout
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import WellWindows, open_dataset, standardizer_for
@@ -126,11 +126,13 @@ def main(argv=None) -> None:
             autoencoder,
             info,
             StageContext.resolve(f"{work}/eval-{actors}", uri, scaling=ScalingSpec(actors=actors)),
-            contexts=(1,),
-            members=args.members,
-            trajectories=args.trajectories,
-            steps=args.steps,
-            max_batch=args.members,
+            EvaluationConfig(
+                contexts=(1,),
+                members=args.members,
+                trajectories=args.trajectories,
+                steps=args.steps,
+                max_batch=args.members,
+            ),
         )
         elapsed = time.perf_counter() - began
         states = args.trajectories * args.members * 26

@@ -128,6 +128,8 @@ class StudyInputs:
     #: The logged dataset spec's stride and window (``resolve_spec`` keywords), so a study
     #: run with ``--window 3`` is planned with it.
     spec_overrides: dict = field(default_factory=dict)
+    #: The study's guidance setting (``guidance.*`` parameters; ``None``: unguided).
+    guidance: dict | None = None
 
 
 def _json(text: str | None, default=None):
@@ -170,6 +172,12 @@ def study_inputs(
         seeds=int(_json(params.get("seeds"), 1)),
         autoencoder_preset=presets.pop() if len(presets := set(autoencoder_presets)) == 1 else None,
         spec_overrides=overrides,
+        guidance={
+            key.removeprefix("guidance."): _json(value)
+            for key, value in params.items()
+            if key.startswith("guidance.")
+        }
+        or None,
     )
 
 
@@ -203,6 +211,7 @@ def plan_for_study(inputs: StudyInputs, *, dataset: str | None = None, data_root
         list(inputs.latent_channels),
         trajectories=trajectories,
         pixel=inputs.pixel,
+        guidance=inputs.guidance,
         gpu=False,
         title=f"profile {inputs.profile} on {dataset}",
     )

@@ -42,8 +42,11 @@ Command line::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Hashable, Sequence
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,7 +70,7 @@ from lolaray.platform.tracking import StageRun
 from lolaray.trainers.guidance import build_operator
 from lolaray.trainers.snapshots import load_autoencoder
 
-__all__ = ["evaluate", "main"]
+__all__ = ["EvaluationConfig", "evaluate", "main"]
 
 STAGE = "evaluation"
 #: Euler-like horizons in simulation steps (paper Table 6: 1:20, 21:60, 61:100).
@@ -122,33 +125,17 @@ def _resolve_trajectories(
     return indices
 
 
-def evaluate(
-    emulator: Artifact,
-    autoencoder: Artifact | None,
-    dataset: DatasetInfo | str,
-    context: StageContext | None = None,
-    *,
-    contexts: Sequence[int] = (1, 2, 3),
-    members: int = 16,
-    trajectories: int | Sequence[int] = 8,
-    seed: int = 0,
-    trajectory_seed: int | None = None,
-    starts: Sequence[int] | None = None,
-    vrmse_convention: str = "lola",
-    sampler: str = "ab3",
-    steps: int = 16,
-    horizons: Sequence[tuple[int, int]] | None = None,
-    max_batch: int = 8,
-    guidance: dict | None = None,
-    wasserstein_field: str | None = None,
-) -> Artifact:
-    """Evaluate (or reuse the evaluation of) ``emulator`` on the test split of ``dataset``.
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What an evaluation computes: every setting of :func:`evaluate` but the artifacts it
+    scores and where it runs. Sequences become tuples; the evaluation checks the values
+    against the emulator and the data before any Ray work.
 
-    :param emulator: an emulator artifact (latent or pixel, diffusion or solver).
-    :param autoencoder: its autoencoder artifact (required for latent emulators).
     :param contexts: context lengths ``c`` (``o = c``), each in ``[1, window − 1]``.
     :param members: ensemble size ``K`` (solvers: 1, they are deterministic).
     :param trajectories: the first ``N`` test trajectories, or explicit indices.
+    :param seed, sampler, steps: the sampling (member ``k`` of the rollout from start ``s``
+        seeded by (seed, trajectory, s, k)).
     :param trajectory_seed: draw the ``N`` test trajectories with this seed, stratified over
         the test files' boundary conditions × parameters
         (:func:`~lolaray.evaluation.trajectory_selection.stratified_trajectories`), instead
@@ -161,24 +148,74 @@ def evaluate(
         (trajectory, start) is one more sample of every metric.
     :param vrmse_convention: the ε on the spatial variance of VRMSE (and on the energy of
         NRMSE): ``"lola"`` (1e-6, the paper's code) or ``"well"`` (1e-7, The Well's benchmark).
-    :param seed, sampler, steps: the sampling (member ``k`` of the rollout from start ``s``
-        seeded by (seed, trajectory, s, k)).
     :param horizons: inclusive lead-time horizons in simulation steps (default Euler-like).
+    :param max_batch: members per batch. Neither it nor the actor pool changes the results
+        (nor the artifact id).
     :param guidance: MMPS guidance of a diffusion emulator by noisy observations of the
-        true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`: ``operator``, ``factor``, ``sigma_y``,
-        ``var_y``, ``iterations``, ``solver``); ``None`` = unguided.
+        true test states (:func:`~lolaray.evaluation.guidance_options.guidance_config`:
+        ``operator``, ``factor``, ``sigma_y``, ``var_y``, ``iterations``, ``solver``);
+        ``None`` = unguided.
     :param wasserstein_field: the field whose distribution is also scored on its own — its 1-D
         Wasserstein distance (``field_wasserstein``) and, in 2-D, its sliced EMD (``semd``) —
         the dataset spec's (paper Tables 11–13: Euler density, Rayleigh–Bénard ``velocity_y``,
         gravity cooling density); ``None``: density where the data has it.
+    """
+
+    contexts: tuple[int, ...] = (1, 2, 3)
+    members: int = 16
+    trajectories: int | tuple[int, ...] = 8
+    seed: int = 0
+    trajectory_seed: int | None = None
+    starts: tuple[int, ...] | None = None
+    vrmse_convention: str = "lola"
+    sampler: str = "ab3"
+    steps: int = 16
+    horizons: tuple[tuple[int, int], ...] | None = None
+    max_batch: int = 8
+    guidance: dict | None = None
+    wasserstein_field: str | None = None
+
+    def __post_init__(self):
+        def tupled(value):
+            return value if value is None or isinstance(value, int) else tuple(value)
+
+        object.__setattr__(self, "contexts", tuple(self.contexts))
+        object.__setattr__(self, "trajectories", tupled(self.trajectories))
+        object.__setattr__(self, "starts", tupled(self.starts))
+        if self.horizons is not None:
+            object.__setattr__(self, "horizons", tuple(tuple(h) for h in self.horizons))
+
+    def with_scoring(self, scoring: Mapping[str, Any] | None) -> EvaluationConfig:
+        """This config with a study's scoring options (``starts``, ``trajectory_seed``,
+        ``vrmse_convention``, ``horizons``, ``wasserstein_field``) where they are given
+        (``None`` values leave this config's)."""
+        given = {key: value for key, value in (scoring or {}).items() if value is not None}
+        return dataclasses.replace(self, **given)
+
+
+def evaluate(
+    emulator: Artifact,
+    autoencoder: Artifact | None,
+    dataset: DatasetInfo | str,
+    context: StageContext | None = None,
+    config: EvaluationConfig | None = None,
+) -> Artifact:
+    """Evaluate (or reuse the evaluation of) ``emulator`` on the test split of ``dataset``.
+
+    :param emulator: an emulator artifact (latent or pixel, diffusion or solver).
+    :param autoencoder: its autoencoder artifact (required for latent emulators).
     :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`);
         its ``scaling.actors`` and ``scaling.actor_gpus`` size the rollout actor pool
         (``scaling.local_rollouts``: none, the rollouts run in this process).
-    :param max_batch: members per batch. Neither it nor the actor pool changes the results
-        (nor the artifact id).
+    :param config: what to compute (default: :class:`EvaluationConfig`'s defaults).
     :returns: the evaluation artifact (``metrics.csv``, ``summary.json``, ``table.txt``,
         ``report.html``, figures).
     """
+    config = config or EvaluationConfig()
+    contexts, members, trajectories, seed = config.contexts, config.members, config.trajectories, config.seed
+    trajectory_seed, starts, vrmse_convention = config.trajectory_seed, config.starts, config.vrmse_convention
+    sampler, steps, horizons, max_batch = config.sampler, config.steps, config.horizons, config.max_batch
+    guidance, wasserstein_field = config.guidance, config.wasserstein_field
     context = context or StageContext.default()
     actors = 0 if context.scaling.local_rollouts else context.scaling.actors
     info = dataset if isinstance(dataset, DatasetInfo) else open_dataset(dataset)
@@ -258,7 +295,7 @@ def evaluate(
             "pass smaller --starts"
         )
 
-    config = {
+    identity = {
         "contexts": contexts,
         "members": members,
         "trajectories": indices,
@@ -270,13 +307,13 @@ def evaluate(
     # Recorded only when not the default, so the ids of earlier evaluations stay valid (under
     # a new key: starts used to be strided indices of the first context state).
     if starts != [0]:
-        config["initial_states"] = starts
+        identity["initial_states"] = starts
     if trajectory_seed is not None:
-        config["trajectory_seed"] = int(trajectory_seed)
+        identity["trajectory_seed"] = int(trajectory_seed)
     if vrmse_convention != "lola":
-        config["vrmse_convention"] = vrmse_convention
+        identity["vrmse_convention"] = vrmse_convention
     if scored_field not in (DEFAULT_SCORED_FIELD, None):
-        config["wasserstein_field"] = scored_field
+        identity["wasserstein_field"] = scored_field
     if guidance is not None:
         if kind != "diffusion":
             raise ValueError(f"guidance needs a diffusion emulator; {emulator.id} is a {kind}")
@@ -284,7 +321,7 @@ def evaluate(
         build_operator(guidance["operator"], guidance["factor"], info.resolution)(
             torch.zeros(1, *info.resolution)
         )  # fails now, with a clear message, if the operator does not fit the grid
-        config["guidance"] = guidance  # only when guided: unguided ids stay as they were
+        identity["guidance"] = guidance  # only when guided: unguided ids stay as they were
     upstream = [emulator.id, autoencoder.id if autoencoder is not None else "", info.fingerprint()]
     # 2. work items -> actors
     blocks = split_members(members, max_batch)
@@ -376,7 +413,7 @@ def evaluate(
             figures_data["baselines"] += pca_rows
             summary.update(pca_vrmse_by_horizon=pca_by_horizon, pca_components=components)
         summary.update(
-            config=config, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
+            config=identity, emulator=emulator.id, autoencoder=autoencoder.id if autoencoder else None
         )
 
         def write(folder: Path, _: dict) -> None:
@@ -393,14 +430,14 @@ def evaluate(
             "kind": kind,
             "space": space,
             "compression": rate,
-            **config,
+            **identity,
         }
         return StageOutput(manifest=out_manifest, write=write)
 
     return run_stage(
         context,
         STAGE,
-        config=config,
+        config=identity,
         upstream=upstream,
         run_name=f"eval-{method.replace(' ', '-')}-x{rate:g}",
         build=build,
@@ -412,7 +449,7 @@ def evaluate(
             "guided": "yes" if guidance is not None else "no",
         },
         params={
-            **config,
+            **identity,
             "starts": starts,
             "trajectory_selection": (
                 "first" if trajectory_seed is None else f"stratified, seed {trajectory_seed}"
@@ -460,12 +497,7 @@ def main(argv=None) -> Artifact:
         guidance = guidance_from_args(args, spec.guidance)
     except (DatasetSpecError, ValueError) as error:
         parser.error(str(error))
-    scoring = {**scoring, **spec.scoring()}
-    artifact = evaluate(
-        open_artifact(args.emulator),
-        open_artifact(args.autoencoder) if args.autoencoder else None,
-        info,
-        context := StageContext.from_args(args),
+    config = EvaluationConfig(
         contexts=args.contexts,
         members=args.members,
         trajectories=args.trajectories,
@@ -474,7 +506,13 @@ def main(argv=None) -> Artifact:
         steps=args.steps,
         max_batch=args.max_batch,
         guidance=guidance,
-        **scoring,
+    ).with_scoring({**spec.scoring(), **scoring})
+    artifact = evaluate(
+        open_artifact(args.emulator),
+        open_artifact(args.autoencoder) if args.autoencoder else None,
+        info,
+        context := StageContext.from_args(args),
+        config,
     )
     print(f"[lolaray] evaluation {artifact.id} at {artifact.uri}")
     print(context.store.read_text(artifact, "table.txt"))

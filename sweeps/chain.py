@@ -1,9 +1,11 @@
-"""The study's stage chain for one compression rate, and the profiles that size it.
+"""The study's chains -- the stages of one compression rate, and the pixel baseline -- run
+from their stage graph, and the profiles that size them.
 
-For a latent channel count ``C``::
+The graph (:mod:`lolaray.sweeps.graph`) declares each chain's stages, configs and upstream
+once; for a latent channel count ``C``::
 
     autoencoder ──► latent caches (train ×repeat, valid, test)
-                        ├─► diffusion ──► evaluation (contexts 1..3)
+                        ├─► diffusion ──► evaluation (contexts 1..3) [, guided evaluation]
                         └─► neural solver ──► evaluation
 
 and once per sweep the pixel-space solver and its evaluation (:func:`run_pixel_chain`).
@@ -14,22 +16,22 @@ once. :class:`ChainResult` records which stages ran and which were reused.
 
 This module is the building block of the Ray Tune sweep (``sweeps/compression.py``,
 issue 7); it runs the stages in the calling process, each launching its own Ray Train /
-Ray Data work.
+Ray Data work (or, on one machine, training and rolling out in this process).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lolaray.evaluation.evaluate import evaluate
-from lolaray.platform.artifacts import Artifact, ArtifactStore
+from lolaray.platform.artifacts import Artifact
 from lolaray.platform.data import DatasetInfo
 from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError
 from lolaray.platform.stages import ScalingSpec, StageContext
-from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS
+from lolaray.sweeps.graph import ChainGraph, StageNode, latent_chain, pixel_chain
+from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, preset_for_dims
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.emulator_trainer import train_diffusion, train_pixel_solver, train_solver
 from lolaray.trainers.emulators import EmulatorConfig
@@ -89,19 +91,14 @@ class Profile:
                 f"pass --window {max(self.contexts) + 1} or --contexts 1"
             )
         autoencoder = self.autoencoder
-        declared = AUTOENCODER_PRESETS.get(autoencoder.preset, {}).get("spatial_dims", spec.spatial_dims)
-        if declared != spec.spatial_dims:
-            counterpart = (
-                f"{autoencoder.preset}_3d"
-                if spec.spatial_dims == 3
-                else autoencoder.preset.removesuffix("_3d")
+        preset = preset_for_dims(autoencoder.preset, spec.spatial_dims)
+        if preset is None:
+            declared = AUTOENCODER_PRESETS[autoencoder.preset]["spatial_dims"]
+            raise DatasetSpecError(
+                f"the {autoencoder.preset!r} autoencoder is {declared}-D and {spec.name} is "
+                f"{spec.spatial_dims}-D, with no counterpart preset"
             )
-            if counterpart not in AUTOENCODER_PRESETS:
-                raise DatasetSpecError(
-                    f"the {autoencoder.preset!r} autoencoder is {declared}-D and {spec.name} is "
-                    f"{spec.spatial_dims}-D, with no {counterpart!r} preset"
-                )
-            autoencoder = dataclasses.replace(autoencoder, preset=counterpart)
+        autoencoder = dataclasses.replace(autoencoder, preset=preset)
         return dataclasses.replace(
             self,
             autoencoder=dataclasses.replace(autoencoder, augment=spec.augment),
@@ -242,24 +239,6 @@ class ChainResult:
     reused: list[str] = field(default_factory=list)
 
 
-def _run_stage(
-    result: ChainResult,
-    name: str,
-    store: ArtifactStore,
-    stage: str,
-    call: Callable[[], Artifact],
-    fail_at: str | None = None,
-) -> Artifact:
-    """Run ``call`` and record whether it produced a new artifact or returned a stored one."""
-    if name == fail_at:
-        raise InjectedFailure(f"injected failure before stage {name!r}")
-    before = store.complete_ids(stage)
-    artifact = call()
-    (result.reused if artifact.id in before else result.ran).append(name)
-    result.artifacts[name] = artifact
-    return artifact
-
-
 def _chain_scaling(profile: Profile, *, in_process: bool) -> ScalingSpec:
     """The profile's scaling; ``in_process`` trains in the calling process (``workers=0``)
     where the profile asks for one worker, and rolls out there where it asks for one actor
@@ -296,7 +275,8 @@ def run_latent_chain(
     threads: Mapping[str, int] | None = None,
     in_process: bool = False,
 ) -> ChainResult:
-    """Autoencoder → caches → diffusion and solver → their evaluations, for one rate.
+    """The chain of one rate (:func:`~lolaray.sweeps.graph.latent_chain`): autoencoder →
+    caches → diffusion and solver → their evaluations.
 
     :param context: the study's store, MLflow record and parent run; the profile sets its
         scaling (:meth:`Profile.scaling`).
@@ -305,99 +285,25 @@ def run_latent_chain(
         :func:`~lolaray.evaluation.guidance_options.guidance_config`).
     :param scoring: the evaluations' start states, trajectory selection seed and VRMSE
         convention (:func:`~lolaray.evaluation.scoring_options.scoring_from_args`).
-
     :param fail_at: a stage name (``"autoencoder"``, ``"latents/train"``, ``"diffusion"``,
         ``"evaluation/solver"``, ...) before which to raise :class:`InjectedFailure`.
     :param threads: stage name → torch threads of its workers and actors (the study's
-        :class:`~lolaray.sweeps.schedule.Schedule`; a guided evaluation takes the unguided one's).
+        :class:`~lolaray.sweeps.schedule.Schedule`, keyed by the stages' plan names).
     :param in_process: train and roll out in this process, with no Ray Train worker group
         and no rollout actor (:func:`_chain_scaling`).
     """
-    result = ChainResult()
-    _stage = functools.partial(_run_stage, fail_at=fail_at)
-    context = context.replace(scaling=_chain_scaling(profile, in_process=in_process))
-    store = context.store
-    ae_config = dataclasses.replace(
-        profile.autoencoder,
-        latent_channels=latent_channels,
-        loop=dataclasses.replace(profile.autoencoder.loop, seed=seed),
+    graph = latent_chain(profile, latent_channels, seed=seed, guidance=guidance)
+    return _run_graph(
+        graph,
+        profile,
+        dataset,
+        context,
+        progress=progress,
+        fail_at=fail_at,
+        scoring=scoring,
+        threads=threads,
+        in_process=in_process,
     )
-    progress(f"[c={latent_channels}] autoencoder")
-    autoencoder = _stage(
-        result,
-        "autoencoder",
-        store,
-        "autoencoder",
-        lambda: train_autoencoder(ae_config, dataset, _scheduled(context, threads, "autoencoder")),
-    )
-    # The three caches in one Ray Data job (one encoder pool, whose start is most of a small
-    # split's time), each still a stage of its own: recorded, reused and failed at by name.
-    splits = ("train", "valid", "test")
-    names = [f"latents/{split}" for split in splits]
-    stop = names.index(fail_at) if fail_at in names else len(splits)  # the caches before fail_at are built
-    progress(f"[c={latent_channels}] latent caches ({', '.join(splits)})")
-    before = store.complete_ids("latents")
-    caches = (
-        cache_latents_splits(
-            autoencoder,
-            dataset,
-            splits[:stop],
-            context,
-            repeat={"train": profile.repeat},
-            augment=profile.augment,
-            seed=seed,
-        )
-        if stop
-        else {}
-    )
-    for name, split in zip(names, caches):
-        (result.reused if caches[split].id in before else result.ran).append(name)
-        result.artifacts[name] = caches[split]
-    if stop < len(splits):
-        raise InjectedFailure(f"injected failure before stage {fail_at!r}")
-    emulator_config = dataclasses.replace(
-        profile.emulator, loop=dataclasses.replace(profile.emulator.loop, seed=seed)
-    )
-    for kind, stage in (("diffusion", train_diffusion), ("solver", train_solver)):
-        progress(f"[c={latent_channels}] {kind}")
-        emulator = _stage(
-            result,
-            kind,
-            store,
-            "emulator",
-            lambda stage=stage, kind=kind: stage(
-                emulator_config,
-                autoencoder=autoencoder,
-                train_cache=caches["train"],
-                valid_cache=caches["valid"],
-                context=_scheduled(context, threads, kind),
-            ),
-        )
-        evaluations = [(kind, None)]
-        if kind == "diffusion" and guidance is not None:
-            evaluations.append(("guided_diffusion", guidance))
-        for name, guide in evaluations:
-            progress(f"[c={latent_channels}] evaluation ({name.replace('_', ' ')})")
-            _stage(
-                result,
-                f"evaluation/{name}",
-                store,
-                "evaluation",
-                lambda emulator=emulator, guide=guide, kind=kind: evaluate(
-                    emulator,
-                    autoencoder,
-                    dataset,
-                    _scheduled(context, threads, f"evaluation/{kind}"),
-                    contexts=profile.contexts,
-                    members=profile.members,
-                    trajectories=profile.trajectories,
-                    steps=profile.sampler_steps,
-                    seed=seed,
-                    guidance=guide,
-                    **(scoring or {}),
-                ),
-            )
-    return result
 
 
 def run_pixel_chain(
@@ -412,40 +318,143 @@ def run_pixel_chain(
     threads: Mapping[str, int] | None = None,
     in_process: bool = False,
 ) -> ChainResult:
-    """The pixel-space solver and its evaluation (once per sweep); ``fail_at``, ``scoring``,
-    ``threads`` and ``in_process`` as in :func:`run_latent_chain` (stages ``"pixel_solver"`` and
-    ``"evaluation/pixel_solver"``, scheduled as the plan's ``"solver"`` and ``"evaluation/solver"``)."""
+    """The pixel-space solver and its evaluation (:func:`~lolaray.sweeps.graph.pixel_chain`,
+    once per sweep); the keywords as in :func:`run_latent_chain` (stages ``"pixel_solver"``
+    and ``"evaluation/pixel_solver"``, scheduled as the plan's ``"solver"`` and
+    ``"evaluation/solver"``)."""
+    graph = pixel_chain(profile, seed=seed)
+    return _run_graph(
+        graph,
+        profile,
+        dataset,
+        context,
+        progress=progress,
+        fail_at=fail_at,
+        scoring=scoring,
+        threads=threads,
+        in_process=in_process,
+    )
+
+
+def _run_graph(
+    graph: ChainGraph,
+    profile: Profile,
+    dataset: DatasetInfo,
+    context: StageContext,
+    *,
+    progress: Callable[[str], None],
+    fail_at: str | None,
+    scoring: dict | None,
+    threads: Mapping[str, int] | None,
+    in_process: bool,
+) -> ChainResult:
+    """Run ``graph``'s stages in order, each from its upstream stages' artifacts; a stage
+    whose artifact exists is reused. The latent caches of a chain are built together, in
+    one Ray Data job (one encoder pool, whose start is most of a small split's time), each
+    still a stage of its own: recorded, reused and failed at by name."""
+    if fail_at is not None and fail_at not in graph.names:
+        raise ValueError(f"fail_at={fail_at!r} is no stage of chain {graph.label} ({', '.join(graph.names)})")
     result = ChainResult()
-    _stage = functools.partial(_run_stage, fail_at=fail_at)
     context = context.replace(scaling=_chain_scaling(profile, in_process=in_process))
     store = context.store
-    config = dataclasses.replace(
-        profile.pixel_emulator, loop=dataclasses.replace(profile.pixel_emulator.loop, seed=seed)
-    )
-    progress("[pixel] neural solver")
-    solver = _stage(
-        result,
-        "pixel_solver",
-        store,
-        "emulator",
-        lambda: train_pixel_solver(config, dataset, _scheduled(context, threads, "solver")),
-    )
-    progress("[pixel] evaluation")
-    _stage(
-        result,
-        "evaluation/pixel_solver",
-        store,
-        "evaluation",
-        lambda: evaluate(
-            solver,
-            None,
-            dataset,
-            _scheduled(context, threads, "evaluation/solver"),
-            contexts=profile.contexts,
-            members=1,
-            trajectories=profile.trajectories,
-            seed=seed,
-            **(scoring or {}),
-        ),
-    )
+    tag = "[pixel]" if graph.channels is None else f"[c={graph.channels}]"
+    artifacts = result.artifacts
+    nodes = list(graph.nodes)
+    while nodes:
+        node = nodes.pop(0)
+        stage_context = _scheduled(context, threads, node.plan_name)
+        if node.kind == "encode":  # this cache and the ones that follow it, in one job
+            group = [node]
+            while nodes and nodes[0].kind == "encode":
+                group.append(nodes.pop(0))
+            _build_caches(group, artifacts["autoencoder"], dataset, context, result, fail_at, progress, tag)
+            continue
+        if node.name == fail_at:
+            raise InjectedFailure(f"injected failure before stage {node.name!r}")
+        progress(f"{tag} {_describe(node)}")
+        call = _stage_call(node, artifacts, dataset, stage_context, scoring)
+        before = store.complete_ids(_store_stage(node))
+        artifact = call()
+        (result.reused if artifact.id in before else result.ran).append(node.name)
+        artifacts[node.name] = artifact
     return result
+
+
+def _store_stage(node: StageNode) -> str:
+    """The artifact store's stage of ``node``'s artifacts."""
+    if node.kind == "train":
+        return "autoencoder" if isinstance(node.config, AutoencoderConfig) else "emulator"
+    return {"encode": "latents", "evaluate": "evaluation"}[node.kind]
+
+
+def _describe(node: StageNode) -> str:
+    if node.name == "pixel_solver":
+        return "neural solver"
+    if node.kind == "evaluate":
+        return (
+            "evaluation"
+            if node.name == "evaluation/pixel_solver"
+            else (f"evaluation ({node.name.removeprefix('evaluation/').replace('_', ' ')})")
+        )
+    return node.name
+
+
+def _stage_call(
+    node: StageNode, artifacts: dict, dataset: DatasetInfo, context: StageContext, scoring: dict | None
+) -> Callable[[], Artifact]:
+    """The call that runs (or reuses) ``node`` on its upstream artifacts."""
+    config = node.config
+    if node.kind == "evaluate":
+        emulator = artifacts[node.upstream[0]]
+        autoencoder = artifacts.get("autoencoder") if "autoencoder" in node.upstream else None
+        return lambda: evaluate(emulator, autoencoder, dataset, context, config.with_scoring(scoring))
+    if isinstance(config, AutoencoderConfig):
+        return lambda: train_autoencoder(config, dataset, context)
+    if config.space == "pixel":
+        return lambda: train_pixel_solver(config, dataset, context)
+    train = train_diffusion if config.kind == "diffusion" else train_solver
+    return lambda: train(
+        config,
+        autoencoder=artifacts["autoencoder"],
+        train_cache=artifacts["latents/train"],
+        valid_cache=artifacts["latents/valid"],
+        context=context,
+    )
+
+
+def _build_caches(
+    nodes: list[StageNode],
+    autoencoder: Artifact,
+    dataset: DatasetInfo,
+    context: StageContext,
+    result: ChainResult,
+    fail_at: str | None,
+    progress: Callable[[str], None],
+    tag: str,
+) -> None:
+    """The latent caches of ``nodes`` in one job; those before ``fail_at`` only, then the
+    injected failure."""
+    names = [node.name for node in nodes]
+    stop = names.index(fail_at) if fail_at in names else len(nodes)  # the caches before fail_at are built
+    splits = [node.config.split for node in nodes]
+    progress(f"{tag} latent caches ({', '.join(splits)})")
+    first = nodes[0].config
+    before = context.store.complete_ids("latents")
+    caches = (
+        cache_latents_splits(
+            autoencoder,
+            dataset,
+            tuple(splits[:stop]),
+            context,
+            repeat={node.config.split: node.config.repeat for node in nodes},
+            augment=first.augment,
+            seed=first.seed,
+        )
+        if stop
+        else {}
+    )
+    for name, split in zip(names, caches):
+        (result.reused if caches[split].id in before else result.ran).append(name)
+        result.artifacts[name] = caches[split]
+    if stop < len(nodes):
+        raise InjectedFailure(f"injected failure before stage {fail_at!r}")

@@ -73,6 +73,7 @@ from lolaray.sweeps.sweep import (
     tag_reuse,
 )
 from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS
+from lolaray.trainers.training_stage import TrainingRecord
 
 __all__ = [
     "SweepFailed",
@@ -243,9 +244,8 @@ def _chain_trial(config: dict, context: _TrialContext) -> None:
         label,
         {name: result.artifacts[name] for name in result.reused},
     )
-    nodes = sorted(
-        {a.manifest["train_node_id"] for a in result.artifacts.values() if a.manifest.get("train_node_id")}
-    )
+    trained = [a for a in result.artifacts.values() if a.stage in ("autoencoder", "emulator")]
+    nodes = sorted({node for a in trained if (node := TrainingRecord.of(a.manifest).train_node_id)})
     metrics = {
         "stages_ran": len(result.ran),
         "stages_reused": len(result.reused),
@@ -279,6 +279,7 @@ def study_schedule(
     seeds: int,
     slots: int,
     cores: int,
+    guidance: dict | None = None,
     worker_threads: int | None = None,
 ) -> Schedule:
     """The study's trial order and threads per stage (:func:`~lolaray.sweeps.schedule.schedule_chains`)
@@ -288,7 +289,13 @@ def study_schedule(
     labels = [_label(chain, replicate) for chain in chains for replicate in range(seeds)]
     counts = {split: sum(layout.n_trajectories) for split, layout in dataset.splits.items()}
     plan = plan_study(
-        profile, dataset, [int(c) for c in latent_channels], trajectories=counts, pixel=pixel, gpu=False
+        profile,
+        dataset,
+        [int(c) for c in latent_channels],
+        trajectories=counts,
+        pixel=pixel,
+        guidance=guidance,
+        gpu=False,
     )
     schedule = schedule_chains(chain_costs(plan.stages, labels), cores=cores, slots=slots)
     if worker_threads is not None:
@@ -373,6 +380,7 @@ def run_compression_sweep(
         seeds=seeds,
         slots=max_concurrent,
         cores=cores or max_concurrent,
+        guidance=guidance,
         worker_threads=worker_threads,
     )
     if cores is None and worker_threads is None:
@@ -554,7 +562,12 @@ def main(argv=None) -> int:
             raise SweepInputError(f"latent channel counts must be >= 1, got {latent_channels}")
         if args.plan:  # sizes, FLOPs, resources and device-hours; no Ray, no data, nothing run
             return print_plan(
-                args, profile, latent_channels, profile_name=args.profile, pixel=not args.no_pixel
+                args,
+                profile,
+                latent_channels,
+                profile_name=args.profile,
+                pixel=not args.no_pixel,
+                guidance=guidance_from_args(args),
             )
         guidance_from_args(args)  # the options checked before Ray starts; completed from the spec below
         scoring = scoring_from_args(args)
@@ -586,8 +599,7 @@ def main(argv=None) -> int:
         return 2
     print(f"[lolaray] {spec.describe()}")
     print(f"[lolaray] {theta_standardizer_for(info, spec.log_parameters).describe()}")
-    scoring = {**scoring, **spec.scoring()}
-    try:
+    try:  # the spec's scoring (its start states, horizons, field) joins under the options'
         outcome = run_compression_sweep(
             profile,
             info,
@@ -636,6 +648,7 @@ def main(argv=None) -> int:
         info,
         latent_channels,
         pixel=not args.no_pixel,
+        guidance=guidance,
         seeds=args.seeds,
         elapsed_s=seconds,
         peak_tflops=args.plan_peak_tflops,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from lolaray.platform.data import DatasetInfo
 from lolaray.platform.dataset_specs import DatasetSpec, DatasetSpecError
+from lolaray.trainers.autoencoder import spatial_factor
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, latent_geometry
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def latent_channels_for_rates(
     unit.validate(info)
     latent_shape, top = latent_geometry(unit, info)  # ÷₁ = C · r^d, the rate at C_lat = 1
     grid = latent_shape[1:]
-    r = 2 ** (len(unit.model_kwargs(info)["hidden_channels"]) - 1)  # the network's factor
+    r = spatial_factor(unit.model_kwargs(info)["hidden_channels"])  # the network's factor
     known = f" (+ {info.n_known} known, not counted)" if info.n_known else ""
     where = (
         f"with {info.n_fields} fields{known} and {'×'.join(map(str, grid))} latents of a "

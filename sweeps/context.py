@@ -26,7 +26,7 @@ import ray
 import ray.tune
 from mlflow.tracking import MlflowClient
 
-from lolaray.evaluation.evaluate import evaluate
+from lolaray.evaluation.evaluate import EvaluationConfig, evaluate
 from lolaray.evaluation.findings_table import log_findings
 from lolaray.evaluation.scoring_options import add_scoring_arguments, scoring_from_args
 from lolaray.platform.artifacts import Artifact, ArtifactStore
@@ -141,12 +141,13 @@ def _evaluation_trial(config: dict, context: _TrialContext) -> None:
             parent_run_id=context.parent_run_id,
             scaling=ScalingSpec(actors=profile.actors),
         ),
-        contexts=[point["context"]],
-        members=profile.members,
-        trajectories=profile.trajectories,
-        steps=point["steps"],
-        seed=context.seed,
-        **context.scoring,
+        EvaluationConfig(
+            contexts=(point["context"],),
+            members=profile.members,
+            trajectories=profile.trajectories,
+            steps=point["steps"],
+            seed=context.seed,
+        ).with_scoring(context.scoring),
     )
     reused = artifact.id in before
     if reused:

@@ -46,8 +46,9 @@ from lolaray.platform.dataset_spec_options import spec_from_args
 from lolaray.platform.embedded import EMBEDDED_PRESETS
 from lolaray.platform.session import TRAIN_DRIVER_RESOURCE
 from lolaray.sweeps.chain import Profile
+from lolaray.sweeps.graph import latent_chain, pixel_chain
 from lolaray.sweeps.step_costs import NetworkCost, autoencoder_cost, emulator_cost
-from lolaray.trainers.autoencoder_trainer import latent_geometry
+from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, latent_geometry
 from lolaray.trainers.hardware import cached_gemm_peak, gemm_peak_cache_path
 
 __all__ = [
@@ -332,13 +333,26 @@ def _evaluation_stage(
     calls: int,
     resources: str,
     actors: int,
+    guidance: dict | None = None,
 ) -> StagePlan:
-    """An evaluation: ``rollouts`` test trajectories of ``states`` states, once per context
+    r"""An evaluation: ``rollouts`` test trajectories of ``states`` states, once per context
     (context = overlap), ``members`` members and ``calls`` network calls (sampler steps) per
     generated window; latent emulators decode every member's states and encode + decode the
-    truth once (the relative metrics)."""
+    truth once (the relative metrics).
+
+    A guided call (MMPS through the decoder, :class:`~lolaray.trainers.guidance.MMPSDenoiser`)
+    runs the denoiser :math:`D` with its graph, the observation :math:`A` (the decoder of the
+    window's states) twice and a backward of :math:`A` kept for a double backward; each of
+    the ``iterations`` Krylov steps applies a vector-Jacobian product through both and a
+    Jacobian-vector product as a double backward of :math:`A`; one last vector-Jacobian
+    product makes the correction. With a backward at twice a forward:
+    :math:`(3 + 2i)\,D + (6 + 6i)\,A` forward costs for :math:`i` iterations."""
     windows = sum(rollout_steps(window=window, context=c, overlap=c, length=states) for c in contexts)
-    flops = rollouts * windows * calls * members * cost.forward.flops
+    per_call = cost.forward.flops
+    if guidance is not None and ae is not None:
+        iterations = int(guidance.get("iterations", 1))
+        per_call = (3 + 2 * iterations) * cost.forward.flops + (6 + 6 * iterations) * window * ae.decode.flops
+    flops = rollouts * windows * calls * members * per_call
     if ae is not None:
         flops += rollouts * len(contexts) * states * members * ae.decode.flops
         flops += rollouts * states * (ae.encode.flops + ae.decode.flops)
@@ -447,18 +461,23 @@ def plan_study(
     *,
     trajectories: dict[str, int] | None = None,
     pixel: bool = True,
+    guidance: dict | None = None,
     gpu: bool = True,
     peak_tflops: float = DEFAULT_PEAK_TFLOPS,
     utilisation: float = DEFAULT_UTILISATION,
     title: str = "compression sweep",
 ) -> StudyPlan:
-    """The compression study's plan: per rate, autoencoder → latent caches → diffusion and
-    solver → their evaluations; and the pixel solver with its evaluation.
+    """The compression study's plan: the stages of its graph (:mod:`lolaray.sweeps.graph`,
+    what the chains run) with their cost -- per rate, autoencoder → latent caches →
+    diffusion and solver → their evaluations (and the guided one with ``guidance``); and
+    the pixel solver with its evaluation.
 
     Every stage config is validated first, as the stages do before their workers start.
 
     :param trajectories: per split, the trajectory count (``None``: unknown; encoding is left
         out of the estimate and evaluation uses the profile's trajectory count).
+    :param guidance: the study's guidance setting (a guided call costs passes of the
+        denoiser and of the decoder: :func:`_evaluation_stage`).
     :param gpu: print the resources of a GPU cluster (one GPU per worker and actor).
     :raises ValueError: a stage config that its stage would reject.
     """
@@ -473,106 +492,78 @@ def plan_study(
         utilisation=utilisation,
     )
     workers = profile.workers
-    emulator = dataclasses.replace(profile.emulator, space="latent")
     test = trajectories.get("test") if trajectories else None
-    rollouts = profile.trajectories if test is None else min(profile.trajectories, test)
-    states = (info.n_steps - 1) // emulator.stride + 1  # a test trajectory at stride Δ
     if trajectories is None:
         plan.notes.append("trajectory counts unknown (data not read): latent encoding is not in the total")
-
-    def evaluation(name: str, cost: NetworkCost, *, members: int, calls: int, ae: NetworkCost | None):
-        plan.stages.append(
-            _evaluation_stage(
-                name,
-                cost,
-                ae,
-                contexts=profile.contexts,
-                window=emulator.window,
-                states=states,
-                rollouts=rollouts,
-                members=members,
-                calls=calls,
-                resources=_actor_resources(profile.actors, gpu),
-                actors=profile.actors,
-            )
-        )
-
-    for channels in latent_channels:
-        ae_config = dataclasses.replace(profile.autoencoder, latent_channels=int(channels))
-        ae_config.validate(info)
-        latent, rate = latent_geometry(ae_config, info)
-        ae = autoencoder_cost(ae_config, info, name=f"autoencoder c{channels} (/{rate:g})")
-        plan.networks[ae.name] = ae
-        plan.stages.append(
-            StagePlan(
-                name=f"c{channels}/autoencoder",
-                kind="train",
-                network=ae.name,
-                steps=ae_config.loop.total_steps,
-                batch=ae_config.batch_size * max(1, workers),
-                resources=_train_resources(workers, gpu),
-                flops=_train_flops(ae, ae_config.loop, workers, ae_config.valid_states),
-                devices=max(1, workers),
-            )
-        )
-        for split in ("train", "valid", "test"):
-            repeat = profile.repeat if split == "train" else 1
-            count = None if trajectories is None else trajectories.get(split, 0) * repeat * info.n_steps
-            plan.stages.append(
-                StagePlan(
-                    name=f"c{channels}/latents/{split}",
-                    kind="encode",
-                    network=ae.name,
-                    steps=count,
-                    batch=info.n_steps,
-                    resources=_actor_resources(profile.actors, gpu),
-                    flops=None if count is None else float(count * ae.encode.flops),
-                    devices=profile.actors,
+    chains = [latent_chain(profile, int(c), guidance=guidance) for c in latent_channels]
+    for graph in [*chains, *([pixel_chain(profile)] if pixel else [])]:
+        costs: dict[str, NetworkCost] = {}  # stage name -> the network it trains
+        latent = rate = None
+        for node in graph.nodes:
+            name = f"{graph.label}/{node.plan_name}"
+            config = node.config
+            if node.kind == "train" and isinstance(config, AutoencoderConfig):
+                config.validate(info)
+                latent, rate = latent_geometry(config, info)
+                cost = autoencoder_cost(config, info, name=f"autoencoder c{graph.channels} (/{rate:g})")
+                valid = config.valid_states
+            elif node.kind == "train":
+                shape = latent if config.space == "latent" else info.conditioned_state_shape
+                config.validate(shape, info.n_steps)
+                label = "pixel solver" if config.space == "pixel" else f"{config.kind} c{graph.channels}"
+                cost = emulator_cost(config, shape, info.theta_dim, name=label)
+                valid = config.valid_windows
+            if node.kind == "train":
+                costs[node.name] = plan.networks[cost.name] = cost
+                plan.stages.append(
+                    StagePlan(
+                        name=name,
+                        kind="train",
+                        network=cost.name,
+                        steps=config.loop.total_steps,
+                        batch=config.batch_size * max(1, workers),
+                        resources=_train_resources(workers, gpu),
+                        flops=_train_flops(cost, config.loop, workers, valid),
+                        devices=max(1, workers),
+                    )
                 )
-            )
-        for kind in ("diffusion", "solver"):
-            config = dataclasses.replace(emulator, kind=kind)
-            config.validate(latent, info.n_steps)
-            cost = emulator_cost(config, latent, info.theta_dim, name=f"{kind} c{channels}")
-            plan.networks[cost.name] = cost
-            plan.stages.append(
-                StagePlan(
-                    name=f"c{channels}/{kind}",
-                    kind="train",
-                    network=cost.name,
-                    steps=config.loop.total_steps,
-                    batch=config.batch_size * max(1, workers),
-                    resources=_train_resources(workers, gpu),
-                    flops=_train_flops(cost, config.loop, workers, config.valid_windows),
-                    devices=max(1, workers),
+            elif node.kind == "encode":
+                ae = costs["autoencoder"]
+                count = (
+                    None
+                    if trajectories is None
+                    else trajectories.get(config.split, 0) * config.repeat * info.n_steps
                 )
-            )
-            diffusion = kind == "diffusion"
-            evaluation(
-                f"c{channels}/evaluation/{kind}",
-                cost,
-                members=profile.members if diffusion else 1,
-                calls=profile.sampler_steps if diffusion else 1,
-                ae=ae,
-            )
-    if pixel:
-        config = dataclasses.replace(profile.pixel_emulator, kind="solver", space="pixel")
-        config.validate(info.conditioned_state_shape, info.n_steps)
-        cost = emulator_cost(config, info.conditioned_state_shape, info.theta_dim, name="pixel solver")
-        plan.networks[cost.name] = cost
-        plan.stages.append(
-            StagePlan(
-                name="pixel/solver",
-                kind="train",
-                network=cost.name,
-                steps=config.loop.total_steps,
-                batch=config.batch_size * max(1, workers),
-                resources=_train_resources(workers, gpu),
-                flops=_train_flops(cost, config.loop, workers, config.valid_windows),
-                devices=max(1, workers),
-            )
-        )
-        evaluation("pixel/evaluation/solver", cost, members=1, calls=1, ae=None)
+                plan.stages.append(
+                    StagePlan(
+                        name=name,
+                        kind="encode",
+                        network=ae.name,
+                        steps=count,
+                        batch=info.n_steps,
+                        resources=_actor_resources(profile.actors, gpu),
+                        flops=None if count is None else float(count * ae.encode.flops),
+                        devices=profile.actors,
+                    )
+                )
+            else:
+                emulator = graph.node(node.upstream[0]).config
+                plan.stages.append(
+                    _evaluation_stage(
+                        name,
+                        costs[node.upstream[0]],
+                        costs.get("autoencoder"),
+                        contexts=config.contexts,
+                        window=emulator.window,
+                        states=(info.n_steps - 1) // emulator.stride + 1,  # a test trajectory at stride Δ
+                        rollouts=config.trajectories if test is None else min(config.trajectories, test),
+                        members=config.members,
+                        calls=config.steps,
+                        resources=_actor_resources(profile.actors, gpu),
+                        actors=profile.actors,
+                        guidance=config.guidance,
+                    )
+                )
     return plan
 
 
@@ -727,13 +718,15 @@ def print_plan(
     pixel: bool = True,
     contexts: Sequence[int] | None = None,
     steps: Sequence[int] | None = None,
+    guidance: dict | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """``--plan`` of a sweep's command line: validate, count, print; returns the exit status
     (0, or 2 for a configuration a stage would reject -- before any worker starts).
 
     :param contexts, steps: given, the context sweep's plan (:func:`plan_context_sweep`);
-        else the compression study's (:func:`plan_study`).
+        else the compression study's (:func:`plan_study`, with its guided evaluations when
+        ``guidance`` is given).
     """
     gpu = args.plan_device == "gpu" or (args.plan_device == "auto" and profile_name == "paper")
     try:
@@ -748,6 +741,7 @@ def print_plan(
                 latent_channels,
                 trajectories=trajectories,
                 pixel=pixel,
+                guidance=guidance,
                 title=f"compression sweep, profile {profile_name}",
                 **assumptions,
             )
@@ -777,6 +771,7 @@ def sweep_prediction(
     latent_channels: Sequence[int],
     *,
     pixel: bool = True,
+    guidance: dict | None = None,
     seeds: int = 1,
     elapsed_s: float | None = None,
     peak_tflops: float | None = None,
@@ -799,6 +794,7 @@ def sweep_prediction(
             latent_channels,
             trajectories=trajectories,
             pixel=pixel,
+            guidance=guidance,
             peak_tflops=peak,
             utilisation=efficiency,
         )

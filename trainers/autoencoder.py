@@ -64,7 +64,9 @@ __all__ = [
     "identity_init_",
     "pad_axis",
     "pool_to_latent",
+    "preset_for_dims",
     "saturate",
+    "spatial_factor",
     "vmse_loss",
     "vmse_per_field",
 ]
@@ -450,8 +452,8 @@ class AutoEncoder(nn.Module):
 
     @property
     def spatial_factor(self) -> int:
-        """:math:`r = 2^{L-1}`, the down-sampling factor per spatial axis."""
-        return 2 ** (len(self.hidden_channels) - 1)
+        """:math:`r = 2^{L-1}`, the down-sampling factor per spatial axis (:func:`spatial_factor`)."""
+        return spatial_factor(self.hidden_channels)
 
     def _set_grid(self, pixel_grid: Sequence[int] | None, grid_padding: Sequence[str] | None) -> None:
         """Checks and records ``pixel_grid`` / ``grid_padding`` and what they pad per axis."""
@@ -738,3 +740,20 @@ def vmse_loss(x_hat: Tensor, x: Tensor, *, eps: float = 1e-2, root: bool = False
     r"""Mean over ``(b, c)`` of :func:`vmse_per_field` — the paper's AE loss (VMSE, ``root=False``)
     or the reference code's VRMSE (``root=True``). Returns a scalar tensor."""
     return vmse_per_field(x_hat, x, eps=eps, root=root).mean()
+
+
+def spatial_factor(hidden_channels: Sequence[int]) -> int:
+    """:math:`r = 2^{L-1}`: the down-sampling factor per spatial axis of an autoencoder with
+    ``L = len(hidden_channels)`` levels (each level after the first halves every axis)."""
+    return 2 ** (len(hidden_channels) - 1)
+
+
+def preset_for_dims(preset: str, spatial_dims: int) -> str | None:
+    """The preset of ``preset``'s architecture for data of ``spatial_dims`` axes: itself when
+    it is of that dimension (or of none), its counterpart (``paper`` ↔ ``paper_3d``) where
+    one exists, else ``None``."""
+    declared = AUTOENCODER_PRESETS.get(preset, {}).get("spatial_dims", spatial_dims)
+    if declared == spatial_dims:
+        return preset
+    counterpart = f"{preset}_3d" if spatial_dims == 3 else preset.removesuffix("_3d")
+    return counterpart if counterpart in AUTOENCODER_PRESETS else None

@@ -17,30 +17,31 @@ latent shape.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mlflow
-import mlflow.pytorch
 import torch
-from mlflow.models import infer_signature
 
 from lolaray.platform.artifacts import Artifact
 from lolaray.platform.augmentation import augmentation_setting
 from lolaray.platform.data import DatasetInfo, WellWindows, open_dataset, standardizer_for
 from lolaray.platform.preprocessing import Standardizer
 from lolaray.platform.session import start_ray
-from lolaray.platform.stages import StageContext, StageOutput, add_stage_arguments, run_stage
-from lolaray.platform.tracking import StageRun, model_requirements
-from lolaray.trainers.autoencoder import AUTOENCODER_PRESETS, AutoEncoder, vmse_loss
-from lolaray.trainers.launch import fit_stage
-from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches, run_training, trained_weights
+from lolaray.platform.stages import StageContext, add_stage_arguments
+from lolaray.trainers.autoencoder import (
+    AUTOENCODER_PRESETS,
+    AutoEncoder,
+    preset_for_dims,
+    spatial_factor,
+    vmse_loss,
+)
+from lolaray.trainers.loop import LoopConfig, StageConfig, endless_batches
 from lolaray.trainers.optim import OPTIMIZERS
 from lolaray.trainers.runtime import current_runtime
 from lolaray.trainers.snapshots import save_autoencoder
+from lolaray.trainers.training_stage import MlflowModel, train_stage
 
 __all__ = ["AutoencoderConfig", "latent_geometry", "periodic_axes", "train_autoencoder"]
 
@@ -100,8 +101,8 @@ class AutoencoderConfig(StageConfig):
             "latent_channels": self.latent_channels,
             **({"known_channels": info.n_known} if info.n_known else {}),
         }
-        levels = len(kwargs.get("hidden_channels", ()))  # none: an unknown preset, refused by validate
-        r = 2 ** (levels - 1) if levels else 1
+        levels = kwargs.get("hidden_channels", ())  # none: an unknown preset, refused by validate
+        r = spatial_factor(levels) if levels else 1
         if any(size % r for size in info.resolution):
             kwargs.setdefault("pixel_grid", tuple(info.resolution))
             kwargs.setdefault(
@@ -127,8 +128,8 @@ class AutoencoderConfig(StageConfig):
         # No check that r divides the grid: the network pads one it does not (model_kwargs).
         dims = self.model_kwargs(info)["spatial_dims"]
         if dims != info.n_spatial_dims:
-            counterpart = f"{self.preset}_3d" if info.n_spatial_dims == 3 else self.preset.removesuffix("_3d")
-            hint = f"; use preset {counterpart!r}" if counterpart in AUTOENCODER_PRESETS else ""
+            counterpart = preset_for_dims(self.preset, info.n_spatial_dims)
+            hint = f"; use preset {counterpart!r}" if counterpart else ""
             raise ValueError(
                 f"preset {self.preset!r} is {dims}-D but {info.name} is {info.n_spatial_dims}-D{hint}"
             )
@@ -149,12 +150,16 @@ def latent_geometry(config: AutoencoderConfig, info: DatasetInfo) -> tuple[tuple
     """The latent state's shape ``(C_lat + K, *⌈spatial/r⌉)`` (``K`` known channels, pooled:
     given, not compressed) and the compression rate ``numel(x) / numel(z)`` of the code
     ``z`` ``(C_lat, *⌈spatial/r⌉)``: on a grid ``r`` does not divide (padded before encoding)
-    the latent grid rounds up and the rate need not be an integer."""
-    kwargs = config.model_kwargs(info)
-    r = 2 ** (len(kwargs["hidden_channels"]) - 1)
-    grid = tuple(-(-s // r) for s in info.resolution)
-    rate = math.prod(info.state_shape) / (config.latent_channels * math.prod(grid))
-    return (config.latent_channels + info.n_known, *grid), rate
+    the latent grid rounds up and the rate need not be an integer.
+
+    Read from the network itself, built and run on the meta device (no memory, no FLOPs):
+    the shape the stages will see, whatever the architecture does to the grid."""
+    with torch.device("meta"):
+        network = AutoEncoder(**config.model_kwargs(info))
+        known = torch.empty(1, info.n_known, *info.resolution) if info.n_known else None
+        latent = tuple(network.encode(torch.empty(1, *info.state_shape), known).shape[1:])
+    rate = math.prod(info.state_shape) / (config.latent_channels * math.prod(latent[1:]))
+    return latent, rate
 
 
 class AutoencoderTask:
@@ -199,20 +204,6 @@ class AutoencoderTask:
         return self.config.reconstruction_loss(x_hat, x), x.shape[0]
 
 
-def _worker(cfg: dict) -> dict:
-    """The Ray Train worker function (module-level so it pickles by reference)."""
-    torch.set_num_threads(cfg["threads"]) if not torch.cuda.is_available() else None
-    task = AutoencoderTask(cfg)
-    return run_training(
-        task,
-        task.config.loop,
-        mlflow_run_id=cfg.get("mlflow_run_id"),
-        tracking_uri=cfg.get("tracking_uri"),
-        run_storage=cfg.get("run_storage"),
-        runtime=task.runtime,
-    )
-
-
 def train_autoencoder(
     config: AutoencoderConfig,
     dataset: DatasetInfo | str,
@@ -223,9 +214,10 @@ def train_autoencoder(
     """Train (or reuse) the autoencoder of ``config`` on ``dataset`` and return its artifact.
 
     The artifact id hashes the config and the dataset's fingerprint; a complete artifact
-    with that id is returned as is. Otherwise a ``TorchTrainer`` of
-    ``context.scaling.workers`` workers trains it, an MLflow run records params, per-epoch
-    metrics and the model, and the artifact is published with the run id in its manifest.
+    with that id is returned as is. Otherwise it is trained
+    (:func:`~lolaray.trainers.training_stage.train_stage`: ``context.scaling.workers`` Ray
+    Train workers, or this process), an MLflow run records params, per-epoch metrics and the
+    model, and the artifact is published with the run id in its manifest.
 
     :param context: store, MLflow record and scaling (default: :meth:`StageContext.default`).
     :param log_model: also log the network as an MLflow model.
@@ -234,93 +226,51 @@ def train_autoencoder(
     config.validate(info)
     context = context or StageContext.default()
     latent_shape, rate = latent_geometry(config, info)
+    kwargs = config.model_kwargs(info)
+    # Fitted (or read) only when the stage trains: a stored artifact is returned without it.
+    standardizer = functools.cache(lambda: standardizer_for(info))
 
-    def build(run: StageRun, aid: str) -> StageOutput:
-        standardizer = standardizer_for(info)
-        run.client.log_metric(run.run_id, "compression", rate)
-        summary, state = fit_stage(
-            _worker,
-            {
-                "config": config.to_dict(),
-                "dataset_root": info.root,
-                "standardizer": standardizer.to_dict(),
-                "mlflow_run_id": run.run_id,
-                "tracking_uri": run.uri,
-            },
-            name=aid,
-            storage_path=f"{context.store.root}/_train_runs",
-            scaling=context.scaling,
-        )
-        model = AutoEncoder(**config.model_kwargs(info))
-        model.load_state_dict(trained_weights(state))
-        model.eval()
+    def network(weights: dict) -> AutoEncoder:
+        model = AutoEncoder(**kwargs)
+        model.load_state_dict(weights)
+        return model.eval()
 
-        def write(folder: Path, manifest: dict) -> None:
-            save_autoencoder(folder, model, config.model_kwargs(info), standardizer)
-            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-            if log_model:
-                manifest["mlflow_model_uri"] = _log_mlflow_model(model, info, run.run_id, run.uri)
+    def mlflow_model(model: AutoEncoder) -> MlflowModel:
+        example = torch.zeros(1, *info.state_shape)
+        known = torch.zeros(1, info.n_known, *info.resolution) if info.n_known else None
+        with torch.no_grad():
+            reconstruction, _ = model(example, known)  # forward() returns (reconstruction, latent)
+        return MlflowModel("autoencoder", example, reconstruction)
 
-        manifest = {
+    known = {
+        "known_channels": info.n_known,
+        "constant_fields": list(info.constant_field_names),
+        "varying_scalars": list(info.varying_scalar_names),
+    }
+    return train_stage(
+        context,
+        STAGE,
+        config=config,
+        identity={"dataset": info.fingerprint()},
+        task=AutoencoderTask,
+        worker_config=lambda: {"dataset_root": info.root, "standardizer": standardizer().to_dict()},
+        network=network,
+        snapshot=lambda folder, model: save_autoencoder(folder, model, kwargs, standardizer()),
+        mlflow_model=mlflow_model if log_model else None,
+        before_fit=lambda run: run.client.log_metric(run.run_id, "compression", rate),
+        manifest={
             "dataset": info.name,
             "dataset_root": info.root,
             "dataset_fingerprint": info.fingerprint(),
             "compression": rate,
             "latent_shape": list(latent_shape),
             "pixel_shape": list(info.state_shape),
-            **(
-                {
-                    "known_channels": info.n_known,
-                    "constant_fields": list(info.constant_field_names),
-                    "varying_scalars": list(info.varying_scalar_names),
-                }
-                if info.n_known
-                else {}
-            ),
-            "optimizer_steps": state["step"],
-            "skipped_steps": state["skipped_total"],
-            "resumed_from_step": summary.get("resumed_from_step"),
-            "resumed_from_steps": state.get("resumes", []),
-            "train_node_id": summary.get("node_id"),
-        }
-        return StageOutput(manifest=manifest, write=write)
-
-    return run_stage(
-        context,
-        STAGE,
-        config={"config": config.identity(), "dataset": info.fingerprint()},
-        run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
-        build=build,
-        tags={"compression": f"{rate:g}", "dataset": info.name},
-        params={
-            **config.to_dict(),
-            "dataset": info.name,
-            "compression": rate,
-            "latent_shape": latent_shape,
-            "workers": context.scaling.workers,
+            **(known if info.n_known else {}),
         },
+        run_name=f"autoencoder-c{config.latent_channels}-x{rate:g}",
+        tags={"compression": f"{rate:g}", "dataset": info.name},
+        params={"dataset": info.name, "compression": rate, "latent_shape": latent_shape},
     )
-
-
-def _log_mlflow_model(model: AutoEncoder, info: DatasetInfo, run_id: str, uri: str) -> str:
-    """Log the network as an MLflow PyTorch model (pickled module: ``encode``/``decode`` survive)."""
-
-    example = torch.zeros(1, *info.state_shape)
-    known = torch.zeros(1, info.n_known, *info.resolution) if info.n_known else None
-    with torch.no_grad():
-        reconstruction, _ = model(example, known)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info_ = mlflow.pytorch.log_model(
-            model,
-            name="autoencoder",
-            # A signature, not an input example: MLflow would try to validate a serving example
-            # and forward() returns a tuple (reconstruction, latent).
-            signature=infer_signature(example.numpy(), reconstruction.numpy()),
-            serialization_format="pickle",
-            pip_requirements=model_requirements(),
-        )
-    return info_.model_uri
 
 
 def main(argv: list[str] | None = None) -> Artifact:

@@ -21,15 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
-import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
-from mlflow.models import infer_signature
 from torch import nn
 
 from lolaray.platform.artifacts import Artifact, open_artifact
@@ -44,8 +39,7 @@ from lolaray.platform.dataset_specs import resolve_spec
 from lolaray.platform.latent_cache import LatentCache, draw_windows, trajectory_dataset
 from lolaray.platform.preprocessing import Standardizer, ThetaStandardizer
 from lolaray.platform.session import start_ray
-from lolaray.platform.stages import ScalingSpec, StageContext, StageOutput, add_stage_arguments, run_stage
-from lolaray.platform.tracking import StageRun, model_requirements
+from lolaray.platform.stages import ScalingSpec, StageContext, add_stage_arguments
 from lolaray.trainers.diffusion import (
     ElucidatedDenoiser,
     context_pmf,
@@ -55,11 +49,11 @@ from lolaray.trainers.diffusion import (
 )
 from lolaray.trainers.emulators import EmulatorConfig, build_emulator
 from lolaray.trainers.encoding import cache_latents
-from lolaray.trainers.launch import fit_stage
-from lolaray.trainers.loop import LoopConfig, endless_batches, run_training, trained_weights
+from lolaray.trainers.loop import LoopConfig, endless_batches
 from lolaray.trainers.runtime import current_runtime
 from lolaray.trainers.snapshots import save_emulator
 from lolaray.trainers.solver import solver_loss
+from lolaray.trainers.training_stage import MlflowModel, train_stage
 from lolaray.trainers.transformer import EMULATOR_PRESETS
 
 __all__ = [
@@ -237,21 +231,6 @@ def _pixel_state(item: dict) -> torch.Tensor:
     return item["x"] if "known" not in item else torch.cat([item["x"], item["known"]])
 
 
-def _worker(cfg: dict) -> dict:
-    """The Ray Train worker function (module-level so it pickles by reference)."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(cfg["threads"])
-    task = EmulatorTask(cfg)
-    return run_training(
-        task,
-        task.config.loop,
-        mlflow_run_id=cfg.get("mlflow_run_id"),
-        tracking_uri=cfg.get("tracking_uri"),
-        run_storage=cfg.get("run_storage"),
-        runtime=task.runtime,
-    )
-
-
 def _train(
     config: EmulatorConfig,
     *,
@@ -261,104 +240,66 @@ def _train(
     theta_dim: int,
     theta_standardizer: ThetaStandardizer,
     worker_config: dict,
-    datasets: dict | None,
+    datasets: Callable[[], dict] | None,
     manifest: dict,
     context: StageContext | None,
     log_model: bool,
     known_channels: int = 0,
 ) -> Artifact:
-    """What the three stages share: fit, snapshot and MLflow model, run by :func:`run_stage`.
+    """What the three emulator stages share, on :func:`~lolaray.trainers.training_stage.train_stage`.
     The last ``known_channels`` channels of ``state_shape`` are known ones (given, never predicted)."""
-    context = context or StageContext.default()
 
-    def build(run: StageRun, aid: str) -> StageOutput:
-        summary, state = fit_stage(
-            _worker,
-            {
-                **worker_config,
-                "config": config.to_dict(),
-                "state_shape": list(state_shape),
-                "theta_dim": theta_dim,
-                "theta_standardizer": theta_standardizer.to_dict(),
-                "known_channels": known_channels,
-                "mlflow_run_id": run.run_id,
-                "tracking_uri": run.uri,
-            },
-            name=aid,
-            storage_path=f"{context.store.root}/_train_runs",
-            scaling=context.scaling,
-            datasets=datasets,
-        )
+    def network(weights: dict) -> nn.Module:
         objective = Objective(build_emulator(config, state_shape, theta_dim, theta_standardizer))
-        objective.load_state_dict(trained_weights(state))
-        emulator = objective.emulator.eval()
+        objective.load_state_dict(weights)
+        return objective.emulator.eval()
 
-        def write(folder: Path, manifest: dict) -> None:
-            save_emulator(folder, emulator, config, state_shape, theta_dim, theta_standardizer)
-            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-            if log_model:
-                manifest["mlflow_model_uri"] = _log_mlflow_model(
-                    emulator, config, state_shape, theta_dim, run.run_id, run.uri
-                )
-
-        return StageOutput(
-            manifest={
-                **manifest,
-                "kind": config.kind,
-                "space": config.space,
-                "state_shape": list(state_shape),
-                "theta_dim": theta_dim,
-                "theta_standardizer": theta_standardizer.to_dict(),
-                "window": config.window,
-                "stride": config.stride,
-                **({"known_channels": known_channels} if known_channels else {}),
-                "optimizer_steps": state["step"],
-                "skipped_steps": state["skipped_total"],
-                "resumed_from_step": summary.get("resumed_from_step"),
-                "resumed_from_steps": state.get("resumes", []),
-                "train_node_id": summary.get("node_id"),
-            },
-            write=write,
-        )
+    def mlflow_model(emulator: nn.Module) -> MlflowModel:
+        example = torch.zeros(1, state_shape[0], config.window, *state_shape[1:])
+        return MlflowModel(config.kind, example, example)
 
     label = f"{config.kind}-{config.space}" + (
         f"-x{manifest['compression']:g}" if "compression" in manifest else ""
     )
-    return run_stage(
-        context,
+    return train_stage(
+        context or StageContext.default(),
         STAGE,
-        config={"config": config.identity(), **identity},
+        config=config,
+        identity=identity,
         upstream=upstream,
+        task=EmulatorTask,
+        worker_config={
+            **worker_config,
+            "state_shape": list(state_shape),
+            "theta_dim": theta_dim,
+            "theta_standardizer": theta_standardizer.to_dict(),
+            "known_channels": known_channels,
+        },
+        datasets=datasets,
+        network=network,
+        snapshot=lambda folder, emulator: save_emulator(
+            folder, emulator, config, state_shape, theta_dim, theta_standardizer
+        ),
+        mlflow_model=mlflow_model if log_model else None,
+        manifest={
+            **manifest,
+            "kind": config.kind,
+            "space": config.space,
+            "state_shape": list(state_shape),
+            "theta_dim": theta_dim,
+            "theta_standardizer": theta_standardizer.to_dict(),
+            "window": config.window,
+            "stride": config.stride,
+            **({"known_channels": known_channels} if known_channels else {}),
+        },
         run_name=label,
-        build=build,
         tags={
             "emulator": config.kind,
             "space": config.space,
             "compression": f"{manifest.get('compression', 1):g}",
         },
-        params={
-            **config.to_dict(),
-            **identity,
-            "workers": context.scaling.workers,
-            "state_shape": list(state_shape),
-        },
+        params={**identity, "state_shape": list(state_shape)},
     )
-
-
-def _log_mlflow_model(emulator, config, state_shape, theta_dim, run_id: str, uri: str) -> str:
-    """Log the denoiser/solver as an MLflow PyTorch model (pickled module)."""
-
-    example = torch.zeros(1, state_shape[0], config.window, *state_shape[1:])
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            emulator,
-            name=config.kind,
-            signature=infer_signature(example.numpy(), example.numpy()),
-            serialization_format="pickle",
-            pip_requirements=model_requirements(),
-        )
-    return info.model_uri
 
 
 def _theta_standardizer(config: EmulatorConfig, info: DatasetInfo) -> ThetaStandardizer:
@@ -395,12 +336,15 @@ def _latent_stage(
     cache = LatentCache(train_cache.uri, train_cache.manifest)
     first = next(cache.trajectories())
     info = open_dataset(autoencoder.manifest["dataset_root"])
+
     # Trajectories go to the workers, which cut the windows themselves with a seeded draw
     # (draw_windows): a Ray Data map would draw unseeded and in arrival order, and training
     # would not be reproducible for a seed.
-    datasets = {
-        "train": trajectory_dataset(cache).select_columns(["latent", "length", "theta", "trajectory_id"])
-    }
+    def datasets() -> dict:  # only when the stage trains: reading the cache is a Ray Data job
+        return {
+            "train": trajectory_dataset(cache).select_columns(["latent", "length", "theta", "trajectory_id"])
+        }
+
     return _train(
         config,
         upstream=[autoencoder.id, train_cache.id, valid_cache.id],

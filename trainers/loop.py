@@ -159,7 +159,8 @@ class StageConfig:
         trained network, which is :meth:`to_dict` less the loop's fault injection (a
         rehearsed failure resumes to the same weights; it is recorded as the default, as
         it always was, so the ids of stored artifacts stand). An :data:`ADDED_LATER` field
-        at its default is left out, as those artifacts were trained without it."""
+        at its default is left out, as those artifacts were trained without it. (Injected
+        non-finite steps do change the weights: they are for the tests, in scratch stores.)"""
         d = self.to_dict()
         d["loop"]["fault"] = asdict(FaultInjection())
         return d

@@ -8,7 +8,7 @@ from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
 from lolaray.platform.stages import ScalingSpec, StageContext
-from lolaray.trainers import emulator_trainer
+from lolaray.trainers import training_stage
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.diffusion import ElucidatedDenoiser
 from lolaray.trainers.emulator_trainer import train_diffusion, train_solver
@@ -79,6 +79,6 @@ def test_solver_from_the_cache_stream_and_reuse(caches, ray_cluster, monkeypatch
     )
     assert artifact.manifest["kind"] == "solver" and artifact.manifest["optimizer_steps"] == 6
 
-    monkeypatch.setattr(emulator_trainer, "fit_stage", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(training_stage, "fit_stage", lambda *a, **k: pytest.fail("retrained"))
     again = train_solver(emulator_config(), **artifacts, context=context)
     assert again.id == artifact.id

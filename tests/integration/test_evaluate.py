@@ -16,7 +16,7 @@ from wellfiles import make_tiny_dataset
 from lolaray.evaluation import evaluate as evaluate_module
 from lolaray.evaluation import split_ensemble
 from lolaray.evaluation.baselines import latent_numbers
-from lolaray.evaluation.evaluate import evaluate
+from lolaray.evaluation.evaluate import EvaluationConfig, evaluate
 from lolaray.platform.artifacts import ArtifactStore
 from lolaray.platform.data import open_dataset, standardizer_for
 from lolaray.platform.stages import ScalingSpec, StageContext
@@ -90,14 +90,14 @@ def test_one_two_and_no_actors_give_identical_metrics(setup, tmp_path):
         autoencoder,
         info,
         context.replace(store=ArtifactStore(tmp_path / "a")),
-        **common,
+        EvaluationConfig(**common),
     )
     two = evaluate(
         emulators["diffusion"],
         autoencoder,
         info,
         context.replace(store=ArtifactStore(tmp_path / "b"), scaling=ScalingSpec(actors=2)),
-        **common,
+        EvaluationConfig(**common),
     )
     # No actor: the rollouts in this process (a study on one machine), at an actor's 1 thread.
     local = evaluate(
@@ -107,7 +107,7 @@ def test_one_two_and_no_actors_give_identical_metrics(setup, tmp_path):
         context.replace(
             store=ArtifactStore(tmp_path / "c"), scaling=ScalingSpec(local_rollouts=True, threads=1)
         ),
-        **common,
+        EvaluationConfig(**common),
     )
     assert one.id == two.id == local.id  # actors and max_batch are not part of the id
     rows_one, rows_two = _csv_rows(one), _csv_rows(two)
@@ -125,14 +125,14 @@ def test_mismatched_latent_shapes_fail_before_any_ray_work(setup, monkeypatch):
 
     monkeypatch.setattr(evaluate_module, "run_rollouts", no_ray)
     with pytest.raises(ValueError, match="different latent shapes"):
-        evaluate(wrong, autoencoder, info, context=context)
+        evaluate(wrong, autoencoder, info, context)
     with pytest.raises(ValueError, match="autoencoder"):
-        evaluate(wrong, None, info, context=context)
+        evaluate(wrong, None, info, context)
     good = setup[3]["diffusion"]
     with pytest.raises(ValueError, match="window - 1"):
-        evaluate(good, autoencoder, info, contexts=(3,), context=context)
+        evaluate(good, autoencoder, info, context, EvaluationConfig(contexts=(3,)))
     with pytest.raises(ValueError, match="at least one"):
-        evaluate(good, autoencoder, info, contexts=(1,), members=0, context=context)
+        evaluate(good, autoencoder, info, context, EvaluationConfig(contexts=(1,), members=0))
 
 
 def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, chromium):
@@ -141,12 +141,10 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         emulators["diffusion"],
         autoencoder,
         info,
-        contexts=(1, 2),
-        members=5,
-        max_batch=2,  # 3 blocks: 2 + 2 + 1
-        trajectories=1,
-        steps=3,
-        context=context.replace(scaling=ScalingSpec(actors=2)),
+        context.replace(scaling=ScalingSpec(actors=2)),
+        EvaluationConfig(
+            contexts=(1, 2), members=5, max_batch=2, trajectories=1, steps=3
+        ),  # 3 blocks: 2 + 2 + 1
     )
     folder = artifact.path
     for name in (
@@ -245,12 +243,8 @@ def test_diffusion_run_logs_metrics_artifacts_and_is_reused(setup, monkeypatch, 
         emulators["diffusion"],
         autoencoder,
         info,
-        contexts=(2, 1),
-        members=5,
-        max_batch=4,
-        trajectories=1,
-        steps=3,
-        context=context,
+        context,
+        EvaluationConfig(contexts=(2, 1), members=5, max_batch=4, trajectories=1, steps=3),
     )
     assert again.id == artifact.id
 
@@ -260,14 +254,32 @@ def test_the_scored_field_is_the_one_the_spec_names(setup):
     ``field_wasserstein`` per lead is that field's column of the per-field Wasserstein
     distances, it is recorded in the id, and a field the data lacks is refused before Ray."""
     info, context, autoencoder, emulators = setup
-    options = {"contexts": (1,), "members": 2, "trajectories": 1, "steps": 2, "context": context}
+    options = {"contexts": (1,), "members": 2, "trajectories": 1, "steps": 2}
     with pytest.raises(ValueError, match="the scored field 'vorticity' is not a field of tiny_euler"):
-        evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="vorticity", **options)
-    default = evaluate(emulators["diffusion"], autoencoder, info, **options)
-    pressure = evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="pressure", **options)
+        evaluate(
+            emulators["diffusion"],
+            autoencoder,
+            info,
+            context,
+            EvaluationConfig(wasserstein_field="vorticity", **options),
+        )
+    default = evaluate(emulators["diffusion"], autoencoder, info, context, EvaluationConfig(**options))
+    pressure = evaluate(
+        emulators["diffusion"],
+        autoencoder,
+        info,
+        context,
+        EvaluationConfig(wasserstein_field="pressure", **options),
+    )
     assert pressure.id != default.id
     assert (
-        evaluate(emulators["diffusion"], autoencoder, info, wasserstein_field="density", **options).id
+        evaluate(
+            emulators["diffusion"],
+            autoencoder,
+            info,
+            context,
+            EvaluationConfig(wasserstein_field="density", **options),
+        ).id
         == default.id
     )
     for artifact, field in ((default, "density"), (pressure, "pressure")):
@@ -314,8 +326,7 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         autoencoder,
         info,
         context.replace(store=ArtifactStore(tmp_path / "a")),
-        max_batch=4,
-        **common,
+        EvaluationConfig(max_batch=4, **common),
     )
     monkeypatch.setattr(split_ensemble, "DEFAULT_CHUNK_BYTES", 1)
     passes = []
@@ -328,8 +339,7 @@ def test_scores_do_not_depend_on_member_blocks_and_options_are_recorded(setup, t
         autoencoder,
         info,
         context.replace(store=ArtifactStore(tmp_path / "b")),
-        max_batch=1,
-        **common,
+        EvaluationConfig(max_batch=1, **common),
     )
     assert len(passes) == 1 and passes[0].startswith(str(tmp_path / "b"))  # scored from the store
     assert not list((tmp_path / "b" / "evaluation").glob(".members-*"))  # and the scratch is gone
@@ -381,13 +391,15 @@ def test_guided_rollouts_from_a_later_start_state(setup):
         emulators["diffusion"],
         autoencoder,
         info,
-        contexts=(1,),
-        members=2,
-        trajectories=1,
-        starts=(0, 4),
-        steps=2,
-        guidance={"operator": "subsample", "factor": 2, "sigma_y": 0.1},
-        context=context,
+        context,
+        EvaluationConfig(
+            contexts=(1,),
+            members=2,
+            trajectories=1,
+            starts=(0, 4),
+            steps=2,
+            guidance={"operator": "subsample", "factor": 2, "sigma_y": 0.1},
+        ),
     )
     rows = _numeric_rows(artifact.path / "per_trajectory.csv")
     assert sorted(r["start"] for r in rows if r["reference"] == "absolute") == [0.0, 4.0]
@@ -403,10 +415,8 @@ def test_solver_has_zero_spread_skill(setup):
         emulators["solver"],
         autoencoder,
         info,
-        contexts=(1,),
-        members=4,
-        trajectories=2,
-        context=context,
+        context,
+        EvaluationConfig(contexts=(1,), members=4, trajectories=2),
     )
     rows = _csv_rows(artifact)
     assert rows and all(float(r["spread_skill"]) == 0 for r in rows if r["horizon"] == "lead_1-20")
@@ -424,7 +434,9 @@ def test_pixel_solver_runs_without_autoencoder(setup):
         space="pixel",
         compression=1,
     )
-    artifact = evaluate(pixel, None, info, contexts=(1, 2), members=3, trajectories=1, context=context)
+    artifact = evaluate(
+        pixel, None, info, context, EvaluationConfig(contexts=(1, 2), members=3, trajectories=1)
+    )
     rows = _csv_rows(artifact)
     assert {r["reference"] for r in rows} == {"absolute"}
     assert {r["method"] for r in rows} == {"pixel solver"}

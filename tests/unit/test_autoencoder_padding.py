@@ -19,7 +19,7 @@ from lolaray.platform.well_format import SplitLayout
 from lolaray.sweeps import compression
 from lolaray.sweeps.chain import PROFILES
 from lolaray.sweeps.compression_rates import latent_channels_for_rates
-from lolaray.trainers import autoencoder_trainer
+from lolaray.trainers import training_stage
 from lolaray.trainers.autoencoder import AutoEncoder, build_autoencoder, pad_axis, pool_to_latent
 from lolaray.trainers.autoencoder_trainer import (
     AutoencoderConfig,
@@ -232,7 +232,7 @@ def test_a_grid_r_divides_keeps_its_snapshot_keywords_and_artifact_id(monkeypatc
     def run_stage(context, stage, *, config, upstream=(), **_):
         asked["id"] = artifact_id(stage, config, upstream)
 
-    monkeypatch.setattr(autoencoder_trainer, "run_stage", run_stage)
+    monkeypatch.setattr(training_stage, "run_stage", run_stage)
     train_autoencoder(SMOKE_AE, info, context=SimpleNamespace(scaling=ScalingSpec()))
     assert asked["id"] == "autoencoder-0d6ba8ec4225"
 

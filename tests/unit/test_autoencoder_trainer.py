@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
-from lolaray.trainers import autoencoder_trainer
+from lolaray.trainers import training_stage
 from lolaray.trainers.autoencoder_trainer import AutoencoderConfig, train_autoencoder
 from lolaray.trainers.loop import FaultInjection, LoopConfig, NonFiniteTrainingError
 from lolaray.trainers.snapshots import load_autoencoder
@@ -51,7 +51,7 @@ def test_trains_logs_and_reuses(tiny, local_stage, tmp_path, mlflow_uri, monkeyp
     assert json.loads((artifact.path / "config.json").read_text())["latent_channels"] == 4
 
     calls = []
-    monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(training_stage, "fit_stage", lambda *a, **k: calls.append(1))
     again = train_autoencoder(config(), tiny, local_stage)
     assert again.id == artifact.id and calls == []
 
@@ -84,7 +84,7 @@ def test_nonfinite_in_a_row_fails_clearly_and_publishes_nothing(tiny, local_stag
     ],
 )
 def test_bad_config_fails_before_any_worker(tiny, local_stage, tmp_path, kwargs, message, monkeypatch):
-    monkeypatch.setattr(autoencoder_trainer, "fit_stage", lambda *a, **k: pytest.fail("a worker started"))
+    monkeypatch.setattr(training_stage, "fit_stage", lambda *a, **k: pytest.fail("a worker started"))
     cfg = AutoencoderConfig(**{"preset": "smoke", "latent_channels": 4, **kwargs})
     with pytest.raises(ValueError, match=message):
         train_autoencoder(cfg, tiny, local_stage)

@@ -6,7 +6,7 @@ import torch
 from wellfiles import make_tiny_dataset
 
 from lolaray.platform.data import open_dataset
-from lolaray.trainers import emulator_trainer
+from lolaray.trainers import training_stage
 from lolaray.trainers.emulator_trainer import train_pixel_solver
 from lolaray.trainers.emulators import EmulatorConfig
 from lolaray.trainers.loop import LoopConfig
@@ -34,7 +34,7 @@ def tiny(tmp_path):
     ],
 )
 def test_bad_config_fails_before_training(tiny, local_stage, kwargs, message, monkeypatch):
-    monkeypatch.setattr(emulator_trainer, "fit_stage", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(training_stage, "fit_stage", lambda *a, **k: pytest.fail("training started"))
     config = EmulatorConfig(**{"preset": "smoke", "window": 3, "stride": 2, **kwargs})
     with pytest.raises(ValueError, match=message):
         train_pixel_solver(config, tiny, local_stage)

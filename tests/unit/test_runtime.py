@@ -13,6 +13,7 @@ from lolaray.trainers.checkpoints import complete_checkpoints, run_folder
 from lolaray.trainers.launch import fit_stage
 from lolaray.trainers.loop import LoopConfig, run_training
 from lolaray.trainers.runtime import InProcessRuntime, current_runtime, in_process
+from lolaray.trainers.training_stage import TrainingRecord
 
 
 class NoisyRegression:
@@ -107,3 +108,12 @@ def test_a_study_on_one_machine_trains_and_rolls_out_a_one_worker_profile_in_pro
     profile = dataclasses.replace(PROFILES["smoke"], workers=workers, actors=actors)
     scaling = _chain_scaling(profile, in_process=in_process)
     assert (scaling.workers, scaling.local_rollouts) == expected
+
+
+def test_the_training_record_of_a_manifest_round_trips():
+    record = TrainingRecord.from_training(
+        {"resumed_from_step": 8, "node_id": "n1"}, {"step": 12, "skipped_total": 1, "resumes": [4, 8]}
+    )
+    manifest = {"compression": 5.0, **record.to_dict()}
+    assert TrainingRecord.of(manifest) == record
+    assert record.optimizer_steps == 12 and record.resumed_from_steps == [4, 8]
